@@ -1,0 +1,43 @@
+"""What an algorithm gives the training engine.
+
+An algorithm names the kind of data it reads, how to batch it, how much each batch weighs in the loss
+average, and the summed loss of a batch. The engine divides the summed loss by the total weight of the
+whole optimizer step (over micro-batches and processes), so splitting a batch into micro-batches or
+processes never changes the gradient.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..config import Recipe
+
+if TYPE_CHECKING:
+    from ..engine.trainer import Trainer
+
+# name -> (sum over the batch, count it averages over)
+Metrics = dict[str, tuple[torch.Tensor | float, float]]
+
+
+class Algorithm:
+    name: str = ""
+    data_kind: str = "sft"
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+
+    def collate(self, examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def weight(self, batch: dict[str, torch.Tensor]) -> float:
+        """How many units (tokens, pairs, ...) this batch's summed loss is made of."""
+        raise NotImplementedError
+
+    def setup(self, trainer: "Trainer") -> None:
+        """Work before the first step (e.g. reference log-probs); the policy is not yet wrapped."""
+
+    def loss(self, policy: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
+        """(summed loss of the batch, metrics); ``policy`` maps a batch to target log-probs [B, T]."""
+        raise NotImplementedError

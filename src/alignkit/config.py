@@ -1,0 +1,215 @@
+"""Typed recipe configuration: YAML files + dotted command-line overrides, checked before any work.
+
+A recipe is a YAML file whose keys mirror :class:`Recipe`. ``alignkit train recipe.yaml train.lr=3e-4
+dpo.beta=0.2`` applies overrides on top (values are parsed as YAML: ``true``, ``1e-4``, ``[a, b]``).
+An unknown key or a bad value raises :class:`ConfigError` naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .models.tiny import TinyModelConfig
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(Section):
+    """LoRA adapters through ``peft`` (``model.lora``); the base weights stay frozen."""
+
+    r: int = Field(8, gt=0)
+    alpha: int = 16
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class ModelConfig(Section):
+    """The policy to start from: a local ``transformers`` checkpoint (``path``) or a tiny model built on
+    the task's text (``tiny``, used when ``path`` is not set)."""
+
+    path: str | None = None
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+    lora: LoraConfig | None = None
+
+
+class TaskConfig(Section):
+    """A built-in task that generates data (when ``data.train`` is not a file) and scores samples."""
+
+    name: Literal["sentiment"] = "sentiment"
+    seed: int = 0
+    n_train: int = Field(2048, gt=0)
+    n_eval: int = Field(256, ge=0)
+    label_temperature: float = Field(0.25, gt=0)
+
+
+class DataConfig(Section):
+    """Training data. ``train``/``eval`` are files (.jsonl, .json, .parquet, .csv) or saved dataset
+    folders; when ``train`` is unset the task generates it."""
+
+    train: str | None = None
+    eval: str | None = None
+    kind: Literal["auto", "sft", "pair", "unpaired", "ranked", "prompt"] = "auto"
+    max_length: int = Field(256, gt=1)
+    truncation: Literal["error", "left", "right", "skip"] = "error"
+    skip_invalid: bool = False
+
+
+class TrainConfig(Section):
+    """The training loop (shared by every algorithm)."""
+
+    output_dir: str = "runs/{algorithm}"
+    seed: int = 0
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    batch_size: int = Field(32, gt=0, description="examples per optimizer step, over all processes")
+    micro_batch_size: int | None = Field(None, gt=0, description="examples per forward on one process")
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    scheduler: Literal["constant", "linear", "cosine"] = "linear"
+    warmup_steps: int | None = Field(None, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    log_every: int = Field(1, gt=0)
+    eval_every: int | None = Field(None, gt=0)
+    save_every: int | None = Field(None, gt=0)
+    save_total_limit: int | None = Field(2, gt=0)
+    save_final: bool = True
+    resume: bool | str = Field(False, description="true: latest checkpoint in output_dir; or a checkpoint path")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
+    progress: bool = True
+
+
+class SFTConfig(Section):
+    """Supervised fine-tuning: token-mean negative log-likelihood of completion tokens."""
+
+
+class DPOConfig(Section):
+    """Direct preference optimisation (and, through ``loss``, any pairwise loss of
+    :func:`alignkit.objectives.preference.pairwise_loss`)."""
+
+    loss: str = "dpo"
+    beta: float = Field(0.1, gt=0)
+    params: dict[str, Any] = Field(default_factory=dict, description="extra parameters of the loss, e.g. label_smoothing")
+    reference: Literal["cache", "model"] = Field("cache", description="cache: reference log-probs computed once before training; model: a frozen copy run every step")
+
+
+ALGORITHMS = ("sft", "dpo")
+
+
+class Recipe(Section):
+    algorithm: Literal["sft", "dpo"]
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Recipe":
+        t = self.train
+        if t.micro_batch_size is not None and t.batch_size % t.micro_batch_size:
+            raise ValueError(f"train.batch_size ({t.batch_size}) must be a multiple of train.micro_batch_size ({t.micro_batch_size})")
+        return self
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.train.output_dir.format(algorithm=self.algorithm))
+
+
+class ConfigError(ValueError):
+    """A recipe problem; the message names the key and what is allowed."""
+
+
+def _allowed(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
+    """Field names of the section that ``path`` points into."""
+    current: Any = model
+    for part in path:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        candidates = [annotation, *get_args(annotation)]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def _format(error: ValidationError, source: str) -> str:
+    lines = []
+    for e in error.errors():
+        loc = tuple(p for p in e["loc"] if not isinstance(p, int) or True)
+        key = ".".join(str(p) for p in loc) or "<recipe>"
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed(Recipe, loc[:-1])
+            hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            msg = f"unknown key; allowed: {', '.join(allowed)}" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+        elif e["type"] == "literal_error":
+            msg = f"got {e['input']!r}; {e['msg'].replace('Input should be', 'allowed:')}"
+        else:
+            msg = f"{e['msg']} (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else e["msg"]
+        lines.append(f"{source}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key.sub=value")
+    key, value = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value) if value != "" else None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_recipe(source: str | Path | dict | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe (YAML file path or dict), apply dotted overrides, validate."""
+    if source is None:
+        data, name = {}, "<overrides>"
+    elif isinstance(source, dict):
+        data, name = dict(source), "<dict>"
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise ConfigError(f"{path}: no such recipe file")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a recipe is a mapping of sections (algorithm, model, data, train, ...)")
+        name = str(path)
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format(e, name)) from None
+
+
+def dump_recipe(recipe: Recipe, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))

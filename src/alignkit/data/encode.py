@@ -1,0 +1,174 @@
+"""Turning checked records into token ids with loss masks.
+
+Conventions:
+
+* Plain text: ``prompt`` and ``completion`` are tokenized separately (no special tokens added) and
+  concatenated, and the tokenizer's EOS is appended to the completion. Tokenizing them apart keeps the
+  prompt's tokens identical for every completion of a prompt, so chosen and rejected share an exact prefix.
+* Conversations: messages are rendered with the tokenizer's chat template. The completion's tokens are
+  those the assistant turn adds after the rendered prompt with ``add_generation_prompt=True``; a template
+  whose rendering of a longer conversation does not start with the rendering of the shorter one is
+  reported, not guessed around.
+* Only completion (assistant) tokens are trained: ``loss_mask[i] == 1`` marks token ``i`` as a target.
+
+Truncation policy for a row longer than ``max_length`` tokens (``truncation``):
+``error`` (default) raises a :class:`DataError` naming the row; ``left`` drops tokens from the start of the
+prompt (then, if still too long, from the end of the completion); ``right`` drops tokens from the end of
+the completion; ``skip`` leaves the row out and counts it in the summary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .records import DataError, SkipSummary
+
+TRUNCATION_POLICIES = ("error", "left", "right", "skip")
+
+
+class RowTooLong(DataError):
+    """A row longer than ``max_length`` under the ``error``/``skip`` policies."""
+
+
+@dataclass
+class Encoder:
+    tokenizer: Any
+    max_length: int = 512
+    truncation: str = "error"
+    source: str = "<data>"
+
+    def __post_init__(self) -> None:
+        if self.truncation not in TRUNCATION_POLICIES:
+            raise ValueError(f"unknown truncation policy '{self.truncation}'; allowed: {', '.join(TRUNCATION_POLICIES)}")
+        if self.tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no EOS token; set one (tokenizer.eos_token) before training")
+
+    # ----------------------------------------------------------------------------------------------
+    # text -> ids
+    # ----------------------------------------------------------------------------------------------
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _render(self, messages: list[dict], generation_prompt: bool) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError("conversational data needs a tokenizer with a chat template")
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        return self._ids(text)
+
+    def prompt_ids(self, prompt: str | list[dict]) -> list[int]:
+        if isinstance(prompt, str):
+            return self._ids(prompt)
+        return self._render(prompt, generation_prompt=True)
+
+    def completion_ids(self, prompt: str | list[dict], prompt_ids: list[int], completion: str | list[dict], row: int, field: str) -> list[int]:
+        if isinstance(prompt, str) and isinstance(completion, str):
+            return self._ids(completion) + [self.tokenizer.eos_token_id]
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if isinstance(prompt, str):
+            prompt_ids = self._render(messages, generation_prompt=True)
+        reply = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else completion
+        full = self._render(messages + reply, generation_prompt=False)
+        if full[: len(prompt_ids)] != prompt_ids:
+            raise DataError(self.source, row, field, "the chat template's rendering of the conversation does not start with its rendering of the prompt")
+        return full[len(prompt_ids) :]
+
+    def conversation(self, messages: list[dict], row: int) -> tuple[list[int], list[int]]:
+        """Token ids of a whole conversation and the mask of its assistant tokens."""
+        ids = self._render(messages, generation_prompt=False)
+        mask = [0] * len(ids)
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            start = len(self._render(messages[:i], generation_prompt=True)) if i else 0
+            end_ids = self._render(messages[: i + 1], generation_prompt=False)
+            if ids[: len(end_ids)] != end_ids:
+                raise DataError(self.source, row, f"messages[{i}]", "the chat template is not prefix-consistent across turns")
+            for j in range(start, len(end_ids)):
+                mask[j] = 1
+        return ids, mask
+
+    # ----------------------------------------------------------------------------------------------
+    # length policy
+    # ----------------------------------------------------------------------------------------------
+    def fit(self, prompt: list[int], completions: list[list[int]], row: int) -> tuple[list[int], list[list[int]]]:
+        """Apply the truncation policy so that prompt + the longest completion fits ``max_length``."""
+        longest = max(len(c) for c in completions)
+        excess = len(prompt) + longest - self.max_length
+        if excess <= 0:
+            return prompt, completions
+        if self.truncation in ("error", "skip"):
+            raise RowTooLong(
+                self.source, row, None,
+                f"{len(prompt) + longest} tokens is longer than max_length={self.max_length} "
+                "(set data.truncation to left, right or skip, or raise data.max_length)",
+            )
+        if self.truncation == "left":
+            cut = min(excess, max(len(prompt) - 1, 0))
+            prompt = prompt[cut:]
+            excess -= cut
+        if excess > 0:
+            keep = self.max_length - len(prompt)
+            if keep < 1:
+                raise RowTooLong(self.source, row, None, f"the prompt alone fills max_length={self.max_length}")
+            completions = [c[:keep] for c in completions]
+        return prompt, completions
+
+    # ----------------------------------------------------------------------------------------------
+    # records -> examples
+    # ----------------------------------------------------------------------------------------------
+    def encode(self, record: dict[str, Any], kind: str) -> dict[str, Any]:
+        row = record.get("_row", 0)
+        if kind == "sft" and "messages" in record:
+            ids, mask = self.conversation(record["messages"], row)
+            if len(ids) > self.max_length:
+                if self.truncation in ("error", "skip"):
+                    raise RowTooLong(self.source, row, "messages", f"{len(ids)} tokens is longer than max_length={self.max_length}")
+                ids, mask = (ids[-self.max_length :], mask[-self.max_length :]) if self.truncation == "left" else (ids[: self.max_length], mask[: self.max_length])
+            return {"input_ids": ids, "loss_mask": mask, "row": row}
+        prompt = self.prompt_ids(record["prompt"])
+        if kind == "prompt":
+            if len(prompt) > self.max_length:
+                if self.truncation in ("error", "skip"):
+                    raise RowTooLong(self.source, row, "prompt", f"{len(prompt)} tokens is longer than max_length={self.max_length}")
+                prompt = prompt[-self.max_length :]
+            return {"prompt_ids": prompt, "row": row}
+        fields = {"sft": ["completion"], "unpaired": ["completion"], "pair": ["chosen", "rejected"]}.get(kind)
+        if kind == "ranked":
+            fields = None
+            completions = [self.completion_ids(record["prompt"], prompt, c, row, f"completions[{j}]") for j, c in enumerate(record["completions"])]
+        elif fields is None:
+            raise ValueError(f"cannot encode kind '{kind}'")
+        else:
+            completions = [self.completion_ids(record["prompt"], prompt, record[f], row, f) for f in fields]
+        prompt, completions = self.fit(prompt, completions, row)
+        out: dict[str, Any] = {"prompt_ids": prompt, "row": row}
+        if kind in ("sft", "unpaired"):
+            out["input_ids"] = prompt + completions[0]
+            out["loss_mask"] = [0] * len(prompt) + [1] * len(completions[0])
+            if kind == "unpaired":
+                out["label"] = record["label"]
+        elif kind == "pair":
+            out["chosen_ids"], out["rejected_ids"] = completions
+            if "margin" in record:
+                out["margin"] = record["margin"]
+        else:
+            out["completion_ids"] = completions
+            out["scores"] = record["scores"]
+        return out
+
+
+def encode_records(records: list[dict], kind: str, encoder: Encoder, summary: SkipSummary | None = None) -> list[dict]:
+    """Encode every record; rows too long under ``truncation="skip"`` are counted in ``summary``."""
+    examples = []
+    for record in records:
+        try:
+            examples.append(encoder.encode(record, kind))
+        except RowTooLong as e:
+            if encoder.truncation != "skip":
+                raise
+            if summary is not None:
+                summary.add(e)
+    if not examples:
+        raise DataError(encoder.source, None, None, f"no row fits max_length={encoder.max_length}")
+    return examples

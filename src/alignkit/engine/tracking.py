@@ -1,0 +1,92 @@
+"""Where metrics go: ``metrics.jsonl`` in the run folder always; TensorBoard, W&B, MLflow on request."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step to ``run_dir/metrics.jsonl`` and fans out to trackers."""
+
+    def __init__(self, run_dir: Path, report_to: list[str], config: dict[str, Any], enabled: bool = True):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.trackers: list[Any] = []
+        if not enabled:
+            return
+        for name in report_to:
+            self.trackers.append(_open_tracker(name, run_dir, config))
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(clean) + "\n")
+        step = int(record.get("step", 0))
+        numbers = {k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        for tracker in self.trackers:
+            tracker(numbers, step)
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            getattr(tracker, "close", lambda: None)()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _open_tracker(name: str, run_dir: Path, config: dict[str, Any]):
+    try:
+        if name == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+            def log(numbers, step):
+                for k, v in numbers.items():
+                    writer.add_scalar(k, v, step)
+
+            log.close = writer.close  # type: ignore[attr-defined]
+            return log
+        if name == "wandb":
+            import wandb
+
+            run = wandb.init(dir=str(run_dir), config=config, name=run_dir.name)
+
+            def log(numbers, step):
+                run.log(numbers, step=step)
+
+            log.close = run.finish  # type: ignore[attr-defined]
+            return log
+        if name == "mlflow":
+            import mlflow
+
+            mlflow.start_run(run_name=run_dir.name)
+            mlflow.log_params({k: str(v)[:250] for k, v in _flatten(config).items()})
+
+            def log(numbers, step):
+                mlflow.log_metrics({k.replace("/", "_"): v for k, v in numbers.items()}, step=step)
+
+            log.close = mlflow.end_run  # type: ignore[attr-defined]
+            return log
+    except ImportError as e:
+        raise ImportError(f"train.report_to includes '{name}' but it is not installed ({e}); pip install 'alignkit[trackers]'") from None
+    raise ValueError(f"unknown tracker '{name}'; allowed: tensorboard, wandb, mlflow")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

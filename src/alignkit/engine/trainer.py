@@ -1,0 +1,334 @@
+"""One training loop for every algorithm.
+
+AdamW with warmup + linear/cosine decay, gradient accumulation whose loss scale does not depend on how a
+batch is split (micro-batches or processes), gradient clipping, bf16 autocast or fp32, deterministic data
+order, periodic evaluation, atomic checkpoints and exact resume. Runs unchanged in one process or under
+``torchrun``/``accelerate launch`` (DDP; gloo on CPU, NCCL on GPU).
+
+Data order: the examples of epoch ``e`` are a permutation drawn from a generator seeded with
+``seed + e``; step ``s`` takes the ``s``-th slice of ``batch_size`` examples of that epoch, each process
+takes its own contiguous share of the slice and splits it into micro-batches. The order depends only on
+(seed, step), which is what makes a resumed run and a 2-process run identical to an uninterrupted
+1-process run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..algorithms.base import Algorithm
+from ..config import Recipe, dump_recipe
+from ..data.encode import Encoder, encode_records
+from ..data.records import load_records
+from ..models.loading import is_peft, load_causal_lm, load_tokenizer, save_policy
+from ..models.logprobs import TargetLogProbs
+from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from .tracking import MetricsLog
+
+
+class Distributed:
+    """Process layout (from ``accelerate``'s ``PartialState``: gloo on CPU, NCCL on GPU)."""
+
+    def __init__(self) -> None:
+        from accelerate import PartialState
+
+        self.state = PartialState()
+        self.rank = self.state.process_index
+        self.world = self.state.num_processes
+        self.device = self.state.device
+        self.is_main = self.state.is_main_process
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            values = values.clone()
+            torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
+        return values
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def make_progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def lr_lambda(kind: str, warmup: int, total: int):
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+class Trainer:
+    """``Trainer(recipe, algorithm).train()`` runs the loop and returns the final model's folder."""
+
+    def __init__(self, recipe: Recipe, algorithm: Algorithm):
+        self.recipe = recipe
+        self.algorithm = algorithm
+        self.cfg = recipe.train
+        self.dist = Distributed()
+        self.device = self.dist.device
+        self.run_dir = recipe.output_dir
+        self.autocast_dtype = torch.bfloat16 if self.cfg.precision == "bf16" else None
+
+    # ----------------------------------------------------------------------------------------------
+    # set-up
+    # ----------------------------------------------------------------------------------------------
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _seed(self) -> None:
+        seed = self.cfg.seed
+        random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            import numpy as np
+
+            np.random.seed(seed)
+        except ImportError:
+            pass
+
+    def _resume_from(self) -> Path | None:
+        resume = self.cfg.resume
+        if resume is False or resume is None:
+            return None
+        if resume is True:
+            found = latest_checkpoint(self.run_dir)
+            if found is None and self.dist.is_main:
+                print(f"[alignkit] resume: no checkpoint in {self.run_dir}, starting from scratch")
+            return found
+        path = Path(resume)
+        if not (path / "state.json").exists():
+            raise FileNotFoundError(f"train.resume: {path} is not a checkpoint folder (no state.json)")
+        return path
+
+    def _base_model_path(self) -> Path:
+        if self.recipe.model.path:
+            return Path(self.recipe.model.path)
+        from ..tasks import get_task
+        from ..models.tiny import build_tiny
+
+        path = self.run_dir / "initial-model"
+        if self.dist.is_main and not (path / "config.json").exists():
+            build_tiny(path, get_task(self.recipe.task).corpus(), self.recipe.model.tiny)
+        self.dist.barrier()
+        return path
+
+    def _load_model(self, checkpoint: Path | None):
+        base = self._base_model_path()
+        self.tokenizer = load_tokenizer(base, self.recipe.model.trust_remote_code)
+        model_cfg = self.recipe.model
+        if checkpoint is None:
+            model = load_causal_lm(base, model_cfg)
+        elif model_cfg.lora is not None:
+            model = load_causal_lm(base, model_cfg.model_copy(update={"lora": None}), adapter=checkpoint / "model")
+        else:
+            model = load_causal_lm(checkpoint / "model", model_cfg)
+        return model.to(self.device)
+
+    def load_examples(self, source: str | None, split: str) -> list[dict[str, Any]] | None:
+        from ..tasks import get_task, task_rows
+
+        kind = self.algorithm.data_kind
+        data = self.recipe.data
+        if source is None:
+            n = self.recipe.task.n_train if split == "train" else self.recipe.task.n_eval
+            if split != "train" and (data.train is not None or n == 0):
+                return None
+            rows = task_rows(get_task(self.recipe.task), kind, n, split, self.recipe.task)
+            name = f"<task {self.recipe.task.name}:{split}>"
+        else:
+            rows, name = source, source
+        records, summary = load_records(rows, kind=kind if data.kind == "auto" else data.kind, skip_invalid=data.skip_invalid)
+        encoder = Encoder(self.tokenizer, data.max_length, data.truncation, source=name)
+        examples = encode_records(records, kind, encoder, summary)
+        if summary.n_skipped and self.dist.is_main:
+            print(f"[alignkit] {summary}")
+            (self.run_dir / f"skipped-{split}.txt").write_text(str(summary) + "\n")
+        for i, e in enumerate(examples):
+            e["index"] = i
+        return examples
+
+    def _optimizer(self, model: torch.nn.Module):
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 else decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.adam_betas, eps=self.cfg.adam_eps)
+
+    # ----------------------------------------------------------------------------------------------
+    # batches
+    # ----------------------------------------------------------------------------------------------
+    def step_indices(self, step: int, n: int) -> list[int]:
+        """This process's example indices for optimizer step ``step``."""
+        bs = self.cfg.batch_size
+        per_epoch = n // bs
+        epoch, pos = divmod(step, per_epoch)
+        g = torch.Generator().manual_seed(self.cfg.seed + epoch)
+        perm = torch.randperm(n, generator=g)[pos * bs : (pos + 1) * bs].tolist()
+        share = bs // self.dist.world
+        return perm[self.dist.rank * share : (self.dist.rank + 1) * share]
+
+    def micro_batches(self, examples: list[dict], indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        size = self.cfg.micro_batch_size or len(indices)
+        out = []
+        for start in range(0, len(indices), size):
+            chunk = [examples[i] for i in indices[start : start + size]]
+            batch = self.algorithm.collate(chunk, self.tokenizer.pad_token_id)
+            out.append({k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()})
+        return out
+
+    def _check_layout(self, n: int) -> None:
+        bs, world, mbs = self.cfg.batch_size, self.dist.world, self.cfg.micro_batch_size
+        if n < bs:
+            raise ValueError(f"the training data has {n} examples, fewer than train.batch_size={bs}")
+        if bs % world:
+            raise ValueError(f"train.batch_size={bs} must be divisible by the number of processes ({world})")
+        if mbs is not None and (bs // world) % mbs:
+            raise ValueError(f"train.batch_size / processes = {bs // world} must be a multiple of train.micro_batch_size={mbs}")
+
+    # ----------------------------------------------------------------------------------------------
+    # the loop
+    # ----------------------------------------------------------------------------------------------
+    def run_batches(self, policy, batches, train: bool) -> tuple[torch.Tensor, dict[str, list[float]]]:
+        """Forward (and backward when ``train``) over micro-batches that make one step; returns the
+        global mean loss and the globally reduced metrics."""
+        weights = torch.tensor([float(sum(self.algorithm.weight(b) for b in batches))], device=self.device)
+        total_weight = self.dist.sum(weights).item()
+        if total_weight <= 0:
+            raise ValueError("a batch with nothing to train on (no completion tokens)")
+        loss_total = torch.zeros((), device=self.device)
+        sums: dict[str, list[float]] = {}
+        for i, batch in enumerate(batches):
+            sync = (not train) or i == len(batches) - 1 or not hasattr(policy, "no_sync")
+            ctx = contextlib.nullcontext() if sync else policy.no_sync()
+            with ctx, (contextlib.nullcontext() if train else torch.no_grad()):
+                with self.autocast():
+                    loss_sum, metrics = self.algorithm.loss(policy, batch)
+                if train:
+                    (loss_sum * (self.dist.world / total_weight)).backward()
+            loss_total += loss_sum.detach().float()
+            for name, (value, count) in metrics.items():
+                acc = sums.setdefault(name, [0.0, 0.0])
+                acc[0] += float(value)
+                acc[1] += float(count)
+        names = sorted(sums)
+        packed = torch.tensor([loss_total.item()] + [v for n in names for v in sums[n]], device=self.device, dtype=torch.float64)
+        packed = self.dist.sum(packed).tolist()
+        metrics_out = {n: packed[1 + 2 * j] / max(packed[2 + 2 * j], 1e-12) for j, n in enumerate(names)}
+        return torch.tensor(packed[0] / total_weight), metrics_out
+
+    def evaluate(self, policy, examples: list[dict]) -> dict[str, float]:
+        policy.eval()
+        mine = list(range(self.dist.rank, len(examples), self.dist.world))
+        batches = self.micro_batches(examples, mine) if mine else []
+        loss, metrics = self.run_batches(policy, batches, train=False)
+        policy.train()
+        return {"eval/loss": loss.item(), **{f"eval/{k}": v for k, v in metrics.items()}}
+
+    def train(self) -> Path:
+        self._seed()
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            dump_recipe(self.recipe, self.run_dir / "config.yaml")
+        self.dist.barrier()
+        checkpoint = self._resume_from()
+        model = self._load_model(checkpoint)
+        self.model = model
+        train_examples = self.load_examples(self.recipe.data.train, "train")
+        eval_examples = self.load_examples(self.recipe.data.eval, "eval")
+        self.train_examples, self.eval_examples = train_examples, eval_examples
+        self._check_layout(len(train_examples))
+        self.algorithm.setup(self)
+
+        policy: torch.nn.Module = TargetLogProbs(model)
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            policy = DistributedDataParallel(policy, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        optimizer = self._optimizer(model)
+        per_epoch = len(train_examples) // self.cfg.batch_size
+        total = self.cfg.max_steps or max(1, math.ceil(self.cfg.epochs * per_epoch))
+        warmup = self.cfg.warmup_steps if self.cfg.warmup_steps is not None else int(self.cfg.warmup_ratio * total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.cfg.scheduler, warmup, total))
+        start = 0
+        if checkpoint is not None:
+            start = load_training_state(checkpoint, optimizer, scheduler)["step"]
+            if self.dist.is_main:
+                print(f"[alignkit] resumed from {checkpoint} at step {start}")
+        log = MetricsLog(self.run_dir, self.cfg.report_to, self.recipe.model_dump(mode="json"), enabled=self.dist.is_main)
+        if checkpoint is None and self.dist.is_main and log.path.exists():
+            log.path.unlink()  # a fresh run replaces the old metrics
+        params = [p for p in model.parameters() if p.requires_grad]
+        policy.train()
+        progress = make_progress(self.cfg.progress and self.dist.is_main)
+        with progress:
+            bar = progress.add_task(f"{self.algorithm.name} train", total=total, completed=start, info="")
+            window_t, window_ex, window_tok = time.perf_counter(), 0, 0
+            for step in range(start, total):
+                indices = self.step_indices(step, len(train_examples))
+                batches = self.micro_batches(train_examples, indices)
+                loss, metrics = self.run_batches(policy, batches, train=True)
+                grad_norm = None
+                if self.cfg.max_grad_norm is not None:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm).item()
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                window_ex += self.cfg.batch_size
+                window_tok += int(sum(b["attention_mask"].sum().item() for b in batches)) * self.dist.world
+                done = step + 1
+                progress.update(bar, completed=done, info=f"loss {loss.item():.4f}")
+                if done % self.cfg.log_every == 0 or done == total:
+                    elapsed = time.perf_counter() - window_t
+                    record = {"step": done, "epoch": step / per_epoch, "lr": lr, "loss": loss.item(), **metrics}
+                    if grad_norm is not None:
+                        record["grad_norm"] = grad_norm
+                    record["examples_per_s"] = window_ex / elapsed
+                    record["tokens_per_s"] = window_tok / elapsed
+                    log.log(record)
+                    window_t, window_ex, window_tok = time.perf_counter(), 0, 0
+                if eval_examples and self.cfg.eval_every and (done % self.cfg.eval_every == 0 or done == total):
+                    log.log({"step": done, **self.evaluate(policy, eval_examples)})
+                if self.cfg.save_every and done % self.cfg.save_every == 0 and done < total:
+                    if self.dist.is_main:
+                        save_checkpoint(self.run_dir, done, model, self.tokenizer, optimizer, scheduler, {"epoch": step / per_epoch}, self.cfg.save_total_limit)
+                    self.dist.barrier()
+        log.close()
+        final = self.run_dir / "final"
+        if self.cfg.save_final and self.dist.is_main:
+            save_policy(model, self.tokenizer, final)
+            if is_peft(model):
+                save_policy(model, self.tokenizer, self.run_dir / "final-merged", merge_lora=True)
+        self.dist.barrier()
+        return final
