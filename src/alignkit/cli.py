@@ -1,0 +1,173 @@
+"""The ``alignkit`` command line: train, demo, generate, eval, tiny."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    help="alignkit: align causal language models from feedback (SFT, DPO and the preference family, ...).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _user_errors():
+    from .config import ConfigError
+    from .data.records import DataError
+
+    return (ConfigError, DataError, FileNotFoundError, ValueError, ImportError)
+
+
+@app.command()
+def train(
+    recipe: Path = typer.Argument(..., help="YAML recipe file (see recipes/)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. train.lr=3e-4 dpo.beta=0.2"),
+) -> None:
+    """Train with a recipe. Runs unchanged under `torchrun --nproc-per-node N -m alignkit.cli train ...`."""
+    from .algorithms import train as run
+    from .config import load_recipe
+
+    try:
+        config = load_recipe(recipe, overrides or [])
+        final = run(config)
+    except _user_errors() as e:
+        _fail(str(e))
+    typer.echo(f"final model: {final}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Run folder for the demo's models, data and report."),
+    seed: int = typer.Option(0, help="Seed for every random choice."),
+    quiet: bool = typer.Option(False, help="No progress output."),
+) -> None:
+    """Build a tiny model, SFT it, DPO it on its own labelled samples, and report the gold-reward gain."""
+    from .demo import run_demo
+
+    results = run_demo(out, seed=seed, quiet=quiet, progress=not quiet)
+    typer.echo(json.dumps({k: results[k] for k in ("sft_gold_reward", "dpo_gold_reward", "gain", "dpo_kl_to_sft", "report")}, indent=1))
+
+
+@app.command()
+def generate(
+    model: Path = typer.Argument(..., help="A saved model folder (full model or LoRA adapter)."),
+    prompt: Optional[list[str]] = typer.Option(None, "--prompt", "-p", help="A prompt (repeatable)."),
+    prompts: Optional[Path] = typer.Option(None, help="A data file whose rows have a 'prompt' field."),
+    n: int = typer.Option(1, help="Samples per prompt."),
+    max_new_tokens: int = typer.Option(64),
+    temperature: float = typer.Option(1.0),
+    top_p: float = typer.Option(1.0),
+    greedy: bool = typer.Option(False, help="Greedy decoding instead of sampling."),
+    seed: int = typer.Option(0),
+    out: Optional[Path] = typer.Option(None, help="Write samples as JSON Lines here instead of printing."),
+) -> None:
+    """Sample completions from a model."""
+    from .data.records import load_records, write_jsonl
+    from .models.loading import load_policy_for_inference, load_tokenizer
+    from .rollout.generate import generate as sample
+
+    try:
+        texts = list(prompt or [])
+        if prompts is not None:
+            records, _ = load_records(prompts, kind="prompt")
+            texts += [r["prompt"] for r in records]
+        if not texts:
+            _fail("give --prompt TEXT or --prompts FILE")
+        policy = load_policy_for_inference(model)
+        tokenizer = load_tokenizer(model)
+        samples = sample(policy, tokenizer, texts, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy, seed=seed)
+    except _user_errors() as e:
+        _fail(str(e))
+    rows = [{"prompt": s.prompt, "completion": s.completion, "finished": s.finished} for s in samples]
+    if out:
+        write_jsonl(out, rows)
+        typer.echo(f"wrote {len(rows)} samples to {out}")
+    else:
+        for row in rows:
+            typer.echo(json.dumps(row, ensure_ascii=False))
+
+
+@app.command("eval")
+def evaluate(
+    target: Path = typer.Argument(..., help="A run folder (uses its final model) or a model folder."),
+    reference: Optional[Path] = typer.Option(None, help="Reference model for KL (default: the run's starting model)."),
+    task: str = typer.Option("sentiment", help="Built-in task whose gold reward scores the samples."),
+    n_prompts: int = typer.Option(256, help="Held-out prompts."),
+    samples: int = typer.Option(2, help="Samples per prompt."),
+    seed: int = typer.Option(0),
+    out: Optional[Path] = typer.Option(None, help="Folder for eval.json and report.html (default: the run folder)."),
+) -> None:
+    """Evaluate a policy on a built-in task: mean gold reward, KL to the reference, length, samples."""
+    from .evaluation.policy import evaluate_policy
+    from .evaluation.report import write_report
+    from .models.loading import load_policy_for_inference, load_tokenizer
+    from .tasks import get_task
+
+    try:
+        model_dir, run_dir = target, None
+        if (target / "config.yaml").exists() and (target / "final").exists():
+            import yaml
+
+            run_dir, model_dir = target, target / "final"
+            if reference is None:
+                config = yaml.safe_load((target / "config.yaml").read_text())
+                start = config.get("model", {}).get("path") or str(target / "initial-model")
+                reference = Path(start)
+        if not (model_dir / "config.json").exists() and not (model_dir / "adapter_config.json").exists():
+            _fail(f"{model_dir}: not a model folder (no config.json) nor a run folder with final/")
+        tokenizer = load_tokenizer(model_dir)
+        policy = load_policy_for_inference(model_dir)
+        ref_model = load_policy_for_inference(reference) if reference else None
+        the_task = get_task(task)
+        result = evaluate_policy(model_dir.name, policy, tokenizer, the_task, the_task.prompts(n_prompts, "test"), reference=ref_model, n_samples=samples, seed=seed)
+    except _user_errors() as e:
+        _fail(str(e))
+    folder = out or run_dir or model_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    data = result.as_dict()
+    data["reference"] = str(reference) if reference else None
+    (folder / "eval.json").write_text(json.dumps(data, indent=1))
+    summary = {k: v for k, v in data.items() if k != "samples"}
+    write_report(folder, f"alignkit eval: {target}", [("Evaluation", summary), ("Samples", result.samples)])
+    typer.echo(json.dumps(summary, indent=1))
+
+
+@app.command()
+def tiny(
+    out: Path = typer.Argument(..., help="Folder for the tokenizer and model."),
+    arch: str = typer.Option("llama", help="llama or qwen2"),
+    hidden_size: int = typer.Option(64),
+    num_layers: int = typer.Option(2),
+    num_heads: int = typer.Option(4),
+) -> None:
+    """Build a tiny tokenizer + randomly initialised causal LM on the built-in task's text (offline)."""
+    from .models.tiny import TinyModelConfig, build_tiny
+    from .tasks import get_task
+
+    try:
+        config = TinyModelConfig(arch=arch, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads)
+    except Exception as e:  # noqa: BLE001 - pydantic validation
+        _fail(str(e))
+    typer.echo(f"built {build_tiny(out, get_task().corpus(), config)}")
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
