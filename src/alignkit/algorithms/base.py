@@ -35,9 +35,22 @@ class Algorithm:
         """How many units (tokens, pairs, ...) this batch's summed loss is made of."""
         raise NotImplementedError
 
+    def load_model(self, path, model_config, adapter=None) -> torch.nn.Module:
+        """The trainable model from a checkpoint folder (a causal LM unless the algorithm says otherwise)."""
+        from ..models.loading import load_causal_lm
+
+        return load_causal_lm(path, model_config, adapter=adapter)
+
+    def module(self, model: torch.nn.Module) -> torch.nn.Module:
+        """What one forward of the engine runs (and DDP wraps): target log-probs of a causal LM by default."""
+        from ..models.logprobs import TargetLogProbs
+
+        return TargetLogProbs(model)
+
     def setup(self, trainer: "Trainer") -> None:
         """Work before the first step (e.g. reference log-probs); the policy is not yet wrapped."""
 
     def loss(self, policy: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
-        """(summed loss of the batch, metrics); ``policy`` maps a batch to target log-probs [B, T]."""
+        """(summed loss of the batch, metrics); ``policy`` is :meth:`module` of the model (DDP-wrapped when
+        distributed): by default it maps (input_ids, attention_mask, loss_mask) to target log-probs [B, T]."""
         raise NotImplementedError

@@ -28,8 +28,7 @@ from ..algorithms.base import Algorithm
 from ..config import Recipe, dump_recipe
 from ..data.encode import Encoder, encode_records
 from ..data.records import load_records
-from ..models.loading import is_peft, load_causal_lm, load_tokenizer, save_policy
-from ..models.logprobs import TargetLogProbs
+from ..models.loading import is_peft, load_tokenizer, save_policy
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from .tracking import MetricsLog
 
@@ -145,12 +144,13 @@ class Trainer:
         base = self._base_model_path()
         self.tokenizer = load_tokenizer(base, self.recipe.model.trust_remote_code)
         model_cfg = self.recipe.model
+        load = self.algorithm.load_model
         if checkpoint is None:
-            model = load_causal_lm(base, model_cfg)
+            model = load(base, model_cfg)
         elif model_cfg.lora is not None:
-            model = load_causal_lm(base, model_cfg.model_copy(update={"lora": None}), adapter=checkpoint / "model")
+            model = load(base, model_cfg.model_copy(update={"lora": None}), adapter=checkpoint / "model")
         else:
-            model = load_causal_lm(checkpoint / "model", model_cfg)
+            model = load(checkpoint / "model", model_cfg)
         return model.to(self.device)
 
     def load_examples(self, source: str | None, split: str) -> list[dict[str, Any]] | None:
@@ -270,7 +270,7 @@ class Trainer:
         self._check_layout(len(train_examples))
         self.algorithm.setup(self)
 
-        policy: torch.nn.Module = TargetLogProbs(model)
+        policy: torch.nn.Module = self.algorithm.module(model)
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
