@@ -106,17 +106,34 @@ class DPOConfig(Section):
     reference: Literal["cache", "model"] = Field("cache", description="cache: reference log-probs computed once before training; model: a frozen copy run every step")
 
 
-ALGORITHMS = ("sft", "dpo")
+class RewardConfig(Section):
+    """Reward-model training (``algorithm: reward``): Bradley–Terry (+ margin, centring), ensembles,
+    ratings regression on ranked data, or a pairwise preference model."""
+
+    type: Literal["scalar", "preference"] = "scalar"
+    loss: Literal["bradley_terry", "hinge"] = "bradley_terry"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    margin: bool = Field(False, description="subtract the pair's 'margin' field inside the BT sigmoid")
+    margin_scale: float = 1.0
+    centering: float = Field(0.0, ge=0, description="coefficient of (r_c + r_r)^2")
+    regression: float = Field(0.0, ge=0, description="weight of the squared error to the scores of ranked data")
+    ensemble: int = Field(1, ge=1, description="members trained side by side")
+    ensemble_init: Literal["head", "all"] = Field("head", description="what each member re-draws with its own seed")
+    bootstrap: bool = Field(True, description="ensemble members weigh pairs by their own Poisson(1) counts")
+
+
+ALGORITHMS = ("sft", "dpo", "reward")
 
 
 class Recipe(Section):
-    algorithm: Literal["sft", "dpo"]
+    algorithm: Literal["sft", "dpo", "reward"]
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
 
     @model_validator(mode="after")
     def _check(self) -> "Recipe":

@@ -5,9 +5,10 @@ from __future__ import annotations
 from ..config import Recipe
 from .base import Algorithm
 from .dpo import DPO
+from .reward import RewardModelling
 from .sft import SFT
 
-ALGORITHMS: dict[str, type[Algorithm]] = {"sft": SFT, "dpo": DPO}
+ALGORITHMS: dict[str, type[Algorithm]] = {"sft": SFT, "dpo": DPO, "reward": RewardModelling}
 
 
 def build_algorithm(recipe: Recipe) -> Algorithm:

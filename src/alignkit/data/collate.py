@@ -1,13 +1,30 @@
 """Batching encoded examples into tensors.
 
 Right padding with the tokenizer's pad id; ``attention_mask`` marks real tokens and ``loss_mask`` marks the
-trained (completion) tokens. A preference batch of B pairs becomes one batch of 2B sequences — the B
-chosen then the B rejected — so the policy runs one forward per batch.
+trained (completion) tokens.
+
+Preference pairs have two layouts:
+
+* padded (:func:`collate_pairs`): a batch of B pairs becomes one batch of 2B sequences — the B chosen then
+  the B rejected, each ``prompt + completion`` — so the policy runs one forward per batch. The prompt is
+  computed twice.
+* packed with a shared prefix (:func:`collate_pairs_packed`): each pair becomes ONE row
+  ``[prompt, chosen, rejected]``. Position ids restart at the end of the prompt for the rejected tokens
+  (``0..P-1, P..P+C-1, P..P+R-1``) and the attention pattern (built from ``segment``/``group`` by
+  :func:`alignkit.models.logprobs.packed_attention_mask`) lets chosen tokens see the prompt and earlier
+  chosen tokens, and rejected tokens see the prompt and earlier rejected tokens but never a chosen one. Every
+  token therefore has exactly the context it has in the padded layout, and the prompt is computed once.
+  The first rejected token is predicted by the hidden state of the last prompt token, so each target
+  carries an explicit ``source_index`` (the position whose hidden state predicts it). With ``row_tokens``
+  several pairs share a row (block-diagonal attention: a pair never sees another pair).
 """
 
 from __future__ import annotations
 
 import torch
+
+# segment ids of the packed layout
+PAD_SEGMENT, PROMPT, CHOSEN, REJECTED = -1, 0, 1, 2
 
 
 def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
@@ -40,3 +57,90 @@ def collate_pairs(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     batch = collate_sequences(ids, masks, pad_id)
     batch["index"] = torch.tensor([e["index"] for e in examples], dtype=torch.long)
     return batch
+
+
+def packed_pair_length(example: dict) -> int:
+    return len(example["prompt_ids"]) + len(example["chosen_ids"]) + len(example["rejected_ids"])
+
+
+def _rows(examples: list[dict], row_tokens: int | None) -> list[list[int]]:
+    """Which pairs go in which row: one per row, or greedily in order while a row stays within
+    ``row_tokens`` (a pair longer than that gets a row of its own)."""
+    if row_tokens is None:
+        return [[i] for i in range(len(examples))]
+    rows: list[list[int]] = []
+    used = 0
+    for i, e in enumerate(examples):
+        n = packed_pair_length(e)
+        if rows and used + n <= row_tokens:
+            rows[-1].append(i)
+            used += n
+        else:
+            rows.append([i])
+            used = n
+    return rows
+
+
+def collate_pairs_packed(examples: list[dict], pad_id: int, row_tokens: int | None = None) -> dict[str, torch.Tensor]:
+    """B pairs as prefix-shared packed rows (see the module docstring).
+
+    Returns ``input_ids``, ``attention_mask`` (2-D, 1 on real tokens), ``position_ids``, ``loss_mask`` (1 on
+    every target), ``source_index`` (per target, the position whose hidden state predicts it),
+    ``segment`` (prompt 0 / chosen 1 / rejected 2 / pad -1), ``group`` (the pair's slot in its row, -1 on
+    pads), ``target_pair`` (per target, the pair's index in the batch, else -1), ``chosen_tokens`` and
+    ``rejected_tokens`` ([B] target counts) and ``index`` ([B]).
+    """
+    layout = _rows(examples, row_tokens)
+    width = max(sum(packed_pair_length(examples[i]) for i in row) for row in layout)
+    shape = (len(layout), width)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(shape, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    loss_mask = torch.zeros(shape, dtype=torch.long)
+    source_index = torch.zeros(shape, dtype=torch.long)
+    segment = torch.full(shape, PAD_SEGMENT, dtype=torch.long)
+    group = torch.full(shape, -1, dtype=torch.long)
+    target_pair = torch.full(shape, -1, dtype=torch.long)
+    counts = torch.zeros(len(examples), 2, dtype=torch.long)
+    for r, row in enumerate(layout):
+        start = 0
+        for slot, i in enumerate(row):
+            e = examples[i]
+            p, c, q = e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]
+            n_p, n_c, n_r = len(p), len(c), len(q)
+            end = start + n_p + n_c + n_r
+            input_ids[r, start:end] = torch.tensor(p + c + q, dtype=torch.long)
+            attention_mask[r, start:end] = 1
+            group[r, start:end] = slot
+            position_ids[r, start : start + n_p + n_c] = torch.arange(n_p + n_c)
+            position_ids[r, start + n_p + n_c : end] = torch.arange(n_p, n_p + n_r)
+            segment[r, start : start + n_p] = PROMPT
+            segment[r, start + n_p : start + n_p + n_c] = CHOSEN
+            segment[r, start + n_p + n_c : end] = REJECTED
+            # targets: every completion token that has a predecessor in its own sequence (with an empty
+            # prompt the first completion token has none, exactly as in the padded layout)
+            for side, (first, length) in enumerate(((start + n_p, n_c), (start + n_p + n_c, n_r))):
+                positions = torch.arange(first, first + length)
+                sources = positions - 1
+                if length:
+                    sources[0] = start + n_p - 1  # the last prompt token predicts the first completion token
+                keep = sources >= start
+                positions, sources = positions[keep], sources[keep]
+                loss_mask[r, positions] = 1
+                source_index[r, positions] = sources
+                target_pair[r, positions] = i
+                counts[i, side] = int(keep.sum())
+            start = end
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+        "loss_mask": loss_mask,
+        "source_index": source_index,
+        "segment": segment,
+        "group": group,
+        "target_pair": target_pair,
+        "chosen_tokens": counts[:, 0].float(),
+        "rejected_tokens": counts[:, 1].float(),
+        "index": torch.tensor([e["index"] for e in examples], dtype=torch.long),
+    }

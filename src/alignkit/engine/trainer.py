@@ -34,16 +34,24 @@ from .tracking import MetricsLog
 
 
 class Distributed:
-    """Process layout (from ``accelerate``'s ``PartialState``: gloo on CPU, NCCL on GPU)."""
+    """Process layout from the launcher's environment (``torchrun`` / ``accelerate launch`` set RANK,
+    WORLD_SIZE, LOCAL_RANK): NCCL on GPUs, gloo on CPUs; one process when WORLD_SIZE is unset."""
 
     def __init__(self) -> None:
-        from accelerate import PartialState
+        import os
 
-        self.state = PartialState()
-        self.rank = self.state.process_index
-        self.world = self.state.num_processes
-        self.device = self.state.device
-        self.is_main = self.state.is_main_process
+        import torch.distributed as dist
+
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = torch.cuda.is_available()
+        if self.world > 1 and not dist.is_initialized():
+            if cuda:
+                torch.cuda.set_device(local_rank)
+            dist.init_process_group(backend="nccl" if cuda else "gloo")
+        self.rank = dist.get_rank() if self.world > 1 else 0
+        self.device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+        self.is_main = self.rank == 0
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         if self.world > 1:
@@ -54,6 +62,10 @@ class Distributed:
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def make_progress(enabled: bool) -> Progress:
@@ -314,6 +326,7 @@ class Trainer:
                     record = {"step": done, "epoch": step / per_epoch, "lr": lr, "loss": loss.item(), **metrics}
                     if grad_norm is not None:
                         record["grad_norm"] = grad_norm
+                    record["processes"] = self.dist.world
                     record["examples_per_s"] = window_ex / elapsed
                     record["tokens_per_s"] = window_tok / elapsed
                     log.log(record)
@@ -331,4 +344,5 @@ class Trainer:
             if is_peft(model):
                 save_policy(model, self.tokenizer, self.run_dir / "final-merged", merge_lora=True)
         self.dist.barrier()
+        self.dist.close()
         return final

@@ -1,0 +1,31 @@
+"""Reward sources, reward models, transforms and reward-model evaluation.
+
+``build_reward_source(spec).score(prompts, completions) -> Tensor`` is the one interface every reward
+(trained model, preference model, Python function, ensemble, combination, task gold reward) offers.
+"""
+
+from __future__ import annotations
+
+from .sources import (
+    CombinedSource,
+    EnsembleSource,
+    FunctionSource,
+    PreferenceModelSource,
+    RewardModelSource,
+    RewardSource,
+    TaskGoldSource,
+    build_reward_source,
+    load_function,
+)
+
+__all__ = [
+    "RewardSource",
+    "RewardModelSource",
+    "PreferenceModelSource",
+    "FunctionSource",
+    "TaskGoldSource",
+    "EnsembleSource",
+    "CombinedSource",
+    "build_reward_source",
+    "load_function",
+]

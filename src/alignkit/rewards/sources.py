@@ -1,0 +1,307 @@
+"""One interface for every reward source: ``score(prompts, completions) -> Tensor [N]``.
+
+Implementations: a trained reward model (:class:`RewardModelSource`, scalar or ensemble), a pairwise
+preference model (:class:`PreferenceModelSource`, ``compare`` gives P(a ≻ b)), a Python function
+(:class:`FunctionSource`, only from an explicit ``module:function`` path), an ensemble of sources
+(:class:`EnsembleSource`), a weighted / multi-objective combination (:class:`CombinedSource`) and a
+built-in task's gold reward (:class:`TaskGoldSource`). :func:`build_reward_source` makes one from a
+YAML-style spec::
+
+    gold                                   # the built-in task's gold reward (gold:sentiment)
+    runs/reward/final                      # a saved reward model / ensemble / preference model folder
+    alignkit.rewards.verifiable:exact_match
+    {type: function, path: "mypkg.rewards:fmt", kwargs: {pattern: "..."}}
+    {type: ensemble, members: [runs/a/final, runs/b/final], reduce: mean_minus_std, lam: 1.0}
+    {type: combine, sources: [{source: gold, weight: 1.0, reference: 0.0}, ...], transform: log_sigmoid}
+
+Extra per-example inputs (e.g. ``answers=[...]`` for exact match) are passed as keyword arguments of
+``score`` and reach function sources unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .transforms import ENSEMBLE_REDUCTIONS, apply_transform, ensemble_reduce
+
+_FUNCTION_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class RewardSource:
+    """``score(prompts, completions, **context) -> float32 Tensor [N]``."""
+
+    name: str = "reward"
+
+    def score(self, prompts: Sequence[Any], completions: Sequence[Any], *, progress: bool = False, **context: Any) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, prompts, completions, **kwargs) -> Tensor:
+        return self.score(prompts, completions, **kwargs)
+
+
+def _check_lengths(prompts: Sequence[Any], completions: Sequence[Any]) -> None:
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+
+
+# --------------------------------------------------------------------------------------------------
+# model-based sources
+# --------------------------------------------------------------------------------------------------
+class _ModelBacked(RewardSource):
+    def __init__(self, path: str | Path, batch_size: int = 32, max_length: int = 512, device: str | None = None, dtype: str = "float32"):
+        from ..config import ModelConfig
+        from ..data.encode import Encoder
+        from ..models.loading import load_tokenizer
+        from .models import load_any_reward_model
+
+        self.path = Path(path)
+        if not (self.path / "config.json").exists() and not (self.path / "ensemble.json").exists():
+            raise FileNotFoundError(f"{self.path}: not a reward model folder (no config.json or ensemble.json)")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        tok_dir = self.path / "member-0" if (self.path / "ensemble.json").exists() and not (self.path / "tokenizer_config.json").exists() else self.path
+        self.tokenizer = load_tokenizer(tok_dir)
+        self.model = load_any_reward_model(self.path, ModelConfig(dtype=dtype)).to(self.device)
+        self.encoder = Encoder(self.tokenizer, max_length, "left", source=str(self.path))
+        self.batch_size = batch_size
+        self.name = self.path.name
+
+    @torch.no_grad()
+    def _run(self, seqs: list[list[int]], progress: bool, description: str) -> Tensor:
+        """``[N, L]`` outputs of the model for token sequences (batched, longest first for less padding)."""
+        from ..engine.trainer import make_progress
+        from .models import RewardForward, pad_batch
+
+        forward = RewardForward(self.model)
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        out: Tensor | None = None
+        with make_progress(progress) as bar_set:
+            bar = bar_set.add_task(description, total=len(seqs), info="")
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                batch = pad_batch([seqs[i] for i in idx], self.tokenizer.pad_token_id)
+                values = forward(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)).cpu()
+                if out is None:
+                    out = torch.zeros(len(seqs), values.shape[-1])
+                out[idx] = values
+                bar_set.update(bar, advance=len(idx))
+        return out if out is not None else torch.zeros(0, 1)
+
+
+class RewardModelSource(_ModelBacked):
+    """A saved scalar reward model, or an ensemble folder reduced by ``reduce`` (see
+    :func:`alignkit.rewards.transforms.ensemble_reduce`)."""
+
+    def __init__(self, path: str | Path, reduce: str = "mean", lam: float = 1.0, **kwargs: Any):
+        super().__init__(path, **kwargs)
+        if reduce not in ENSEMBLE_REDUCTIONS:
+            raise KeyError(f"unknown ensemble reduction {reduce!r}; allowed: {', '.join(ENSEMBLE_REDUCTIONS)}")
+        self.reduce, self.lam = reduce, lam
+        if getattr(self.model.config, "reward_type", "scalar") == "preference":
+            raise ValueError(f"{path} is a pairwise preference model; use type: preference")
+
+    def score_members(self, prompts, completions, *, progress: bool = False, **context: Any) -> Tensor:
+        """``[N, K]`` rewards (K = 1 for a single model)."""
+        _check_lengths(prompts, completions)
+        seqs = [self._encode(p, c) for p, c in zip(prompts, completions)]
+        return self._run(seqs, progress, f"reward {self.name}")
+
+    def _encode(self, prompt, completion) -> list[int]:
+        from .models import encode_single
+
+        return encode_single(self.encoder, prompt, completion)
+
+    def score(self, prompts, completions, *, progress: bool = False, **context: Any) -> Tensor:
+        return ensemble_reduce(self.score_members(prompts, completions, progress=progress), self.reduce, self.lam)
+
+
+class PreferenceModelSource(_ModelBacked):
+    """A pairwise preference model. ``compare(prompts, a, b)`` gives P(a ≻ b), antisymmetric by
+    construction; ``score`` is the logit of P(completion ≻ reference) against ``references`` (a keyword
+    of ``score``, one per prompt) or the fixed ``reference`` completion given here."""
+
+    def __init__(self, path: str | Path, reference: str | None = None, **kwargs: Any):
+        super().__init__(path, **kwargs)
+        self.reference = reference
+
+    def logits(self, prompts, a, b, *, progress: bool = False) -> Tensor:
+        """Antisymmetrised logit ``(ℓ(a, b) − ℓ(b, a)) / 2``, ``[N]``."""
+        from .models import encode_pair_input
+
+        _check_lengths(prompts, a)
+        _check_lengths(prompts, b)
+        n = len(prompts)
+        seqs = [encode_pair_input(self.encoder, p, x, y) for p, x, y in zip(prompts, a, b)]
+        seqs += [encode_pair_input(self.encoder, p, y, x) for p, x, y in zip(prompts, a, b)]
+        out = self._run(seqs, progress, f"preference {self.name}")[:, 0]
+        return (out[:n] - out[n:]) / 2
+
+    def compare(self, prompts, a, b, *, progress: bool = False) -> Tensor:
+        return torch.sigmoid(self.logits(prompts, a, b, progress=progress))
+
+    def score(self, prompts, completions, *, progress: bool = False, references: Sequence[Any] | None = None, **context: Any) -> Tensor:
+        if references is None:
+            if self.reference is None:
+                raise ValueError("a preference model scores against a reference: pass references=[...] or set reference")
+            references = [self.reference] * len(prompts)
+        return self.logits(prompts, completions, references, progress=progress)
+
+
+# --------------------------------------------------------------------------------------------------
+# functions, tasks, ensembles, combinations
+# --------------------------------------------------------------------------------------------------
+def load_function(path: str) -> Callable[..., Any]:
+    """``module:function`` -> the function (imported, never executed from a file path)."""
+    if not _FUNCTION_PATH.match(path):
+        raise ValueError(f"reward function '{path}': expected an explicit 'package.module:function' path")
+    module_name, fn_name = path.split(":")
+    module = importlib.import_module(module_name)
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise ValueError(f"reward function '{path}': {module_name} has no callable '{fn_name}'")
+    return fn
+
+
+class FunctionSource(RewardSource):
+    """A batched Python function ``fn(prompts, completions, **kwargs, **context) -> N numbers``."""
+
+    def __init__(self, fn: Callable[..., Any] | str, kwargs: dict[str, Any] | None = None, name: str | None = None):
+        self.fn = load_function(fn) if isinstance(fn, str) else fn
+        self.kwargs = dict(kwargs or {})
+        self.name = name or (fn if isinstance(fn, str) else getattr(fn, "__name__", "function"))
+
+    def score(self, prompts, completions, *, progress: bool = False, **context: Any) -> Tensor:
+        _check_lengths(prompts, completions)
+        values = self.fn(list(prompts), list(completions), **self.kwargs, **context)
+        out = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
+        if out.numel() != len(completions):
+            raise ValueError(f"reward function {self.name} returned {out.numel()} values for {len(completions)} completions")
+        return out
+
+
+class TaskGoldSource(RewardSource):
+    """The gold reward of a built-in task."""
+
+    def __init__(self, task: str = "sentiment"):
+        from ..tasks import get_task
+
+        self.task = get_task(task)
+        self.name = f"gold:{task}"
+
+    def score(self, prompts, completions, *, progress: bool = False, **context: Any) -> Tensor:
+        _check_lengths(prompts, completions)
+        return torch.tensor(self.task.gold_rewards(list(prompts), list(completions)), dtype=torch.float32)
+
+
+class EnsembleSource(RewardSource):
+    """Members' rewards ``[N, K]`` reduced by ``reduce`` (mean, mean_minus_std, min, ...)."""
+
+    def __init__(self, members: Sequence[RewardSource], reduce: str = "mean", lam: float = 1.0):
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        if reduce not in ENSEMBLE_REDUCTIONS:
+            raise KeyError(f"unknown ensemble reduction {reduce!r}; allowed: {', '.join(ENSEMBLE_REDUCTIONS)}")
+        self.members, self.reduce, self.lam = list(members), reduce, lam
+        self.name = "ensemble"
+
+    def score_members(self, prompts, completions, *, progress: bool = False, **context: Any) -> Tensor:
+        cols = []
+        for m in self.members:
+            s = m.score_members(prompts, completions, progress=progress, **context) if hasattr(m, "score_members") else m.score(prompts, completions, progress=progress, **context)[:, None]
+            cols.append(s)
+        return torch.cat(cols, dim=-1)
+
+    def score(self, prompts, completions, *, progress: bool = False, **context: Any) -> Tensor:
+        return ensemble_reduce(self.score_members(prompts, completions, progress=progress, **context), self.reduce, self.lam)
+
+
+class CombinedSource(RewardSource):
+    """``Σ_i w_i · T(r_i)``: a weighted, optionally transformed sum of several rewards. ``transform`` is
+    ``none``, ``log_sigmoid`` (``log σ(r_i − reference_i)``, the "good on all" sum), ``clip`` or ``whiten``."""
+
+    def __init__(self, sources: Sequence[RewardSource], weights: Sequence[float] | None = None, transform: str = "none", references: Sequence[float] | None = None, params: dict[str, Any] | None = None):
+        self.sources = list(sources)
+        self.weights = list(weights) if weights is not None else [1.0] * len(self.sources)
+        self.references = list(references) if references is not None else [0.0] * len(self.sources)
+        if not (len(self.weights) == len(self.references) == len(self.sources)):
+            raise ValueError("combine: sources, weights and references must have the same length")
+        self.transform, self.params = transform, dict(params or {})
+        apply_transform(transform, torch.zeros(1), **({"reference": 0.0} | self.params))  # validates the name
+        self.name = "combined"
+
+    def components(self, prompts, completions, *, progress: bool = False, **context: Any) -> dict[str, Tensor]:
+        out = {}
+        for i, s in enumerate(self.sources):
+            out[f"{i}:{s.name}"] = s.score(prompts, completions, progress=progress, **context)
+        return out
+
+    def score(self, prompts, completions, *, progress: bool = False, **context: Any) -> Tensor:
+        parts = self.components(prompts, completions, progress=progress, **context).values()
+        total = torch.zeros(len(completions))
+        for r, w, ref in zip(parts, self.weights, self.references):
+            total = total + w * apply_transform(self.transform, r, reference=ref, **self.params)
+        return total
+
+
+# --------------------------------------------------------------------------------------------------
+# factory
+# --------------------------------------------------------------------------------------------------
+def _model_source(path: str | Path, spec: dict[str, Any]) -> RewardSource:
+    import json
+
+    path = Path(path)
+    options = {k: spec[k] for k in ("batch_size", "max_length", "device", "dtype") if k in spec}
+    config = path / "config.json"
+    kind = "scalar"
+    if config.exists():
+        kind = json.loads(config.read_text()).get("reward_type", "scalar")
+    if spec.get("type") == "preference" or kind == "preference":
+        return PreferenceModelSource(path, reference=spec.get("reference"), **options)
+    return RewardModelSource(path, reduce=spec.get("reduce", "mean"), lam=spec.get("lam", 1.0), **options)
+
+
+def build_reward_source(spec: str | dict[str, Any] | RewardSource) -> RewardSource:
+    """A reward source from a name, a path or a mapping (see the module docstring)."""
+    if isinstance(spec, RewardSource):
+        return spec
+    if isinstance(spec, str):
+        if spec == "gold" or spec.startswith("gold:"):
+            return TaskGoldSource(spec.split(":", 1)[1] if ":" in spec else "sentiment")
+        if Path(spec).exists():
+            return _model_source(spec, {})
+        if _FUNCTION_PATH.match(spec):
+            return FunctionSource(spec)
+        raise ValueError(f"reward source '{spec}': not 'gold[:task]', an existing model folder, nor a 'module:function' path")
+    if not isinstance(spec, dict):
+        raise TypeError(f"reward source: expected a string or a mapping, got {type(spec).__name__}")
+    spec = dict(spec)
+    kind = spec.get("type")
+    if kind is None:
+        kind = "function" if "function" in spec else "model" if "path" in spec else None
+    if kind in ("model", "preference"):
+        return _model_source(spec["path"], spec)
+    if kind == "function":
+        return FunctionSource(spec.get("function") or spec["path"], spec.get("kwargs"), spec.get("name"))
+    if kind == "gold":
+        return TaskGoldSource(spec.get("task", "sentiment"))
+    if kind == "ensemble":
+        return EnsembleSource([build_reward_source(m) for m in spec["members"]], spec.get("reduce", "mean"), spec.get("lam", 1.0))
+    if kind == "combine":
+        items = spec["sources"]
+        sources, weights, refs = [], [], []
+        for item in items:
+            if isinstance(item, dict) and "source" in item:
+                sources.append(build_reward_source(item["source"]))
+                weights.append(float(item.get("weight", 1.0)))
+                refs.append(float(item.get("reference", 0.0)))
+            else:
+                sources.append(build_reward_source(item))
+                weights.append(1.0)
+                refs.append(0.0)
+        return CombinedSource(sources, weights, spec.get("transform", "none"), refs, spec.get("params"))
+    raise ValueError(f"reward source: unknown type {kind!r}; allowed: model, preference, function, gold, ensemble, combine")

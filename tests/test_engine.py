@@ -1,0 +1,152 @@
+"""The training engine: invariances that make results trustworthy."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignkit.algorithms import train
+from alignkit.config import load_recipe
+
+
+def recipe(tmp_path, tiny_dir, algorithm="sft", name="run", extra=()):
+    overrides = [
+        f"train.output_dir={tmp_path / name}",
+        f"model.path={tiny_dir}",
+        "task.n_train=64",
+        "task.n_eval=0",
+        "train.batch_size=8",
+        "train.max_steps=4",
+        "train.lr=1e-3",
+        "train.progress=false",
+        "train.warmup_steps=1",
+        "data.max_length=64",
+        *extra,
+    ]
+    return load_recipe({"algorithm": algorithm}, overrides)
+
+
+def weights(folder):
+    state = load_file(str(folder / "model.safetensors"))
+    return {k: v.float() for k, v in state.items()}
+
+
+def assert_same_weights(a, b, atol):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=atol, rtol=0, msg=k)
+
+
+def metric_rows(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("algorithm", ["sft", "dpo"])
+def test_micro_batching_does_not_change_the_update(tmp_path, tiny_dir, algorithm):
+    full = train(recipe(tmp_path, tiny_dir, algorithm, "full"))
+    micro = train(recipe(tmp_path, tiny_dir, algorithm, "micro", ["train.micro_batch_size=2"]))
+    assert_same_weights(full, micro, atol=2e-6)
+    losses_full = [r["loss"] for r in metric_rows(tmp_path / "full") if "loss" in r]
+    losses_micro = [r["loss"] for r in metric_rows(tmp_path / "micro") if "loss" in r]
+    assert losses_full == pytest.approx(losses_micro, abs=1e-5)
+
+
+def test_sft_loss_is_token_mean_over_the_whole_batch(tmp_path, tiny_dir):
+    """Micro-batches with different token counts: the step loss is total NLL / total tokens."""
+    from alignkit.engine.trainer import Trainer
+    from alignkit.algorithms.sft import SFT
+
+    r = recipe(tmp_path, tiny_dir, "sft", "tm", ["train.micro_batch_size=1", "train.batch_size=4"])
+    trainer = Trainer(r, SFT(r))
+    trainer._seed()
+    trainer.model = trainer._load_model(None)
+    examples = trainer.load_examples(None, "train")
+    policy = trainer.algorithm.module(trainer.model)
+    batches = trainer.micro_batches(examples, [0, 1, 2, 3])
+    loss, _ = trainer.run_batches(policy, batches, train=False)
+    nll, tokens = 0.0, 0.0
+    with torch.no_grad():
+        for b in batches:
+            nll -= policy(b["input_ids"], b["attention_mask"], b["loss_mask"]).sum().item()
+            tokens += b["loss_mask"][:, 1:].sum().item()
+    assert loss.item() == pytest.approx(nll / tokens, rel=1e-6)
+
+
+def test_resume_gives_the_uninterrupted_result(tmp_path, tiny_dir):
+    whole = train(recipe(tmp_path, tiny_dir, "sft", "whole", ["train.max_steps=6", "train.save_every=3"]))
+    # A second run that was "killed" after its step-3 checkpoint (and while writing another one).
+    (tmp_path / "resumed").mkdir()
+    shutil.copytree(tmp_path / "whole" / "checkpoint-3", tmp_path / "resumed" / "checkpoint-3")
+    shutil.copytree(tmp_path / "whole" / "checkpoint-3", tmp_path / "resumed" / "checkpoint-5.tmp")
+    resumed = train(recipe(tmp_path, tiny_dir, "sft", "resumed", ["train.max_steps=6", "train.save_every=3", "train.resume=true"]))
+    assert_same_weights(whole, resumed, atol=0)
+    tail = [r["loss"] for r in metric_rows(tmp_path / "whole") if r["step"] > 3]
+    assert tail == [r["loss"] for r in metric_rows(tmp_path / "resumed")]
+
+
+def test_checkpoints_are_safetensors_and_pruned(tmp_path, tiny_dir):
+    train(recipe(tmp_path, tiny_dir, "sft", "ck", ["train.max_steps=6", "train.save_every=2", "train.save_total_limit=1"]))
+    checkpoints = sorted(p.name for p in (tmp_path / "ck").glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-4"]
+    files = {p.name for p in (tmp_path / "ck" / "checkpoint-4" / "model").iterdir()}
+    assert "model.safetensors" in files and not any(f.endswith(".bin") for f in files)
+
+
+def test_lora_trains_only_adapters_and_resumes(tmp_path, tiny_dir):
+    extra = ["model.lora.r=4", "train.max_steps=4", "train.save_every=2"]
+    final = train(recipe(tmp_path, tiny_dir, "dpo", "lora", extra))
+    assert (final / "adapter_config.json").exists()
+    assert (tmp_path / "lora" / "final-merged" / "model.safetensors").exists()
+    merged, base = weights(tmp_path / "lora" / "final-merged"), weights(tiny_dir)
+    assert any(not torch.equal(merged[k], base[k]) for k in base)
+    (tmp_path / "lora2").mkdir()
+    shutil.copytree(tmp_path / "lora" / "checkpoint-2", tmp_path / "lora2" / "checkpoint-2")
+    train(recipe(tmp_path, tiny_dir, "dpo", "lora2", [*extra, "train.resume=true"]))
+    assert_same_weights(tmp_path / "lora" / "final-merged", tmp_path / "lora2" / "final-merged", atol=1e-6)
+
+
+def test_bf16_autocast_trains(tmp_path, tiny_dir):
+    train(recipe(tmp_path, tiny_dir, "sft", "bf16", ["train.precision=bf16", "train.max_steps=3"]))
+    losses = [r["loss"] for r in metric_rows(tmp_path / "bf16")]
+    assert len(losses) == 3 and all(l == l and l > 0 for l in losses)
+
+
+def test_dpo_first_step_starts_at_log2(tmp_path, tiny_dir):
+    train(recipe(tmp_path, tiny_dir, "dpo", "d", ["train.max_steps=1"]))
+    first = metric_rows(tmp_path / "d")[0]
+    assert first["loss"] == pytest.approx(0.6931472, abs=1e-5)  # policy == reference at step 1
+    assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_reference_model_and_cache_agree(tmp_path, tiny_dir):
+    a = train(recipe(tmp_path, tiny_dir, "dpo", "cache", ["dpo.reference=cache"]))
+    b = train(recipe(tmp_path, tiny_dir, "dpo", "model", ["dpo.reference=model"]))
+    assert_same_weights(a, b, atol=1e-6)
+
+
+@pytest.mark.distributed
+def test_two_processes_match_one(tmp_path, tiny_dir):
+    """torchrun with 2 CPU processes (gloo DDP) gives the 1-process result at the same global batch."""
+    one = train(recipe(tmp_path, tiny_dir, "dpo", "one"))
+    overrides = [
+        f"train.output_dir={tmp_path / 'two'}", f"model.path={tiny_dir}", "task.n_train=64", "task.n_eval=0",
+        "train.batch_size=8", "train.max_steps=4", "train.lr=1e-3", "train.progress=false", "train.warmup_steps=1",
+        "data.max_length=64",
+    ]
+    (tmp_path / "dpo.yaml").write_text("algorithm: dpo\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+           "-m", "alignkit.cli", "train", str(tmp_path / "dpo.yaml"), *overrides]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_weights(one, tmp_path / "two" / "final", atol=2e-6)
+    one_losses = [r["loss"] for r in metric_rows(tmp_path / "one")]
+    two_losses = [r["loss"] for r in metric_rows(tmp_path / "two")]
+    assert one_losses == pytest.approx(two_losses, abs=1e-5)
+    assert {r["processes"] for r in metric_rows(tmp_path / "two")} == {2}
