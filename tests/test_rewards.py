@@ -141,7 +141,7 @@ def test_bt_reward_model_reaches_bayes_limit(tmp_path):
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_ensemble_std_rises_off_distribution(tmp_path, tiny_dir, tokenizer):
-    r = recipe(tmp_path / "ens", tiny_dir, reward={"ensemble": 3, "ensemble_init": "all"}, train={"max_steps": 20, "lr": 3e-3})
+    r = recipe(tmp_path / "ens", tiny_dir, reward={"ensemble": 3, "ensemble_init": "all"}, train={"max_steps": 40, "lr": 3e-3})
     final = train(r)
     assert (final / "ensemble.json").exists() and (final / "member-2" / "config.json").exists()
     src = build_reward_source({"type": "model", "path": str(final), "reduce": "mean_minus_std", "lam": 1.0})
