@@ -129,3 +129,55 @@ def test_length_clip_whiten():
     w = T.whiten(t(1.0, 3.0))  # mean 2, population std 1
     assert w.tolist() == pytest.approx([-1.0, 1.0], abs=1e-6)
     assert T.whiten(t(1.0, 3.0), shift_mean=False).tolist() == pytest.approx([1.0, 3.0], abs=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# multi-objective and process reward models
+# --------------------------------------------------------------------------------------------------
+def test_attribute_regression_masked():
+    pred = torch.tensor([[1.0, 2.0], [0.5, -1.0], [3.0, 3.0]], dtype=torch.float64)
+    target = torch.tensor([[0.0, 4.0], [0.5, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1], [0, 1], [0, 0]])
+    # row 0: ((1-0)^2 + (2-4)^2) / 2 = 2.5 ; row 1: only the second rating, (-1-0)^2 = 1 ; row 2: none -> 0
+    assert reward_loss("attribute_regression", pred, target, mask).tolist() == pytest.approx([2.5, 1.0, 0.0])
+    # no mask: the plain mean over attributes
+    assert reward_loss("attribute_regression", pred, target).tolist() == pytest.approx([2.5, 0.5, 9.0])
+
+
+def test_gated_reward_and_bradley_terry():
+    from alignkit.objectives.reward import gated_reward
+
+    gate = torch.tensor([[0.75, 0.25]], dtype=torch.float64)
+    chosen = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
+    rejected = torch.tensor([[0.0, 2.0]], dtype=torch.float64)
+    # r_c = 2 · (0.75·1 + 0.25·(−2)) = 0.5 ; r_r = 2 · (0 + 0.25·2) = 1.0
+    assert gated_reward(gate, chosen, 2.0).tolist() == pytest.approx([0.5])
+    assert gated_reward(gate, rejected, 2.0).tolist() == pytest.approx([1.0])
+    # −log σ(0.5 − 1.0) = log(1 + e^0.5)
+    got = reward_loss("gated_bradley_terry", gate, chosen, rejected, scale=2.0)
+    assert got.item() == pytest.approx(math.log(1 + math.exp(0.5)), abs=1e-12)
+    # a one-hot gate reduces to plain BT on that attribute: −log σ(1 − 0)
+    one_hot = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    assert reward_loss("gated_bradley_terry", one_hot, chosen, rejected).item() == pytest.approx(-log_sigmoid(1.0), abs=1e-12)
+    # the gradient on the gate logits favours the attribute on which chosen beats rejected
+    logits = torch.zeros(1, 2, dtype=torch.float64, requires_grad=True)
+    reward_loss("gated_bradley_terry", torch.softmax(logits, -1), chosen, rejected).sum().backward()
+    assert logits.grad[0, 0] < 0 < logits.grad[0, 1]
+
+
+def test_split_steps_and_aggregates():
+    from alignkit.rewards.models import aggregate_steps, split_steps
+    from alignkit.rewards.task_data import SENTIMENT_STEP_SPLIT, clause_labels
+
+    text = " the soup was great and the bread was bad but the staff was fine ."
+    steps = split_steps(text, SENTIMENT_STEP_SPLIT)
+    assert steps == [" the soup was great", " and the bread was bad", " but the staff was fine ."]
+    assert "".join(steps) == text and clause_labels(steps) == [1, 0, 1]
+    assert split_steps("step 1\nstep 2\n", r"\n") == ["step 1\n", "step 2\n"]
+    p = torch.tensor([0.9, 0.5, 0.8])
+    assert aggregate_steps(p, "min").item() == pytest.approx(0.5)
+    assert aggregate_steps(p, "prod").item() == pytest.approx(0.36)
+    assert aggregate_steps(p, "mean").item() == pytest.approx(2.2 / 3)
+    assert aggregate_steps(p, "last").item() == pytest.approx(0.8)
+    with pytest.raises(KeyError):
+        aggregate_steps(p, "max")

@@ -45,8 +45,9 @@ class ModelConfig(Section):
 class TaskConfig(Section):
     """A built-in task that generates data (when ``data.train`` is not a file) and scores samples."""
 
-    name: Literal["sentiment"] = "sentiment"
+    name: Literal["sentiment", "arithmetic"] = "sentiment"
     seed: int = 0
+    level: int = Field(1, ge=0, le=3, description="arithmetic difficulty (0-3)")
     n_train: int = Field(2048, gt=0)
     n_eval: int = Field(256, ge=0)
     label_temperature: float = Field(0.25, gt=0)
@@ -96,6 +97,40 @@ class SFTConfig(Section):
     """Supervised fine-tuning: token-mean negative log-likelihood of completion tokens."""
 
 
+class RLConfig(Section):
+    """Online RL (``algorithm: rl``): rollout, reward, advantage estimator, policy loss, KL."""
+
+    estimator: Literal["grpo", "dr_grpo", "rloo", "remax", "reinforce", "reinforce_pp", "reinforce_pp_baseline", "ppo"] = "grpo"
+    policy_loss: Literal["ppo_clip", "cispo", "gspo", "reinforce"] = "ppo_clip"
+    aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"] = "token_mean"
+    reward: Any = Field("gold", description="gold (the task's gold reward), a reward model folder, module:function, or a reward-source mapping")
+    group_size: int = Field(4, gt=0, description="samples per prompt")
+    max_new_tokens: int = Field(32, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    generation_batch_size: int = Field(64, gt=0)
+    std: Literal["group", "batch", "none"] = Field("group", description="GRPO advantage scale")
+    moving_baseline: bool = Field(True, description="REINFORCE: subtract a moving average of the reward")
+    beta: float = Field(0.0, ge=0, description="KL coefficient; 0 loads no reference model")
+    kl_estimator: Literal["k1", "k2", "k3", "abs"] = "k3"
+    kl_in: Literal["loss", "reward"] = "loss"
+    clip_low: float = Field(0.2, ge=0)
+    clip_high: float = Field(0.2, ge=0, description="DAPO clip-higher: raise above clip_low")
+    dual_clip: float | None = Field(None, gt=1)
+    epochs: int = Field(1, gt=0, description="passes over each rollout (PPO epochs)")
+    mini_batches: int = Field(1, gt=0, description="optimizer steps per pass")
+    dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose rewards are all equal")
+    overlong: Literal["none", "filter", "shape"] = "none"
+    overlong_buffer: int = Field(8, ge=0)
+    overlong_penalty: float = Field(1.0, ge=0)
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    vf_coef: float = Field(0.1, ge=0)
+    value_clip: float | None = 0.2
+    whiten_advantages: bool = True
+    eval_samples: int = Field(1, gt=0, description="samples per eval prompt")
+
+
 class DPOConfig(Section):
     """Direct preference optimisation (and, through ``loss``, any pairwise loss of
     :func:`alignkit.objectives.preference.pairwise_loss`)."""
@@ -108,9 +143,10 @@ class DPOConfig(Section):
 
 class RewardConfig(Section):
     """Reward-model training (``algorithm: reward``): Bradley–Terry (+ margin, centring), ensembles,
-    ratings regression on ranked data, or a pairwise preference model."""
+    ratings regression on ranked data, a pairwise preference model, a multi-objective (ArmoRM-style
+    gated) model, or a process (per-step) reward model."""
 
-    type: Literal["scalar", "preference"] = "scalar"
+    type: Literal["scalar", "preference", "multi_objective", "process"] = "scalar"
     loss: Literal["bradley_terry", "hinge"] = "bradley_terry"
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     margin: bool = Field(False, description="subtract the pair's 'margin' field inside the BT sigmoid")
@@ -120,13 +156,20 @@ class RewardConfig(Section):
     ensemble: int = Field(1, ge=1, description="members trained side by side")
     ensemble_init: Literal["head", "all"] = Field("head", description="what each member re-draws with its own seed")
     bootstrap: bool = Field(True, description="ensemble members weigh pairs by their own Poisson(1) counts")
+    attributes: list[str] | None = Field(None, description="multi_objective: attribute names, one regression head each (default on the sentiment task: sentiment, verbosity)")
+    gate_hidden: int = Field(0, ge=0, description="multi_objective: hidden width of the gating MLP (0: one linear layer)")
+    gate_weight: float = Field(1.0, ge=0, description="multi_objective: weight of the gating Bradley–Terry loss on pair rows")
+    gate_detach: bool = Field(True, description="multi_objective: the BT loss sees the heads' scores as constants (heads learn only from ratings)")
+    gate_trains_body: bool = Field(False, description="multi_objective: the BT loss also trains the body through the prompt representation the gate reads")
+    step_split: str | None = Field(None, description="process: regex; a completion is cut after every match into steps (default newline; the sentiment task cuts before 'and'/'but')")
+    step_aggregate: Literal["min", "prod", "mean", "last"] = Field("min", description="process: how score() reduces per-step probabilities")
 
 
-ALGORITHMS = ("sft", "dpo", "reward")
+ALGORITHMS = ("sft", "dpo", "reward", "rl")
 
 
 class Recipe(Section):
-    algorithm: Literal["sft", "dpo", "reward"]
+    algorithm: Literal["sft", "dpo", "reward", "rl"]
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -134,6 +177,7 @@ class Recipe(Section):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
 
     @model_validator(mode="after")
     def _check(self) -> "Recipe":

@@ -5,10 +5,11 @@ from __future__ import annotations
 from ..config import Recipe
 from .base import Algorithm
 from .dpo import DPO
+from .online import OnlineRL
 from .reward import RewardModelling
 from .sft import SFT
 
-ALGORITHMS: dict[str, type[Algorithm]] = {"sft": SFT, "dpo": DPO, "reward": RewardModelling}
+ALGORITHMS: dict[str, type[Algorithm]] = {"sft": SFT, "dpo": DPO, "reward": RewardModelling, "rl": OnlineRL}
 
 
 def build_algorithm(recipe: Recipe) -> Algorithm:

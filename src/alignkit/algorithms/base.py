@@ -47,6 +47,14 @@ class Algorithm:
 
         return TargetLogProbs(model)
 
+    def extra_modules(self) -> dict[str, torch.nn.Module]:
+        """Trained modules besides the policy (saved in checkpoints, e.g. a critic)."""
+        return {}
+
+    def updates_per_step(self) -> int:
+        """Optimizer updates per training step (more than one for multi-epoch online RL)."""
+        return 1
+
     def setup(self, trainer: "Trainer") -> None:
         """Work before the first step (e.g. reference log-probs); the policy is not yet wrapped."""
 

@@ -132,7 +132,8 @@ class Encoder:
                 if self.truncation in ("error", "skip"):
                     raise RowTooLong(self.source, row, "prompt", f"{len(prompt)} tokens is longer than max_length={self.max_length}")
                 prompt = prompt[-self.max_length :]
-            return {"prompt_ids": prompt, "row": row}
+            extra = {k: v for k, v in record.items() if k not in ("_row", "prompt_ids")}
+            return {**extra, "prompt_ids": prompt, "row": row}
         fields = {"sft": ["completion"], "unpaired": ["completion"], "pair": ["chosen", "rejected"]}.get(kind)
         if kind == "ranked":
             fields = None

@@ -242,6 +242,8 @@ def check_row(data: dict[str, Any], kind: str, source: str, row: int) -> dict[st
             present = ", ".join(sorted(data)) or "none"
             raise DataError(source, row, name, f"missing (fields present: {present})")
     out: dict[str, Any] = {}
+    if kind == "prompt":  # other fields (e.g. a reference answer) travel to the reward function
+        out.update({k: v for k, v in data.items() if k != "prompt"})
     _check_text(data["prompt"], source, row, "prompt", allow_empty=kind != "prompt")
     out["prompt"] = data["prompt"]
     if kind in ("sft", "unpaired"):

@@ -6,6 +6,7 @@ A checkpoint folder ``checkpoint-<step>/`` holds
 * ``optimizer.pt`` and ``scheduler.pt``: their ``state_dict`` (tensors and plain numbers; read back with
   ``torch.load(weights_only=True)``, which refuses any other object),
 * ``rng.safetensors``: the torch CPU (and CUDA) generator states,
+* ``<name>.safetensors``: the state of an algorithm's extra trained modules (e.g. PPO's critic),
 * ``state.json``: the step, epoch and the metrics' history needed to continue.
 
 It is written into ``checkpoint-<step>.tmp`` and renamed when complete, so a run killed while saving
@@ -28,7 +29,7 @@ from ..models.loading import save_policy
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, state: dict[str, Any], keep: int | None) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, state: dict[str, Any], keep: int | None, extra: dict[str, torch.nn.Module] | None = None) -> Path:
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f"checkpoint-{step}.tmp"
     if tmp.exists():
@@ -41,6 +42,8 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, sched
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     save_file(rng, str(tmp / "rng.safetensors"))
+    for name, module in (extra or {}).items():
+        save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(tmp / f"{name}.safetensors"))
     (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
     if final.exists():
         shutil.rmtree(final)
@@ -61,7 +64,9 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_training_state(checkpoint: Path, optimizer, scheduler) -> dict[str, Any]:
+def load_training_state(checkpoint: Path, optimizer, scheduler, extra: dict[str, torch.nn.Module] | None = None) -> dict[str, Any]:
+    for name, module in (extra or {}).items():
+        module.load_state_dict(load_file(str(checkpoint / f"{name}.safetensors")))
     optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
     rng = load_file(str(checkpoint / "rng.safetensors"))

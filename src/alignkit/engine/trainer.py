@@ -15,6 +15,7 @@ takes its own contiguous share of the slice and splits it into micro-batches. Th
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import random
 import time
@@ -81,6 +82,14 @@ def make_progress(enabled: bool) -> Progress:
     )
 
 
+def train_state_mb(params: list[torch.Tensor], optimizer) -> float:
+    """Memory held by the trained parameters, their gradients and the optimizer state (MB)."""
+    total = sum(p.numel() * p.element_size() * 2 for p in params)  # weights + gradients
+    for state in optimizer.state.values():
+        total += sum(v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v))
+    return total / 2**20
+
+
 def lr_lambda(kind: str, warmup: int, total: int):
     def f(step: int) -> float:
         if warmup and step < warmup:
@@ -106,6 +115,8 @@ class Trainer:
         self.device = self.dist.device
         self.run_dir = recipe.output_dir
         self.autocast_dtype = torch.bfloat16 if self.cfg.precision == "bf16" else None
+        self.current_step = 0
+        self.resumed_from: Path | None = None
 
     # ----------------------------------------------------------------------------------------------
     # set-up
@@ -164,6 +175,17 @@ class Trainer:
         else:
             model = load(checkpoint / "model", model_cfg)
         return model.to(self.device)
+
+    def frozen_reference(self) -> torch.nn.Module:
+        """A frozen copy of the *starting* policy (on resume, loaded again from the starting weights,
+        not copied from the resumed policy). LoRA runs use the policy with its adapter disabled instead."""
+        if self.resumed_from is None:
+            reference = copy.deepcopy(self.model)
+        else:
+            reference = self.algorithm.load_model(self._base_model_path(), self.recipe.model.model_copy(update={"lora": None})).to(self.device)
+        reference.eval()
+        reference.requires_grad_(False)
+        return reference
 
     def load_examples(self, source: str | None, split: str) -> list[dict[str, Any]] | None:
         from ..tasks import get_task, task_rows
@@ -259,7 +281,26 @@ class Trainer:
         metrics_out = {n: packed[1 + 2 * j] / max(packed[2 + 2 * j], 1e-12) for j, n in enumerate(names)}
         return torch.tensor(packed[0] / total_weight), metrics_out
 
+    def mean_over_processes(self, stats: dict[str, float]) -> dict[str, float]:
+        if self.dist.world == 1 or not stats:
+            return stats
+        names = sorted(stats)
+        values = self.dist.sum(torch.tensor([stats[n] for n in names], dtype=torch.float64, device=self.device))
+        return {n: v / self.dist.world for n, v in zip(names, values.tolist())}
+
+    def all_processes_have(self, steps: list) -> list:
+        """Optimizer steps every process takes part in (a process whose rollout kept fewer samples
+        must not leave the others waiting in an all-reduce)."""
+        if self.dist.world == 1:
+            return steps
+        counts = torch.tensor([len(steps)], device=self.device)
+        torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.MIN)
+        return steps[: int(counts.item())]
+
     def evaluate(self, policy, examples: list[dict]) -> dict[str, float]:
+        if hasattr(self.algorithm, "evaluate"):
+            mine = [examples[i] for i in range(self.dist.rank, len(examples), self.dist.world)]
+            return {f"eval/{k}": v for k, v in self.mean_over_processes(self.algorithm.evaluate(self, mine)).items()}
         policy.eval()
         mine = list(range(self.dist.rank, len(examples), self.dist.world))
         batches = self.micro_batches(examples, mine) if mine else []
@@ -274,6 +315,7 @@ class Trainer:
             dump_recipe(self.recipe, self.run_dir / "config.yaml")
         self.dist.barrier()
         checkpoint = self._resume_from()
+        self.resumed_from = checkpoint
         model = self._load_model(checkpoint)
         self.model = model
         train_examples = self.load_examples(self.recipe.data.train, "train")
@@ -287,36 +329,51 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             policy = DistributedDataParallel(policy, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        optimizer = self._optimizer(model)
+        optimizer = self._optimizer(policy)
         per_epoch = len(train_examples) // self.cfg.batch_size
         total = self.cfg.max_steps or max(1, math.ceil(self.cfg.epochs * per_epoch))
-        warmup = self.cfg.warmup_steps if self.cfg.warmup_steps is not None else int(self.cfg.warmup_ratio * total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.cfg.scheduler, warmup, total))
+        updates = self.algorithm.updates_per_step()
+        warmup = self.cfg.warmup_steps if self.cfg.warmup_steps is not None else int(self.cfg.warmup_ratio * total * updates)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.cfg.scheduler, warmup, total * updates))
         start = 0
         if checkpoint is not None:
-            start = load_training_state(checkpoint, optimizer, scheduler)["step"]
+            start = load_training_state(checkpoint, optimizer, scheduler, self.algorithm.extra_modules())["step"]
             if self.dist.is_main:
                 print(f"[alignkit] resumed from {checkpoint} at step {start}")
         log = MetricsLog(self.run_dir, self.cfg.report_to, self.recipe.model_dump(mode="json"), enabled=self.dist.is_main)
         if checkpoint is None and self.dist.is_main and log.path.exists():
             log.path.unlink()  # a fresh run replaces the old metrics
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = [p for p in policy.parameters() if p.requires_grad]
         policy.train()
         progress = make_progress(self.cfg.progress and self.dist.is_main)
+        if eval_examples and self.cfg.eval_every and start == 0:
+            log.log({"step": 0, **self.evaluate(policy, eval_examples)})  # the starting point of every eval curve
         with progress:
             bar = progress.add_task(f"{self.algorithm.name} train", total=total, completed=start, info="")
             window_t, window_ex, window_tok = time.perf_counter(), 0, 0
             for step in range(start, total):
+                self.current_step = step
                 indices = self.step_indices(step, len(train_examples))
-                batches = self.micro_batches(train_examples, indices)
-                loss, metrics = self.run_batches(policy, batches, train=True)
-                grad_norm = None
-                if self.cfg.max_grad_norm is not None:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm).item()
-                lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                if hasattr(self.algorithm, "rollout"):
+                    policy.eval()
+                    steps, rollout_stats = self.algorithm.rollout(self, [train_examples[i] for i in indices])
+                    policy.train()
+                    rollout_stats = self.mean_over_processes(rollout_stats)
+                else:
+                    steps, rollout_stats = [self.micro_batches(train_examples, indices)], {}
+                losses, metrics, grad_norm, lr = [], {}, None, scheduler.get_last_lr()[0]
+                for batches in self.all_processes_have(steps):
+                    loss, metrics = self.run_batches(policy, batches, train=True)
+                    losses.append(loss.item())
+                    if self.cfg.max_grad_norm is not None:
+                        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm).item()
+                    lr = scheduler.get_last_lr()[0]
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                loss = torch.tensor(sum(losses) / len(losses) if losses else float("nan"))
+                metrics = {**rollout_stats, **metrics}
+                batches = [b for update in steps[:1] for b in update]
                 window_ex += self.cfg.batch_size
                 window_tok += int(sum(b["attention_mask"].sum().item() for b in batches)) * self.dist.world
                 done = step + 1
@@ -326,7 +383,10 @@ class Trainer:
                     record = {"step": done, "epoch": step / per_epoch, "lr": lr, "loss": loss.item(), **metrics}
                     if grad_norm is not None:
                         record["grad_norm"] = grad_norm
+                    if len(losses) > 1:
+                        record["updates"] = len(losses)
                     record["processes"] = self.dist.world
+                    record["memory/train_state_mb"] = train_state_mb(params, optimizer)
                     record["examples_per_s"] = window_ex / elapsed
                     record["tokens_per_s"] = window_tok / elapsed
                     log.log(record)
@@ -335,7 +395,7 @@ class Trainer:
                     log.log({"step": done, **self.evaluate(policy, eval_examples)})
                 if self.cfg.save_every and done % self.cfg.save_every == 0 and done < total:
                     if self.dist.is_main:
-                        save_checkpoint(self.run_dir, done, model, self.tokenizer, optimizer, scheduler, {"epoch": step / per_epoch}, self.cfg.save_total_limit)
+                        save_checkpoint(self.run_dir, done, model, self.tokenizer, optimizer, scheduler, {"epoch": step / per_epoch}, self.cfg.save_total_limit, self.algorithm.extra_modules())
                     self.dist.barrier()
         log.close()
         final = self.run_dir / "final"

@@ -16,6 +16,10 @@ name                        per-example loss
 ``preference``              ``−log σ(ℓ)`` with ℓ the preference model's logit of P(chosen ≻ rejected)
 ``process``                 binary cross-entropy of step logits against per-step labels (masked mean
                             over the steps of each example)
+``attribute_regression``    ``Σ_k m_k (r_k − y_k)² / Σ_k m_k``: the masked mean squared error of K
+                            attribute heads against absolute ratings (multi-objective reward models)
+``gated_bradley_terry``     ``−log σ(β Σ_k g_k (r_c,k − r_r,k))``: Bradley–Terry on the gated sum
+                            ``r = β Σ_k g_k r_k`` (ArmoRM), with the prompt's gate ``g`` (a softmax)
 ==========================  ======================================================================
 
 :func:`reward_loss` looks a name up in :data:`REWARD_LOSSES`; :func:`register_reward_loss` adds one.
@@ -41,6 +45,9 @@ __all__ = [
     "plackett_luce",
     "preference",
     "process",
+    "attribute_regression",
+    "gated_bradley_terry",
+    "gated_reward",
     "pair_accuracy",
 ]
 
@@ -141,6 +148,33 @@ def process(step_logits: Tensor, step_labels: Tensor, mask: Tensor) -> Tensor:
     bce = F.binary_cross_entropy_with_logits(step_logits, step_labels.to(step_logits.dtype), reduction="none")
     bce = torch.where(mask.bool(), bce, torch.zeros_like(bce))
     return bce.sum(-1) / m.sum(-1).clamp(min=1.0)
+
+
+@register_reward_loss("attribute_regression")
+def attribute_regression(predicted: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``[B, K]`` attribute predictions and ratings with a mask of the ratings present; the mean squared
+    error over each example's rated attributes, ``[B]`` (0 for an example with no rating)."""
+    _same_shape(predicted, target, "attribute_regression")
+    sq = (predicted - target.to(predicted.dtype)) ** 2
+    if mask is None:
+        return sq.mean(-1)
+    _same_shape(predicted, mask, "attribute_regression mask")
+    sq = torch.where(mask.bool(), sq, torch.zeros_like(sq))
+    return sq.sum(-1) / mask.to(predicted.dtype).sum(-1).clamp(min=1.0)
+
+
+def gated_reward(gate: Tensor, scores: Tensor, scale: Tensor | float = 1.0) -> Tensor:
+    """``β Σ_k g_k r_k``: the multi-objective reward from ``[B, K]`` gate weights and attribute scores."""
+    _same_shape(gate, scores, "gated_reward")
+    return scale * (gate * scores).sum(-1)
+
+
+@register_reward_loss("gated_bradley_terry")
+def gated_bradley_terry(gate: Tensor, chosen: Tensor, rejected: Tensor, scale: Tensor | float = 1.0) -> Tensor:
+    """``−log σ(β Σ_k g_k (r_c,k − r_r,k))``; ``gate`` ``[B, K]`` is the prompt's (shared by both
+    completions), ``chosen``/``rejected`` ``[B, K]`` their attribute scores."""
+    _same_shape(chosen, rejected, "gated_bradley_terry")
+    return -F.logsigmoid(gated_reward(gate, chosen, scale) - gated_reward(gate, rejected, scale))
 
 
 def pair_accuracy(chosen: Tensor, rejected: Tensor) -> Tensor:

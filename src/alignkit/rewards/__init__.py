@@ -1,7 +1,7 @@
 """Reward sources, reward models, transforms and reward-model evaluation.
 
 ``build_reward_source(spec).score(prompts, completions) -> Tensor`` is the one interface every reward
-(trained model, preference model, Python function, ensemble, combination, task gold reward) offers.
+(trained model, multi-objective or process model, preference model, Python function, ensemble, combination, task gold reward) offers.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from .sources import (
     CombinedSource,
     EnsembleSource,
     FunctionSource,
+    MultiObjectiveRewardSource,
     PreferenceModelSource,
+    ProcessRewardSource,
     RewardModelSource,
     RewardSource,
     TaskGoldSource,
@@ -22,6 +24,8 @@ __all__ = [
     "RewardSource",
     "RewardModelSource",
     "PreferenceModelSource",
+    "MultiObjectiveRewardSource",
+    "ProcessRewardSource",
     "FunctionSource",
     "TaskGoldSource",
     "EnsembleSource",

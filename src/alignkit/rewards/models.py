@@ -9,11 +9,20 @@
 * A pairwise preference model (PairRM-style) is the same single-logit classifier run on one input that
   holds both responses, ``prompt ␣A: a ␣B: b``; its logit ``ℓ(a, b)`` is made antisymmetric by averaging
   both orders: ``P(a ≻ b) = σ((ℓ(a, b) − ℓ(b, a)) / 2)``, so ``P(a ≻ b) + P(b ≻ a) = 1`` exactly.
+* A multi-objective (ArmoRM-style) model is a sequence classifier with ``num_labels=K``, one regression
+  head per attribute (``config.id2label`` names them; ``config.attributes`` lists them), plus a gating
+  layer saved next to it as ``gating.safetensors``. The gate reads the hidden state of the **last prompt
+  token** (which, in a causal model, depends on the prompt only) and gives softmax weights ``g(x)``; the
+  reward is ``r = β Σ_k g_k(x) r_k(x, y)`` with a learned scale ``β = exp(log_scale)``.
+* A process reward model is an ``AutoModelForTokenClassification`` with ``num_labels=1``: a logit per
+  token, read at the **last token of each step** (``config.reward_type = "process"``; ``config.step_split``
+  is the regex that cuts a completion into steps).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,23 +50,30 @@ def pad_id_of(path: str | Path, trust_remote_code: bool = False) -> int:
     return load_tokenizer(path, trust_remote_code).pad_token_id
 
 
-def load_reward_model(path: str | Path, model_config: Any = None, num_labels: int = 1, pad_token_id: int | None = None, seed: int | None = None, reinit: str = "head"):
+def load_reward_model(path: str | Path, model_config: Any = None, num_labels: int = 1, pad_token_id: int | None = None, seed: int | None = None, reinit: str = "head", token_level: bool = False):
     """A sequence classifier from a causal LM or reward model folder, with ``pad_token_id`` set.
 
     ``seed`` re-initialises the new ``score`` head with that seed (ensemble members differ by it); with
     ``reinit="all"`` every weight matrix is re-drawn from N(0, initializer_range) with that seed (members
-    from different random initialisations; only sensible when the checkpoint is itself untrained)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from different random initialisations; only sensible when the checkpoint is itself untrained).
+    ``token_level=True`` builds an ``AutoModelForTokenClassification`` instead (a logit per token, for
+    process reward models; a new one gets ``classifier_dropout = 0``)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     path = Path(path)
     kwargs = _model_kwargs(model_config)
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=kwargs.get("trust_remote_code", False))
-    fresh = not getattr(config, "architectures", None) or not any(a.endswith("ForSequenceClassification") for a in config.architectures)
-    config.num_labels = num_labels
+    suffix = "ForTokenClassification" if token_level else "ForSequenceClassification"
+    fresh = not getattr(config, "architectures", None) or not any(a.endswith(suffix) for a in config.architectures)
+    if config.num_labels != num_labels:
+        config.num_labels = num_labels
     if pad_token_id is None:
         pad_token_id = config.pad_token_id if config.pad_token_id is not None else pad_id_of(path, kwargs.get("trust_remote_code", False))
     config.pad_token_id = pad_token_id
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), config=config, **kwargs)
+    if token_level and fresh:
+        config.classifier_dropout = 0.0
+    auto = AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
+    model = auto.from_pretrained(str(path), config=config, **kwargs)
     if fresh and seed is not None:
         head = getattr(model, "score", None) or getattr(model, "classifier", None)
         if reinit == "all":
@@ -103,9 +119,24 @@ def is_ensemble(path: str | Path) -> bool:
     return (Path(path) / "ensemble.json").exists()
 
 
+def reward_type_of(path: str | Path) -> str:
+    """``config.json``'s ``reward_type`` (scalar, preference, multi_objective, process); scalar when unset."""
+    config = Path(path) / "config.json"
+    if not config.exists():
+        return "scalar"
+    return json.loads(config.read_text()).get("reward_type") or "scalar"
+
+
 def load_any_reward_model(path: str | Path, model_config: Any = None):
-    """A saved scalar reward model or ensemble, in eval mode."""
-    model = RewardEnsemble.from_pretrained(path, model_config) if is_ensemble(path) else load_reward_model(path, model_config)
+    """A saved reward model of any type (scalar, ensemble, preference, multi-objective, process), in eval mode."""
+    if is_ensemble(path):
+        model = RewardEnsemble.from_pretrained(path, model_config)
+    elif reward_type_of(path) == "multi_objective":
+        model = MultiObjectiveRewardModel.from_pretrained(path, model_config)
+    elif reward_type_of(path) == "process":
+        model = load_reward_model(path, model_config, token_level=True)
+    else:
+        model = load_reward_model(path, model_config)
     return model.eval()
 
 
@@ -127,6 +158,184 @@ class RewardForward(nn.Module):
         if isinstance(self.model, RewardEnsemble):
             return self.model(input_ids, attention_mask).float()
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+
+
+# --------------------------------------------------------------------------------------------------
+# multi-objective (ArmoRM-style) reward models
+# --------------------------------------------------------------------------------------------------
+GATING_FILE = "gating.safetensors"
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the rightmost real token of each row (what a sequence classifier pools)."""
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (positions * attention_mask.long()).argmax(-1)
+
+
+class Gate(nn.Module):
+    """``g(x) = softmax(W h_x)`` (or a one-hidden-layer MLP) over K attributes, from the prompt's
+    representation ``h_x``, and the reward scale ``β = exp(log_scale)``. The last layer starts at zero,
+    so an untrained gate weighs every attribute equally."""
+
+    def __init__(self, hidden_size: int, n_attributes: int, hidden: int = 0):
+        super().__init__()
+        if hidden:
+            self.net = nn.Sequential(nn.Linear(hidden_size, hidden), nn.ReLU(), nn.Linear(hidden, n_attributes))
+        else:
+            self.net = nn.Sequential(nn.Linear(hidden_size, n_attributes))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+        self.log_scale = nn.Parameter(torch.zeros(()))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(h.float()), dim=-1)
+
+
+class MultiObjectiveRewardModel(nn.Module):
+    """K attribute heads (the ``num_labels=K`` score head of a sequence classifier) and a prompt gate.
+
+    ``forward(input_ids, attention_mask, prompt_last)`` returns ``(scores [B, K], gate [B, K], β)``;
+    ``reward = gated_reward(gate, scores, β)``. ``prompt_last`` is the index of each row's last prompt
+    token; ``detach_prompt=True`` stops gradients from the gate into the body."""
+
+    def __init__(self, model: nn.Module, gate: Gate):
+        super().__init__()
+        self.model = model
+        self.gate = gate
+        self.config = model.config
+
+    @property
+    def attributes(self) -> list[str]:
+        return list(self.config.attributes)
+
+    def _head(self) -> nn.Module:
+        head = getattr(self.model, "score", None) or getattr(self.model, "classifier", None)
+        if head is None:
+            raise ValueError(f"{type(self.model).__name__}: no 'score' or 'classifier' head to read attributes from")
+        return head
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_last: torch.Tensor, detach_prompt: bool = False):
+        body = getattr(self.model, self.model.base_model_prefix)
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        scores = self._head()(hidden[rows, last_token_index(attention_mask)]).float()  # [B, K]
+        h_prompt = hidden[rows, prompt_last.clamp(min=0)]
+        gate = self.gate(h_prompt.detach() if detach_prompt else h_prompt)
+        return scores, gate, self.gate.log_scale.exp()
+
+    @classmethod
+    def build(cls, path: str | Path, model_config: Any, attributes: list[str], gate_hidden: int = 0, seed: int | None = None) -> "MultiObjectiveRewardModel":
+        """A new model from a causal LM (or any) checkpoint: K fresh heads, a fresh gate."""
+        model = load_reward_model(path, model_config, num_labels=len(attributes), seed=seed)
+        config = model.config
+        config.reward_type = "multi_objective"
+        config.attributes = list(attributes)
+        config.gate_hidden = gate_hidden
+        config.problem_type = "regression"
+        config.id2label = {i: a for i, a in enumerate(attributes)}
+        config.label2id = {a: i for i, a in enumerate(attributes)}
+        if seed is not None:
+            torch.manual_seed(seed)
+        return cls(model, Gate(config.hidden_size, len(attributes), gate_hidden))
+
+    def save_pretrained(self, out_dir: str | Path, **kwargs: Any) -> None:
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        self.model.save_pretrained(out, **kwargs)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.gate.state_dict().items()}, str(out / GATING_FILE))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, model_config: Any = None) -> "MultiObjectiveRewardModel":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        config = json.loads((path / "config.json").read_text())
+        attributes = config.get("attributes")
+        if config.get("reward_type") != "multi_objective" or not attributes:
+            raise ValueError(f"{path}: not a multi-objective reward model (config.json needs reward_type: multi_objective and attributes)")
+        if not (path / GATING_FILE).exists():
+            raise FileNotFoundError(f"{path}: no {GATING_FILE} (the gating layer of a multi-objective reward model)")
+        model = load_reward_model(path, model_config, num_labels=len(attributes))
+        gate = Gate(model.config.hidden_size, len(attributes), int(config.get("gate_hidden") or 0))
+        gate.load_state_dict(load_file(str(path / GATING_FILE)))
+        return cls(model, gate)
+
+
+def is_multi_objective(path: str | Path) -> bool:
+    return reward_type_of(path) == "multi_objective" and (Path(path) / GATING_FILE).exists()
+
+
+class MultiObjectiveForward(nn.Module):
+    """The module the engine runs for multi-objective training (``detach_prompt`` fixed at build)."""
+
+    def __init__(self, model: MultiObjectiveRewardModel, detach_prompt: bool = True):
+        super().__init__()
+        self.model = model
+        self.detach_prompt = detach_prompt
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_last: torch.Tensor):
+        return self.model(input_ids, attention_mask, prompt_last, detach_prompt=self.detach_prompt)
+
+
+# --------------------------------------------------------------------------------------------------
+# process (per-step) reward models
+# --------------------------------------------------------------------------------------------------
+DEFAULT_STEP_SPLIT = r"\n"
+STEP_AGGREGATES = ("min", "prod", "mean", "last")
+
+
+def split_steps(text: str, pattern: str) -> list[str]:
+    """Cut ``text`` after every match of the regex ``pattern`` (zero-width patterns such as
+    ``(?= and )`` cut before a word); empty pieces are dropped, so ``"".join(steps) == text``."""
+    cuts = sorted({m.end() for m in re.finditer(pattern, text)} | {len(text)})
+    steps, start = [], 0
+    for cut in cuts:
+        if cut > start:
+            steps.append(text[start:cut])
+            start = cut
+    return steps
+
+
+def encode_steps(encoder: Any, prompt: Any, steps: list[str]) -> tuple[list[int], list[int], list[int]]:
+    """``(prompt_ids, ids, ends)``: the prompt's tokens, then each step tokenized on its own and
+    appended (no EOS); ``ends[j]`` is the position of step j's last token in ``ids``."""
+    tok = encoder.tokenizer
+    prompt_ids = encoder.prompt_ids(prompt)
+    ids, ends = list(prompt_ids), []
+    for step in steps:
+        step_ids = tok(step, add_special_tokens=False)["input_ids"]
+        if not step_ids:
+            raise ValueError(f"step {step!r} has no tokens")
+        ids.extend(step_ids)
+        ends.append(len(ids) - 1)
+    return prompt_ids, ids, ends
+
+
+def aggregate_steps(probs: torch.Tensor, how: str) -> torch.Tensor:
+    """One number from a completion's per-step probabilities: ``min``, ``prod``, ``mean`` or ``last``."""
+    if how not in STEP_AGGREGATES:
+        raise KeyError(f"unknown step aggregate {how!r}; allowed: {', '.join(STEP_AGGREGATES)}")
+    if probs.numel() == 0:
+        return torch.tensor(float("nan"))
+    if how == "min":
+        return probs.min()
+    if how == "prod":
+        return probs.prod()
+    if how == "mean":
+        return probs.mean()
+    return probs[-1]
+
+
+class ProcessForward(nn.Module):
+    """``forward(input_ids, attention_mask) -> [B, T]`` per-token step logits of a token classifier."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[..., 0].float()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """One interface for every reward source: ``score(prompts, completions) -> Tensor [N]``.
 
-Implementations: a trained reward model (:class:`RewardModelSource`, scalar or ensemble), a pairwise
+Implementations: a trained reward model (:class:`RewardModelSource`, scalar or ensemble), a
+multi-objective gated model (:class:`MultiObjectiveRewardSource`), a process reward model
+(:class:`ProcessRewardSource`, per-step scores and an aggregate), a pairwise
 preference model (:class:`PreferenceModelSource`, ``compare`` gives P(a ≻ b)), a Python function
 (:class:`FunctionSource`, only from an explicit ``module:function`` path), an ensemble of sources
 (:class:`EnsembleSource`), a weighted / multi-objective combination (:class:`CombinedSource`) and a
@@ -12,6 +14,8 @@ YAML-style spec::
     alignkit.rewards.verifiable:exact_match
     {type: function, path: "mypkg.rewards:fmt", kwargs: {pattern: "..."}}
     {type: ensemble, members: [runs/a/final, runs/b/final], reduce: mean_minus_std, lam: 1.0}
+    {type: model, path: runs/mo/final, attribute: verbosity}   # one head of a multi-objective model
+    {type: model, path: runs/prm/final, aggregate: prod}       # a process reward model
     {type: combine, sources: [{source: gold, weight: 1.0, reference: 0.0}, ...], transform: log_sigmoid}
 
 Extra per-example inputs (e.g. ``answers=[...]`` for exact match) are passed as keyword arguments of
@@ -102,8 +106,11 @@ class RewardModelSource(_ModelBacked):
         if reduce not in ENSEMBLE_REDUCTIONS:
             raise KeyError(f"unknown ensemble reduction {reduce!r}; allowed: {', '.join(ENSEMBLE_REDUCTIONS)}")
         self.reduce, self.lam = reduce, lam
-        if getattr(self.model.config, "reward_type", "scalar") == "preference":
+        kind = getattr(self.model.config, "reward_type", "scalar")
+        if kind == "preference":
             raise ValueError(f"{path} is a pairwise preference model; use type: preference")
+        if kind in ("multi_objective", "process"):
+            raise ValueError(f"{path} is a {kind} reward model; load it with build_reward_source")
 
     def score_members(self, prompts, completions, *, progress: bool = False, **context: Any) -> Tensor:
         """``[N, K]`` rewards (K = 1 for a single model)."""
@@ -118,6 +125,119 @@ class RewardModelSource(_ModelBacked):
 
     def score(self, prompts, completions, *, progress: bool = False, **context: Any) -> Tensor:
         return ensemble_reduce(self.score_members(prompts, completions, progress=progress), self.reduce, self.lam)
+
+
+def _batched_forward(n_items: int, lengths: list[int], batch_size: int, fn: Callable[[list[int]], Any], progress: bool, description: str) -> None:
+    """Call ``fn(indices)`` on batches of item indices, longest first, with a progress bar."""
+    from ..engine.trainer import make_progress
+
+    order = sorted(range(n_items), key=lambda i: -lengths[i])
+    with make_progress(progress) as bar_set:
+        bar = bar_set.add_task(description, total=n_items, info="")
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            fn(idx)
+            bar_set.update(bar, advance=len(idx))
+
+
+class MultiObjectiveRewardSource(_ModelBacked):
+    """A saved multi-objective (ArmoRM-style) reward model. ``score`` is the gated reward
+    ``β Σ_k g_k(x) r_k(x, y)``, or one attribute's head when ``attribute`` is set;
+    ``components`` gives the attribute scores ``[N, K]``, the gate ``[N, K]`` and the reward ``[N]``."""
+
+    def __init__(self, path: str | Path, attribute: str | None = None, **kwargs: Any):
+        super().__init__(path, **kwargs)
+        self.attributes = self.model.attributes
+        if attribute is not None and attribute not in self.attributes:
+            raise KeyError(f"{path}: no attribute {attribute!r}; it has {', '.join(self.attributes)}")
+        self.attribute = attribute
+
+    @torch.no_grad()
+    def components(self, prompts, completions, *, progress: bool = False, **context: Any) -> dict[str, Tensor]:
+        from .models import pad_batch
+
+        _check_lengths(prompts, completions)
+        seqs, prompt_last = [], []
+        for p, c in zip(prompts, completions):
+            out = self.encoder.encode({"prompt": p, "completion": c}, "sft")
+            seqs.append(out["input_ids"])
+            prompt_last.append(len(out["prompt_ids"]) - 1)
+        k = len(self.attributes)
+        scores, gates = torch.zeros(len(seqs), k), torch.zeros(len(seqs), k)
+
+        def run(idx: list[int]) -> None:
+            batch = pad_batch([seqs[i] for i in idx], self.tokenizer.pad_token_id)
+            last = torch.tensor([prompt_last[i] for i in idx], device=self.device)
+            s, g, _ = self.model(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device), last)
+            scores[idx], gates[idx] = s.float().cpu(), g.float().cpu()
+
+        _batched_forward(len(seqs), [len(x) for x in seqs], self.batch_size, run, progress, f"reward {self.name}")
+        scale = float(self.model.gate.log_scale.exp())
+        return {"scores": scores, "gate": gates, "reward": scale * (gates * scores).sum(-1)}
+
+    def score_attributes(self, prompts, completions, *, progress: bool = False, **context: Any) -> Tensor:
+        """``[N, K]`` attribute scores (columns in the order of ``self.attributes``)."""
+        return self.components(prompts, completions, progress=progress)["scores"]
+
+    def score(self, prompts, completions, *, progress: bool = False, **context: Any) -> Tensor:
+        parts = self.components(prompts, completions, progress=progress)
+        if self.attribute is not None:
+            return parts["scores"][:, self.attributes.index(self.attribute)]
+        return parts["reward"]
+
+
+class ProcessRewardSource(_ModelBacked):
+    """A saved process reward model. ``score_steps`` gives each completion's per-step probabilities
+    P(step is good) (read at every step's last token); ``score`` reduces them with ``aggregate``
+    (``min``, ``prod``, ``mean`` or ``last``; default the model's ``config.step_aggregate``).
+
+    A completion string is cut into steps by the model's ``config.step_split`` regex (or ``step_split``
+    here); pass ``steps=[[...], ...]`` to ``score``/``score_steps`` to give the steps directly."""
+
+    def __init__(self, path: str | Path, aggregate: str | None = None, step_split: str | None = None, **kwargs: Any):
+        from .models import DEFAULT_STEP_SPLIT, STEP_AGGREGATES
+
+        super().__init__(path, **kwargs)
+        self.aggregate = aggregate or getattr(self.model.config, "step_aggregate", None) or "min"
+        if self.aggregate not in STEP_AGGREGATES:
+            raise KeyError(f"unknown step aggregate {self.aggregate!r}; allowed: {', '.join(STEP_AGGREGATES)}")
+        self.step_split = step_split or getattr(self.model.config, "step_split", None) or DEFAULT_STEP_SPLIT
+
+    @torch.no_grad()
+    def score_steps(self, prompts, completions=None, *, steps: Sequence[Sequence[str]] | None = None, progress: bool = False, **context: Any) -> list[Tensor]:
+        """Per-step probabilities, one 1-D tensor per completion."""
+        from .models import encode_steps, pad_batch, split_steps
+
+        if steps is None:
+            if completions is None:
+                raise ValueError("score_steps needs completions or steps")
+            _check_lengths(prompts, completions)
+            steps = [split_steps(c, self.step_split) for c in completions]
+        _check_lengths(prompts, steps)
+        seqs, ends = [], []
+        for p, st in zip(prompts, steps):
+            _, ids, e = encode_steps(self.encoder, p, list(st)) if st else (None, self.encoder.prompt_ids(p), [])
+            if len(ids) > self.encoder.max_length:
+                cut = len(ids) - self.encoder.max_length
+                ids, e = ids[cut:], [j - cut for j in e if j >= cut]
+            seqs.append(ids)
+            ends.append(e)
+        out: list[Tensor] = [torch.zeros(0)] * len(seqs)
+
+        def run(idx: list[int]) -> None:
+            batch = pad_batch([seqs[i] for i in idx], self.tokenizer.pad_token_id)
+            logits = self.model(input_ids=batch["input_ids"].to(self.device), attention_mask=batch["attention_mask"].to(self.device)).logits[..., 0].float().cpu()
+            for row, i in enumerate(idx):
+                out[i] = torch.sigmoid(logits[row, ends[i]])
+
+        _batched_forward(len(seqs), [len(x) for x in seqs], self.batch_size, run, progress, f"process {self.name}")
+        return out
+
+    def score(self, prompts, completions, *, progress: bool = False, steps: Sequence[Sequence[str]] | None = None, **context: Any) -> Tensor:
+        from .models import aggregate_steps
+
+        per_step = self.score_steps(prompts, completions, steps=steps, progress=progress)
+        return torch.stack([aggregate_steps(x, self.aggregate) for x in per_step]).float() if per_step else torch.zeros(0)
 
 
 class PreferenceModelSource(_ModelBacked):
@@ -262,6 +382,10 @@ def _model_source(path: str | Path, spec: dict[str, Any]) -> RewardSource:
         kind = json.loads(config.read_text()).get("reward_type", "scalar")
     if spec.get("type") == "preference" or kind == "preference":
         return PreferenceModelSource(path, reference=spec.get("reference"), **options)
+    if kind == "multi_objective":
+        return MultiObjectiveRewardSource(path, attribute=spec.get("attribute"), **options)
+    if kind == "process":
+        return ProcessRewardSource(path, aggregate=spec.get("aggregate"), step_split=spec.get("step_split"), **options)
     return RewardModelSource(path, reduce=spec.get("reduce", "mean"), lam=spec.get("lam", 1.0), **options)
 
 
@@ -283,7 +407,7 @@ def build_reward_source(spec: str | dict[str, Any] | RewardSource) -> RewardSour
     kind = spec.get("type")
     if kind is None:
         kind = "function" if "function" in spec else "model" if "path" in spec else None
-    if kind in ("model", "preference"):
+    if kind in ("model", "preference", "multi_objective", "process"):
         return _model_source(spec["path"], spec)
     if kind == "function":
         return FunctionSource(spec.get("function") or spec["path"], spec.get("kwargs"), spec.get("name"))
@@ -304,4 +428,4 @@ def build_reward_source(spec: str | dict[str, Any] | RewardSource) -> RewardSour
                 weights.append(1.0)
                 refs.append(0.0)
         return CombinedSource(sources, weights, spec.get("transform", "none"), refs, spec.get("params"))
-    raise ValueError(f"reward source: unknown type {kind!r}; allowed: model, preference, function, gold, ensemble, combine")
+    raise ValueError(f"reward source: unknown type {kind!r}; allowed: model, preference, multi_objective, process, function, gold, ensemble, combine")

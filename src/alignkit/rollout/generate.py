@@ -1,10 +1,41 @@
-"""Sampling completions with the ``transformers`` backend.
+"""Sampling completions from a causal LM.
 
 Prompts are encoded exactly as the data layer encodes them (plain text without special tokens, or the
-chat template with the generation prompt), left-padded, and sampled in batches with the KV cache; rows
-stop at EOS (or the chat template's end-of-turn token). Each sample keeps its prompt and completion token
-ids, so its log-probs can be recomputed exactly by the trainer's kernel (the completion ids include the
-stop token when one was produced, matching the training convention that EOS is a target).
+chat template with the generation prompt). Each sample keeps its prompt and completion token ids, so its
+log-probs can be recomputed exactly by the trainer's kernel (the completion ids include the stop token
+when one was produced, matching the training convention that EOS is a target). Rows stop at EOS (or the
+chat template's end-of-turn token).
+
+Backends (``generate(..., backend=...)``):
+
+* ``"alignkit"`` (default): a decoding loop on the model's own forward with a ``transformers``
+  :class:`~transformers.DynamicCache`. It is exact (the same logits as ``model.generate``; greedy output
+  is token-for-token that of ``model.generate``) and cheaper than ``model.generate`` for small models:
+
+  - **Shared prompt prefill.** The jobs of a batch are grouped by prompt (the ``n`` samples of a prompt,
+    and identical prompts): each unique prompt is run through the model once, then its cache rows are
+    repeated for every sample of it (``DynamicCache.batch_select_indices`` with repeated indices).
+  - **Finished rows leave the batch.** When a row emits a stop token (EOS / ``<|end|>``) it is dropped
+    from the cache, the attention mask and the inputs, so later steps compute only the active rows; left
+    padding that no active row needs any more is cut from the cache too.
+  - Left-padded prompts with ``position_ids = attention_mask.cumsum(-1) - 1`` (as ``model.generate``),
+    only the last position's logits are computed, and no per-step logits processors are run.
+  - Returns the **per-token log-probs of the sampled tokens** in :attr:`Sample.logprobs`:
+    ``log softmax(logits / temperature)[token]``, the convention of
+    :class:`~alignkit.models.logprobs.TargetLogProbs` at that temperature. Top-p / top-k truncation is
+    **not** reflected (the log-probs are under the full tempered distribution, which is what the trainer
+    scores); pass ``truncated_logprobs=True`` for the log-probs of the truncated, renormalised
+    distribution the token was actually drawn from. With ``greedy=True`` the log-probs are those of the
+    chosen (argmax) tokens under ``softmax(logits / temperature)``.
+  - Deterministic by ``seed``: draws come from a private ``torch.Generator`` seeded with ``seed`` (the
+    global RNG is not touched); ``seed=None`` uses the global RNG.
+
+* ``"hf"``: ``model.generate`` (the previous implementation, kept as a fallback and as the reference of
+  the tests). ``Sample.logprobs`` is ``None``.
+
+* ``"vllm"``: reserved for a vLLM engine. It is not implemented in this version; selecting it raises
+  :class:`ImportError` when ``vllm`` is not installed, :class:`RuntimeError` when no CUDA GPU is
+  available, and :class:`NotImplementedError` otherwise (so a caller never silently falls back).
 """
 
 from __future__ import annotations
@@ -18,6 +49,8 @@ from ..data.collate import collate_sequences
 from ..data.encode import Encoder
 from ..models.logprobs import TargetLogProbs
 
+BACKENDS = ("alignkit", "hf", "vllm")
+
 
 @dataclass
 class Sample:
@@ -26,6 +59,7 @@ class Sample:
     prompt_ids: list[int]
     completion_ids: list[int]
     finished: bool
+    logprobs: list[float] | None = None  # per completion token, see the module docstring (None: hf backend)
 
 
 def stop_token_ids(tokenizer) -> list[int]:
@@ -50,50 +84,230 @@ def generate(
     batch_size: int = 64,
     seed: int | None = 0,
     progress: bool = False,
+    backend: str = "alignkit",
+    truncated_logprobs: bool = False,
 ) -> list[Sample]:
-    """``n`` samples for each prompt, grouped by prompt (sample ``i*n + j`` is prompt ``i``'s j-th)."""
+    """``n`` samples for each prompt, grouped by prompt (sample ``i*n + j`` is prompt ``i``'s j-th).
+
+    ``batch_size`` is the number of samples decoded together. ``backend``: ``"alignkit"`` (default),
+    ``"hf"`` (``model.generate``) or ``"vllm"`` (not available yet); see the module docstring.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown generation backend '{backend}'; allowed: {', '.join(BACKENDS)}")
+    if backend == "vllm":
+        _vllm_unavailable()
+    if not greedy and temperature <= 0:
+        raise ValueError(f"temperature must be > 0 when sampling (got {temperature}); use greedy=True for argmax decoding")
     from ..engine.trainer import make_progress
 
     encoder = Encoder(tokenizer, max_length=10**9)
-    device = next(model.parameters()).device
     stops = stop_token_ids(tokenizer)
     jobs = [(p, encoder.prompt_ids(p)) for p in prompts for _ in range(n)]
-    if seed is not None:
-        torch.manual_seed(seed)
+    if any(not ids for _, ids in jobs):
+        raise ValueError("generate: a prompt encodes to no tokens")
     was_training = model.training
     model.eval()
     samples: list[Sample] = []
-    with make_progress(progress) as bar_progress:
-        bar = bar_progress.add_task("generate", total=len(jobs), info="")
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start : start + batch_size]
-            width = max(len(ids) for _, ids in chunk)
-            input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-            attention = torch.zeros_like(input_ids)
-            for i, (_, ids) in enumerate(chunk):
-                input_ids[i, width - len(ids) :] = torch.tensor(ids)
-                attention[i, width - len(ids) :] = 1
-            kwargs: dict[str, Any] = dict(
-                max_new_tokens=max_new_tokens,
-                eos_token_id=stops,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            if greedy:
-                kwargs.update(do_sample=False)
+    try:
+        with make_progress(progress) as bar_progress:
+            bar = bar_progress.add_task("generate", total=len(jobs), info="")
+            if backend == "hf":
+                if seed is not None:
+                    torch.manual_seed(seed)
+                run = lambda chunk: _hf_chunk(model, tokenizer, chunk, stops, max_new_tokens, temperature, top_p, top_k, greedy)  # noqa: E731
             else:
-                kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
-            out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
-            for (prompt, ids), row in zip(chunk, out[:, width:].tolist()):
-                completion, finished = [], False
-                for token in row:
-                    completion.append(token)
-                    if token in stops:
-                        finished = True
-                        break
-                text = tokenizer.decode(completion, skip_special_tokens=True)
-                samples.append(Sample(prompt, text, ids, completion, finished))
-            bar_progress.update(bar, advance=len(chunk))
-    model.train(was_training)
+                device = next(model.parameters()).device
+                generator = None
+                if seed is not None:
+                    generator = torch.Generator(device=device)
+                    generator.manual_seed(seed)
+                sampler = _Sampler(temperature, top_p, top_k, greedy, truncated_logprobs, generator)
+                run = lambda chunk: _alignkit_chunk(model, tokenizer, chunk, stops, max_new_tokens, sampler, device)  # noqa: E731
+            for start in range(0, len(jobs), batch_size):
+                chunk = jobs[start : start + batch_size]
+                samples.extend(run(chunk))
+                bar_progress.update(bar, advance=len(chunk))
+    finally:
+        model.train(was_training)
+    return samples
+
+
+def _vllm_unavailable() -> None:
+    try:
+        import vllm  # noqa: F401
+    except ImportError as e:
+        raise ImportError("generate(backend='vllm') needs the 'vllm' package (pip install vllm) and a CUDA GPU; "
+                          "use backend='alignkit' (default) or 'hf' on this machine") from e
+    if not torch.cuda.is_available():
+        raise RuntimeError("generate(backend='vllm') needs a CUDA GPU; none is available (use backend='alignkit' or 'hf')")
+    raise NotImplementedError("generate(backend='vllm') is reserved for a vLLM engine that this version of alignkit does not ship; "
+                              "use backend='alignkit' or 'hf'")
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    for i, ids in enumerate(rows):
+        input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention[i, width - len(ids) :] = 1
+    return input_ids, attention
+
+
+def _cut(completion: list[int], stops: list[int]) -> tuple[list[int], bool]:
+    for i, token in enumerate(completion):
+        if token in stops:
+            return completion[: i + 1], True
+    return completion, False
+
+
+# --------------------------------------------------------------------------------------------------
+# backend "hf": model.generate
+# --------------------------------------------------------------------------------------------------
+def _hf_chunk(model, tokenizer, chunk, stops, max_new_tokens, temperature, top_p, top_k, greedy) -> list[Sample]:
+    device = next(model.parameters()).device
+    input_ids, attention = _left_pad([ids for _, ids in chunk], tokenizer.pad_token_id)
+    width = input_ids.shape[1]
+    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
+    if greedy:
+        kwargs.update(do_sample=False)
+    else:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
+    out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
+    samples = []
+    for (prompt, ids), row in zip(chunk, out[:, width:].tolist()):
+        completion, finished = _cut(row, stops)
+        samples.append(Sample(prompt, tokenizer.decode(completion, skip_special_tokens=True), ids, completion, finished))
+    return samples
+
+
+# --------------------------------------------------------------------------------------------------
+# backend "alignkit": shared-prefix prefill + compacting KV-cache decode
+# --------------------------------------------------------------------------------------------------
+class _Sampler:
+    """Picks the next token of every row from last-position logits; returns (tokens, log-probs)."""
+
+    def __init__(self, temperature, top_p, top_k, greedy, truncated_logprobs, generator):
+        self.temperature = temperature if temperature > 0 else 1.0
+        self.top_p, self.top_k, self.greedy = top_p, top_k, greedy
+        self.truncated = truncated_logprobs
+        self.generator = generator
+
+    def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = logits.float()
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        logp = torch.log_softmax(logits, dim=-1)
+        if self.greedy:
+            tokens = logits.argmax(-1)
+            return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+        filtered = self._truncate(logp)
+        # exponential race (Gumbel-max in another form): argmax_i p_i / E_i with E_i ~ Exp(1) draws i with
+        # probability p_i; cheaper than torch.multinomial on CPU and exact
+        race = torch.empty_like(filtered).exponential_(generator=self.generator)
+        tokens = (filtered.exp() / race).argmax(-1)
+        source = torch.log_softmax(filtered, dim=-1) if self.truncated and filtered is not logp else logp
+        return tokens, source.gather(-1, tokens[:, None]).squeeze(-1)
+
+    def _truncate(self, logp: torch.Tensor) -> torch.Tensor:
+        """Top-k then top-p (nucleus) on the tempered log-probs, as ``model.generate`` orders them; removed
+        tokens get ``-inf``. Returns ``logp`` itself when nothing is truncated."""
+        out = logp
+        vocab = logp.shape[-1]
+        if self.top_k and 0 < self.top_k < vocab:
+            kth = torch.topk(out, self.top_k, dim=-1).values[:, -1:]
+            out = out.masked_fill(out < kth, float("-inf"))
+        if self.top_p < 1.0:
+            sorted_logp, order = torch.sort(out, dim=-1, descending=False)
+            cumulative = sorted_logp.softmax(-1).cumsum(-1)
+            remove_sorted = cumulative <= (1 - self.top_p)
+            remove_sorted[:, -1] = False  # always keep the most likely token
+            remove = remove_sorted.scatter(-1, order, remove_sorted)
+            out = out.masked_fill(remove, float("-inf"))
+        return out
+
+
+def _forward_last(model, input_ids, attention_mask, position_ids, cache):
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1]
+
+
+def _trim_left(cache, attention: torch.Tensor) -> torch.Tensor:
+    """Drop the leading cache columns that no row attends to (padding left over after compaction)."""
+    real = attention.any(0)
+    first = int(real.int().argmax()) if bool(real.any()) else 0
+    if first == 0:
+        return attention
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", [])
+    if not layers or any(type(layer) is not DynamicLayer or not torch.is_tensor(layer.keys) or layer.keys.dim() != 4 for layer in layers):
+        return attention  # not a plain full-attention cache: keep the padding (still exact)
+    for layer in cache.layers:
+        layer.keys = layer.keys[:, :, first:]
+        layer.values = layer.values[:, :, first:]
+    return attention[:, first:]
+
+
+def _alignkit_chunk(model, tokenizer, chunk, stops, max_new_tokens, sampler: _Sampler, device) -> list[Sample]:
+    from transformers import DynamicCache
+
+    # ---- unique prompts of the chunk (the n samples of a prompt, and identical prompts, share one prefill)
+    unique: dict[tuple[int, ...], int] = {}
+    row_of_job = []
+    for _, ids in chunk:
+        row_of_job.append(unique.setdefault(tuple(ids), len(unique)))
+    prompt_rows = [list(k) for k in unique]
+    input_ids, attention = _left_pad(prompt_rows, tokenizer.pad_token_id)
+    input_ids, attention = input_ids.to(device), attention.to(device)
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    logits = _forward_last(model, input_ids, attention, position_ids, cache)
+    # ---- fan out: row j of the batch is job j
+    select = torch.tensor(row_of_job, dtype=torch.long, device=device)
+    if len(unique) != len(chunk) or row_of_job != list(range(len(chunk))):
+        cache.batch_select_indices(select)
+        logits = logits.index_select(0, select)
+        attention = attention.index_select(0, select)
+    next_pos = attention.sum(-1)  # position of the next token of every row
+    # ---- decode
+    rows = len(chunk)
+    tokens_out = torch.zeros(rows, max_new_tokens, dtype=torch.long, device=device)
+    logps_out = torch.zeros(rows, max_new_tokens, dtype=torch.float32, device=device)
+    lengths = torch.zeros(rows, dtype=torch.long, device=device)
+    finished_rows = torch.zeros(rows, dtype=torch.bool, device=device)
+    active = torch.arange(rows, device=device)  # job index of every row still decoding
+    stop_ids = torch.tensor(stops, dtype=torch.long, device=device)
+    for step in range(max_new_tokens):
+        tokens, logps = sampler(logits)
+        tokens_out[active, step] = tokens
+        logps_out[active, step] = logps
+        lengths[active] = step + 1
+        done = torch.isin(tokens, stop_ids)
+        if step == max_new_tokens - 1:
+            finished_rows[active] = done
+            break
+        if bool(done.any()):
+            finished_rows[active[done]] = True
+            keep = (~done).nonzero().squeeze(-1)
+            if keep.numel() == 0:
+                break
+            active, tokens, attention, next_pos = active[keep], tokens[keep], attention[keep], next_pos[keep]
+            cache.batch_select_indices(keep)
+            attention = _trim_left(cache, attention)
+        attention = torch.cat([attention, attention.new_ones(attention.shape[0], 1)], dim=1)
+        logits = _forward_last(model, tokens[:, None], attention, next_pos[:, None], cache)
+        next_pos = next_pos + 1
+    # ---- samples
+    tokens_list, logps_list = tokens_out.tolist(), logps_out.tolist()
+    lengths_list, finished_list = lengths.tolist(), finished_rows.tolist()
+    samples = []
+    for j, (prompt, ids) in enumerate(chunk):
+        k = lengths_list[j]
+        completion = tokens_list[j][:k]
+        text = tokenizer.decode(completion, skip_special_tokens=True)
+        samples.append(Sample(prompt, text, ids, completion, finished_list[j], logps_list[j][:k]))
     return samples
 
 

@@ -5,17 +5,22 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from .arithmetic import ArithmeticTask
 from .sentiment import SentimentTask
 
-TASKS = {"sentiment": SentimentTask}
+TASKS = {"sentiment": SentimentTask, "arithmetic": ArithmeticTask}
 
 
-def get_task(config: Any = None) -> SentimentTask:
+def get_task(config: Any = None):
     """A task from a :class:`alignkit.config.TaskConfig` (or a name)."""
     if config is None or isinstance(config, str):
-        return TASKS[config or "sentiment"]()
-    cls = TASKS[config.name]
-    return cls(seed=config.seed)
+        name = config or "sentiment"
+        if name not in TASKS:
+            raise ValueError(f"unknown task '{name}'; allowed: {', '.join(TASKS)}")
+        return TASKS[name]()
+    if config.name == "arithmetic":
+        return ArithmeticTask(seed=config.seed, level=config.level)
+    return TASKS[config.name](seed=config.seed)
 
 
 def task_rows(task: SentimentTask, kind: str, n: int, split: str, config: Any = None) -> list[dict]:

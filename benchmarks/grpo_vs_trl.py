@@ -1,0 +1,300 @@
+"""GRPO with alignkit vs TRL's GRPOTrainer: same tiny model, prompts, reward and settings, fp32, on this machine.
+
+    HF_HUB_OFFLINE=1 python benchmarks/grpo_vs_trl.py             # defaults below, a few minutes on 2 cores
+    HF_HUB_OFFLINE=1 python benchmarks/grpo_vs_trl.py --steps 4   # quicker
+
+The parent process builds a tiny Llama on the sentiment task's text (build_tiny; hidden 256, 4 layers by
+default) and gives it a short SFT with alignkit on the task's base distribution (so that completions end
+with EOS, as a real policy's do), then runs each side in its own fresh subprocess (one after the other, so
+each has the cores to itself and its own peak RSS), alternating sides over ``--repeats`` runs:
+
+* alignkit: ``alignkit.algorithms.train(load_recipe({"algorithm": "rl", ...}))`` with ``rl.estimator=grpo``
+  and the default ``alignkit`` generation backend. The time is the whole ``train()`` call (model load,
+  prompt encoding and the loop; saving is switched off).
+* TRL: ``GRPOTrainer`` with ``use_vllm=False``, fp32 (``bf16=False``), ``gradient_checkpointing=False``.
+  The time is ``trainer.train()`` only (model loading and dataset preparation happen before it).
+
+Shared settings: the task's train prompts, ``--prompts`` prompts per step × ``--group`` samples each
+(TRL: ``per_device_train_batch_size = prompts × group``, ``num_generations = group``, one generation per
+optimizer step), ``max_new_tokens = max_completion_length``, temperature 1, top-p 1, top-k off, beta 0 (no
+reference model on either side), GRPO advantages with the group std, PPO-clip 0.2 with one update per
+rollout, token-mean loss aggregation (TRL ``loss_type="dapo"``), AdamW (lr, no weight decay), linear
+schedule without warmup, grad-norm clipping 1.0. The reward is the task's gold reward (alignkit:
+``rl.reward=gold``; TRL: the same ``SentimentTask.gold_rewards`` wrapped as a reward function).
+
+Reported per side: seconds per step (timed seconds / steps), the time inside generation (alignkit: the
+``generate`` call of the rollout; TRL: ``_generate_single_turn``, its ``model.generate`` call) and inside
+the whole rollout (generation + reward + advantages, and for alignkit the old-log-prob pass; TRL:
+``_generate_and_score_completions``), both measured by wrapping those functions in the subprocess, the
+rest being the update; peak RSS of the subprocess (ru_maxrss) and its growth while timed; mean completion
+length and mean reward of the rollouts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+class PeakRSS:
+    """Samples this process's RSS in a thread; ``peak - base`` is the growth during the block."""
+
+    def __init__(self, interval: float = 0.005):
+        import psutil
+
+        self.proc, self.interval, self.peak, self._stop = psutil.Process(), interval, 0, False
+
+    def __enter__(self):
+        self.base = self.peak = self.proc.memory_info().rss
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop = True
+        self.thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+class Timed:
+    """Wraps a callable and adds up the seconds spent in it."""
+
+    def __init__(self, fn):
+        self.fn, self.seconds, self.calls = fn, 0.0, 0
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+            self.calls += 1
+
+
+# --------------------------------------------------------------------------------------------------
+# the two sides (each in its own subprocess)
+# --------------------------------------------------------------------------------------------------
+def run_alignkit(work: Path, args) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import alignkit.algorithms.online as online
+    from alignkit.algorithms import train
+    from alignkit.config import load_recipe
+    from alignkit.engine.tracking import read_metrics
+
+    recipe = load_recipe(
+        {
+            "algorithm": "rl",
+            "model": {"path": str(work / "policy"), "dtype": "float32"},
+            "task": {"name": "sentiment", "n_train": args.steps * args.prompts, "n_eval": 0},
+            "rl": {
+                "estimator": "grpo", "policy_loss": "ppo_clip", "aggregation": "token_mean", "reward": "gold",
+                "group_size": args.group, "max_new_tokens": args.max_new_tokens, "temperature": 1.0, "top_p": 1.0,
+                "generation_batch_size": args.prompts * args.group, "beta": 0.0, "std": "group",
+                "clip_low": 0.2, "clip_high": 0.2, "epochs": 1, "mini_batches": 1,
+            },
+            "train": {
+                "output_dir": str(work / "alignkit-run"), "seed": 0, "max_steps": args.steps, "batch_size": args.prompts,
+                "lr": args.lr, "scheduler": "linear", "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 1.0,
+                "precision": "fp32", "log_every": 1, "progress": False, "save_final": False,
+            },
+        }
+    )
+    # warm the imports that train() does lazily (the TRL side has them done before its timer too)
+    AutoTokenizer.from_pretrained(str(work / "policy"))
+    AutoModelForCausalLM.from_pretrained(str(work / "policy"), dtype=torch.float32)
+    from alignkit.engine.trainer import Distributed
+
+    Distributed()
+    gen = Timed(online.generate)
+    online.generate = gen
+    rollout = Timed(online.OnlineRL.rollout)
+    online.OnlineRL.rollout = lambda self, *a, **k: rollout(self, *a, **k)
+    with PeakRSS() as mem:
+        start = time.perf_counter()
+        train(recipe)
+        seconds = time.perf_counter() - start
+    records = [r for r in read_metrics(work / "alignkit-run") if "loss" in r]
+    return {
+        "seconds": seconds, "generate_seconds": gen.seconds, "rollout_seconds": rollout.seconds, "steps": len(records),
+        "completion_length": sum(r["completion_length"] for r in records) / len(records),
+        "reward": sum(r["reward"] for r in records) / len(records),
+        "rss_base": mem.base, "rss_peak_timed": mem.peak,
+    }
+
+
+def run_trl(work: Path, args) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from alignkit.tasks.sentiment import SentimentTask
+
+    task = SentimentTask(seed=0)
+    # alignkit's prompts for seed 0 in alignkit's order (engine.trainer.Trainer.step_indices), read sequentially
+    prompts = task.prompts(args.steps * args.prompts, "train")
+    perm = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(0)).tolist()
+    dataset = Dataset.from_list([{"prompt": prompts[i]} for i in perm])
+
+    def gold_reward(prompts, completions, **kwargs):
+        return task.gold_rewards(prompts, completions)
+
+    tokenizer = AutoTokenizer.from_pretrained(str(work / "policy"))
+    model = AutoModelForCausalLM.from_pretrained(str(work / "policy"), dtype=torch.float32)
+    config = GRPOConfig(
+        output_dir=str(work / "trl-run"), seed=0, max_steps=args.steps,
+        per_device_train_batch_size=args.prompts * args.group, gradient_accumulation_steps=1, steps_per_generation=1,
+        num_generations=args.group, max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
+        beta=0.0, num_iterations=1, epsilon=0.2, scale_rewards="group", loss_type="dapo", mask_truncated_completions=False,
+        learning_rate=args.lr, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, adam_beta1=0.9,
+        adam_beta2=0.999, adam_epsilon=1e-8, optim="adamw_torch", max_grad_norm=1.0,
+        bf16=False, fp16=False, gradient_checkpointing=False, use_vllm=False, shuffle_dataset=False,
+        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
+    )
+    trainer = GRPOTrainer(model=model, reward_funcs=gold_reward, args=config, train_dataset=dataset, processing_class=tokenizer)
+    gen = Timed(trainer._generate_single_turn)
+    trainer._generate_single_turn = gen
+    rollout = Timed(trainer._generate_and_score_completions)
+    trainer._generate_and_score_completions = rollout
+    with PeakRSS() as mem:
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    logs = [r for r in trainer.state.log_history if "loss" in r]
+    length = [r[k] for r in logs for k in ("completions/mean_length",) if k in r]
+    return {
+        "seconds": seconds, "generate_seconds": gen.seconds, "rollout_seconds": rollout.seconds, "steps": len(logs),
+        "completion_length": sum(length) / len(length) if length else float("nan"),
+        "reward": sum(r["reward"] for r in logs) / len(logs),
+        "rss_base": mem.base, "rss_peak_timed": mem.peak,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+def child(side: str, work: Path, args) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = (run_alignkit if side == "alignkit" else run_trl)(work, args)
+    result["ru_maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    (work / f"result-{side}.json").write_text(json.dumps(result))
+
+
+def prepare(work: Path, args) -> None:
+    """A tiny Llama on the task's text, briefly SFT-ed on the base distribution, saved to work/policy."""
+    import shutil
+
+    from alignkit.algorithms import train
+    from alignkit.config import load_recipe
+    from alignkit.models.tiny import TinyModelConfig, build_tiny
+    from alignkit.tasks.sentiment import SentimentTask
+
+    if (work / "policy" / "config.json").exists() and (work / "policy" / "shape.json").read_text() == json.dumps([args.hidden, args.layers, args.sft_steps]):
+        return
+    shape = TinyModelConfig(hidden_size=args.hidden, num_layers=args.layers, num_heads=4, intermediate_size=4 * args.hidden)
+    build_tiny(work / "base", SentimentTask().corpus(), shape)
+    if args.sft_steps == 0:  # random weights: no sample stops, every completion is max_new_tokens long
+        shutil.rmtree(work / "policy", ignore_errors=True)
+        shutil.copytree(work / "base", work / "policy")
+        (work / "policy" / "shape.json").write_text(json.dumps([args.hidden, args.layers, args.sft_steps]))
+        return
+    recipe = load_recipe(
+        {
+            "algorithm": "sft",
+            "model": {"path": str(work / "base")},
+            "task": {"name": "sentiment", "n_train": 32 * args.sft_steps, "n_eval": 0},
+            "train": {"output_dir": str(work / "sft-run"), "max_steps": args.sft_steps, "batch_size": 32, "lr": 3e-3, "progress": False},
+        }
+    )
+    final = train(recipe)
+    shutil.rmtree(work / "policy", ignore_errors=True)
+    shutil.copytree(final, work / "policy")
+    (work / "policy" / "shape.json").write_text(json.dumps([args.hidden, args.layers, args.sft_steps]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    p.add_argument("--group", type=int, default=8, help="samples per prompt (num_generations)")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--sft-steps", type=int, default=60, help="0: random weights (completions never stop early)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads in each side (0: torch's default)")
+    p.add_argument("--repeats", type=int, default=2, help="runs per side, alternating; the fastest counts")
+    p.add_argument("--work", type=Path, default=Path("runs/bench-grpo-vs-trl"))
+    p.add_argument("--side", choices=["alignkit", "trl"], help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.side:
+        return child(args.side, args.work, args)
+
+    import torch
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    prepare(work, args)
+    from transformers import AutoModelForCausalLM
+
+    n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(str(work / "policy")).parameters())
+    print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, threads per side: {args.threads or torch.get_num_threads()}")
+    print(f"model: llama hidden {args.hidden}, {args.layers} layers, {n_params / 1e6:.2f} M parameters, SFT {args.sft_steps} steps")
+    print(f"settings: {args.steps} steps x {args.prompts} prompts x {args.group} samples, max {args.max_new_tokens} new tokens, "
+          f"lr {args.lr}, beta 0, fp32, no gradient checkpointing, no vLLM")
+
+    forwarded = ["--work", str(work)]
+    for name in ("steps", "prompts", "group", "max_new_tokens", "lr", "threads"):
+        forwarded += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    results: dict[str, dict] = {}
+    runs: dict[str, list[float]] = {"trl": [], "alignkit": []}
+    for _ in range(args.repeats):
+        for side in ("trl", "alignkit"):
+            subprocess.run([sys.executable, __file__, "--side", side, *forwarded], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            r = json.loads((work / f"result-{side}.json").read_text())
+            runs[side].append(r["seconds"] / args.steps)
+            if side not in results or r["seconds"] < results[side]["seconds"]:
+                results[side] = r
+    a, t = results["alignkit"], results["trl"]
+    for r in (a, t):
+        r["s_per_step"] = r["seconds"] / args.steps
+    mib = lambda x: f"{x / 2**20:.0f} MiB"  # noqa: E731
+    share = lambda r, k: f"{r[k] / r['seconds']:.0%}"  # noqa: E731
+    print()
+    print(f"{'':34}{'alignkit':>16}{'TRL':>16}")
+    print(f"{'s/step (each run)':34}{' '.join(f'{x:.2f}' for x in runs['alignkit']):>16}{' '.join(f'{x:.2f}' for x in runs['trl']):>16}")
+    print(f"{'s/step (fastest run)':34}{a['s_per_step']:>16.3f}{t['s_per_step']:>16.3f}")
+    print(f"{'steps/s':34}{1 / a['s_per_step']:>16.3f}{1 / t['s_per_step']:>16.3f}")
+    print(f"{'generation share of the time':34}{share(a, 'generate_seconds'):>16}{share(t, 'generate_seconds'):>16}")
+    print(f"{'rollout share (gen+reward+...)':34}{share(a, 'rollout_seconds'):>16}{share(t, 'rollout_seconds'):>16}")
+    print(f"{'generation s/step':34}{a['generate_seconds'] / args.steps:>16.3f}{t['generate_seconds'] / args.steps:>16.3f}")
+    print(f"{'update s/step (rest)':34}{(a['seconds'] - a['rollout_seconds']) / args.steps:>16.3f}{(t['seconds'] - t['rollout_seconds']) / args.steps:>16.3f}")
+    print(f"{'peak RSS (process)':34}{mib(a['ru_maxrss']):>16}{mib(t['ru_maxrss']):>16}")
+    print(f"{'peak RSS growth while timed':34}{mib(a['rss_peak_timed'] - a['rss_base']):>16}{mib(t['rss_peak_timed'] - t['rss_base']):>16}")
+    print(f"{'mean completion length':34}{a['completion_length']:>16.1f}{t['completion_length']:>16.1f}")
+    print(f"{'mean reward':34}{a['reward']:>16.3f}{t['reward']:>16.3f}")
+    print(f"\nspeed-up alignkit / TRL: {t['s_per_step'] / a['s_per_step']:.2f}x steps/s")
+    (work / "summary.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "n_params": n_params, "runs": runs, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

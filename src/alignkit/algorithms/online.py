@@ -1,0 +1,321 @@
+"""Online RL on the shared engine: GRPO, Dr.GRPO, DAPO, RLOO, ReMax, REINFORCE(++), PPO.
+
+One step of training (``train.batch_size`` prompts over all processes):
+
+1. **Rollout.** Each process samples ``rl.group_size`` completions for each of its prompts with the
+   current policy (the group of a prompt never spans processes).
+2. **Score.** The reward source (``rl.reward``: a built-in task's gold reward, a reward model folder, a
+   ``module:function``, an ensemble, ...) scores every completion. DAPO's overlong handling can filter
+   or shape completions that hit ``max_new_tokens`` without stopping.
+3. **Advantages.** ``rl.estimator`` names an entry of :func:`alignkit.objectives.outcome_advantages`
+   (``grpo``, ``dr_grpo``, ``rloo``, ``remax`` — with the greedy completion's reward as baseline —,
+   ``reinforce``, ``reinforce_pp``, ``reinforce_pp_baseline``) or ``ppo`` (GAE over per-token rewards
+   with a learned critic). DAPO's dynamic sampling drops groups whose rewards are all equal.
+4. **Update.** ``rl.epochs`` passes over the rollout in ``rl.mini_batches`` optimizer steps each, with
+   ``rl.policy_loss`` (``ppo_clip`` with asymmetric/dual clip, ``cispo``, ``gspo``, ``reinforce``)
+   aggregated by ``rl.aggregation``. KL to the reference (``rl.beta`` > 0) is either a per-token loss term
+   (``rl.kl_in: loss``, GRPO-style, estimator ``rl.kl_estimator``) or folded into per-token rewards
+   (``rl.kl_in: reward``, PPO-style). ``rl.beta = 0`` loads no reference model.
+
+Log-probs: ``old_logp`` is recomputed by the trainer's kernel at the sampling temperature (not taken
+from the sampler), so the first update's ratio is exactly 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.collate import pad
+from ..models.loading import is_peft
+from ..models.logprobs import TargetLogProbs, _unwrap
+from ..objectives.policy_gradient import aggregate, gae, kl_in_reward, kl_penalty, outcome_advantages, policy_loss, value_loss
+from ..rollout.generate import generate
+from .base import Algorithm, Metrics
+
+
+class TargetValues(nn.Module):
+    """Critic: a copy of the policy's decoder with a scalar head; values at target positions [B, T].
+
+    The value of target token ``t`` is read from the hidden state at ``t-1`` (the state before the
+    token is chosen), matching :class:`TargetLogProbs`.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        core = _unwrap(model)
+        self.decoder = copy.deepcopy(core.get_decoder())
+        self.decoder.requires_grad_(True)
+        self.head = nn.Linear(core.config.hidden_size, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids, attention_mask, loss_mask):
+        hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
+        values = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+        values[:, 1:] = self.head(hidden).squeeze(-1).float()
+        return values * loss_mask
+
+
+class ActorCritic(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.actor = TargetLogProbs(model)
+        self.critic = TargetValues(model)
+
+    def forward(self, input_ids, attention_mask, loss_mask):
+        return self.actor(input_ids, attention_mask, loss_mask), self.critic(input_ids, attention_mask, loss_mask)
+
+
+class OnlineRL(Algorithm):
+    name = "rl"
+    data_kind = "prompt"
+
+    def __init__(self, recipe):
+        super().__init__(recipe)
+        self.cfg = recipe.rl
+        self.name = self.cfg.estimator
+        self.reference: TargetLogProbs | None = None
+        self.reference_context = _null
+        self.critic: TargetValues | None = None
+        self.reward_source = None
+
+    # ----------------------------------------------------------------------------------------------
+    def module(self, model):
+        if self.cfg.estimator == "ppo":
+            combined = ActorCritic(model)
+            self.critic = combined.critic
+            return combined
+        return TargetLogProbs(model)
+
+    def updates_per_step(self) -> int:
+        return self.cfg.epochs * self.cfg.mini_batches
+
+    @torch.no_grad()
+    def evaluate(self, trainer, examples) -> dict[str, float]:
+        """Mean reward (and, on a built-in task, gold reward) of samples on held-out prompts."""
+        if not examples:
+            return {}
+        prompts = [e["prompt"] for e in examples]
+        n = self.cfg.eval_samples
+        samples = generate(trainer.model, trainer.tokenizer, prompts, n=n, max_new_tokens=self.cfg.max_new_tokens,
+                           temperature=self.cfg.temperature, top_p=self.cfg.top_p, batch_size=self.cfg.generation_batch_size, seed=12345)
+        context = {k: [e[k] for e in examples for _ in range(n)] for k in examples[0] if k not in ("prompt", "prompt_ids", "row", "index")}
+        rewards = self.reward_source.score([s.prompt for s in samples], [s.completion for s in samples], **context)
+        out = {"reward": rewards.float().mean().item(), "completion_length": statistics.fmean(len(s.completion_ids) for s in samples)}
+        if self.recipe.data.eval is None:
+            from ..tasks import get_task
+
+            task = get_task(self.recipe.task)
+            out["gold_reward"] = statistics.fmean(task.gold_rewards([s.prompt for s in samples], [s.completion for s in samples]))
+        return out
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        return {"critic": self.critic} if self.critic is not None else {}
+
+    def setup(self, trainer) -> None:
+        from ..rewards.sources import build_reward_source
+
+        spec = self.cfg.reward if self.cfg.reward != "gold" else f"gold:{self.recipe.task.name}"
+        self.reward_source = build_reward_source(spec)
+        if self.cfg.beta > 0:
+            model = trainer.model
+            if is_peft(model):
+                self.reference = TargetLogProbs(model, self.cfg.temperature)
+                self.reference_context = model.disable_adapter
+            else:
+                self.reference = TargetLogProbs(trainer.frozen_reference(), self.cfg.temperature)
+
+    def collate(self, examples, pad_id):
+        batch = {
+            "input_ids": pad([e["ids"] for e in examples], pad_id),
+            "attention_mask": pad([[1] * len(e["ids"]) for e in examples], 0),
+            "loss_mask": pad([e["mask"] for e in examples], 0),
+        }
+        for key in ("old_logp", "ref_logp", "token_adv", "returns", "old_values"):
+            if key in examples[0]:
+                rows = [e[key] for e in examples]
+                width = batch["input_ids"].shape[1]
+                out = torch.zeros(len(rows), width, dtype=torch.float32)
+                for i, r in enumerate(rows):
+                    out[i, : len(r)] = torch.tensor(r, dtype=torch.float32)
+                batch[key] = out
+        if "advantage" in examples[0]:
+            batch["advantage"] = torch.tensor([e["advantage"] for e in examples], dtype=torch.float32)
+        return batch
+
+    def weight(self, batch) -> float:
+        mask = batch["loss_mask"][:, 1:]
+        if self.cfg.aggregation == "token_mean":
+            return float(mask.sum())
+        return float((mask.sum(-1) > 0).sum())
+
+    # ----------------------------------------------------------------------------------------------
+    # rollout
+    # ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def rollout(self, trainer, examples: list[dict[str, Any]]) -> tuple[list[list[dict]], dict[str, float]]:
+        cfg = self.cfg
+        model = trainer.model
+        prompts = [e["prompt"] for e in examples]
+        g = cfg.group_size
+        seed = trainer.cfg.seed * 100003 + trainer.current_step * 101 + trainer.dist.rank
+        samples = generate(model, trainer.tokenizer, prompts, n=g, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                           top_p=cfg.top_p, batch_size=cfg.generation_batch_size, seed=seed)
+        sample_prompts = [s.prompt for s in samples]
+        completions = [s.completion for s in samples]
+        context = {k: [e[k] for e in examples for _ in range(g)] for k in examples[0] if k not in ("prompt", "prompt_ids", "row", "index")}
+        rewards = self.reward_source.score(sample_prompts, completions, **context).float().cpu()
+        raw_rewards = rewards.clone()
+        finished = torch.tensor([s.finished for s in samples])
+        if cfg.overlong == "shape":
+            # DAPO soft overlong punishment over the last `overlong_buffer` tokens of the budget.
+            lengths = torch.tensor([len(s.completion_ids) for s in samples], dtype=torch.float32)
+            start = cfg.max_new_tokens - cfg.overlong_buffer
+            rewards = rewards - torch.clamp((lengths - start) / max(cfg.overlong_buffer, 1), 0, 1) * cfg.overlong_penalty
+        stats: dict[str, float] = {
+            "reward": raw_rewards.mean().item(),
+            "reward_std": raw_rewards.std().item() if len(raw_rewards) > 1 else 0.0,
+            "completion_length": statistics.fmean(len(s.completion_ids) for s in samples),
+            "finished": finished.float().mean().item(),
+        }
+        # ---- advantages ---------------------------------------------------------------------------
+        params: dict[str, Any] = {}
+        if cfg.estimator == "grpo":
+            params["std"] = cfg.std
+        if cfg.estimator == "remax":
+            greedy = generate(model, trainer.tokenizer, prompts, n=1, max_new_tokens=cfg.max_new_tokens, greedy=True, batch_size=cfg.generation_batch_size)
+            greedy_context = {k: [e[k] for e in examples] for k in context}
+            params["baseline"] = self.reward_source.score(prompts, [s.completion for s in greedy], **greedy_context).float().cpu()
+            stats["greedy_reward"] = params["baseline"].mean().item()
+        if cfg.estimator == "reinforce" and cfg.moving_baseline:
+            params["baseline"] = self._moving_baseline(rewards)
+        keep = torch.ones(len(samples), dtype=torch.bool)
+        if cfg.dynamic_sampling:
+            grouped = rewards.view(-1, g)
+            varied = (grouped.max(1).values - grouped.min(1).values) > 0
+            keep = varied.repeat_interleave(g)
+            stats["groups_kept"] = varied.float().mean().item()
+        if cfg.overlong == "filter":
+            keep = keep & finished
+        advantages = None
+        if cfg.estimator != "ppo":
+            advantages = outcome_advantages(cfg.estimator, rewards, g, **params)
+        # ---- token-level quantities ----------------------------------------------------------------
+        items = []
+        for i, s in enumerate(samples):
+            if not keep[i] or not s.completion_ids:
+                continue
+            ids = s.prompt_ids + s.completion_ids
+            item = {"ids": ids, "mask": [0] * len(s.prompt_ids) + [1] * len(s.completion_ids), "reward": rewards[i].item()}
+            if advantages is not None:
+                item["advantage"] = advantages[i].item()
+            items.append(item)
+        stats["kept"] = len(items) / max(1, len(samples))
+        if not items:
+            return [], stats
+        actor = TargetLogProbs(model, cfg.temperature)
+        self._annotate(trainer, items, "old_logp", actor, _null)
+        if self.reference is not None:
+            self._annotate(trainer, items, "ref_logp", self.reference, self.reference_context)
+            kl = [sum(a - b for a, b in zip(it["old_logp"], it["ref_logp"])) for it in items]
+            stats["kl"] = statistics.fmean(kl)
+        if cfg.estimator == "ppo":
+            self._annotate(trainer, items, "old_values", self.critic, _null)
+            self._ppo_advantages(items)
+        # ---- mini-batches -------------------------------------------------------------------------
+        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+        per = math.ceil(len(items) / cfg.mini_batches)
+        updates = []
+        for _ in range(cfg.epochs):
+            for start in range(0, len(items), per):
+                chunk = [items[j] for j in order[start : start + per]]
+                updates.append(trainer.micro_batches(chunk, list(range(len(chunk)))))
+        return updates, stats
+
+    def _annotate(self, trainer, items, key, module, context) -> None:
+        """Per-token values of ``module`` (log-probs or critic values) for every item, without grad."""
+        size = trainer.cfg.micro_batch_size or 64
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
+            batch = trainer.micro_batches(chunk, list(range(len(chunk))))[0]
+            with context(), trainer.autocast():
+                out = module(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+            for item, row in zip(chunk, out.float().cpu().tolist()):
+                item[key] = row[: len(item["ids"])]
+
+    def _ppo_advantages(self, items) -> None:
+        cfg = self.cfg
+        batch_mask = pad([it["mask"] for it in items], 0).float()
+        values = torch.zeros_like(batch_mask)
+        logp = torch.zeros_like(batch_mask)
+        ref = torch.zeros_like(batch_mask)
+        for i, it in enumerate(items):
+            n = len(it["ids"])
+            values[i, :n] = torch.tensor(it["old_values"])
+            logp[i, :n] = torch.tensor(it["old_logp"])
+            if "ref_logp" in it:
+                ref[i, :n] = torch.tensor(it["ref_logp"])
+        scores = torch.tensor([it["reward"] for it in items])
+        beta = cfg.beta if (self.reference is not None and cfg.kl_in == "reward") else 0.0
+        token_rewards = kl_in_reward(scores, logp, ref, batch_mask, beta, kind=cfg.kl_estimator)
+        adv, returns = gae(token_rewards, values, batch_mask, gamma=cfg.gamma, lam=cfg.lam)
+        if cfg.whiten_advantages:
+            valid = batch_mask > 0
+            mean, std = adv[valid].mean(), adv[valid].std()
+            adv = torch.where(valid, (adv - mean) / (std + 1e-8), torch.zeros_like(adv))
+        for i, it in enumerate(items):
+            n = len(it["ids"])
+            it["token_adv"] = adv[i, :n].tolist()
+            it["returns"] = returns[i, :n].tolist()
+
+    def _moving_baseline(self, rewards: torch.Tensor) -> float:
+        value = getattr(self, "_baseline", None)
+        baseline = 0.0 if value is None else value
+        mean = rewards.mean().item()
+        self._baseline = mean if value is None else 0.9 * value + 0.1 * mean
+        return baseline
+
+    # ----------------------------------------------------------------------------------------------
+    def loss(self, policy, batch) -> tuple[torch.Tensor, Metrics]:
+        cfg = self.cfg
+        mask = batch["loss_mask"]
+        if cfg.estimator == "ppo":
+            logp, values = policy(batch["input_ids"], batch["attention_mask"], mask)
+            advantages = batch["token_adv"]
+        else:
+            logp = policy(batch["input_ids"], batch["attention_mask"], mask)
+            advantages = batch["advantage"]
+        target = mask.clone()
+        target[:, 0] = 0
+        params: dict[str, Any] = {}
+        if cfg.policy_loss in ("ppo_clip", "cispo"):
+            params["clip_high"] = cfg.clip_high
+        if cfg.policy_loss == "ppo_clip":
+            params.update(clip_low=cfg.clip_low, dual_clip=cfg.dual_clip)
+        agg_params = {"max_len": cfg.max_new_tokens} if cfg.aggregation == "seq_mean_token_sum_norm" else {}
+        pg, pg_metrics = policy_loss(cfg.policy_loss, logp, batch["old_logp"], advantages, target, aggregation=cfg.aggregation, **params, **agg_params)
+        total = pg
+        weight = self.weight(batch)
+        metrics: Metrics = {f"policy/{k}": (v.detach() * weight, weight) for k, v in pg_metrics.items()}
+        if self.reference is not None and cfg.kl_in == "loss":
+            kl_tokens = kl_penalty(cfg.kl_estimator, logp, batch["ref_logp"])
+            kl_term = aggregate(kl_tokens, target, cfg.aggregation, **agg_params)
+            total = total + cfg.beta * kl_term
+            metrics["policy/kl_loss"] = (kl_term.detach() * weight, weight)
+        if cfg.estimator == "ppo":
+            vf, vf_metrics = value_loss(values, batch["old_values"], batch["returns"], target, clip=cfg.value_clip, aggregation=cfg.aggregation, **agg_params)
+            total = total + cfg.vf_coef * vf
+            metrics["critic/value_loss"] = (vf.detach() * weight, weight)
+        return total * weight, metrics
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()

@@ -1,0 +1,6 @@
+"""Reward functions loaded by tests through the `module:function` path (tests/ is on sys.path)."""
+
+
+def soup_is_constant(prompts, completions):
+    """1.0 for every 'soup' prompt (a zero-variance group), else the number of words."""
+    return [1.0 if "soup" in p else float(len(c.split())) for p, c in zip(prompts, completions)]

@@ -1,0 +1,202 @@
+"""The sampling engine (alignkit.rollout.generate): exactness against model.generate and the trainer's
+log-prob kernel, stopping, determinism and shared-prompt groups."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alignkit.data.collate import collate_sequences
+from alignkit.models.logprobs import TargetLogProbs
+from alignkit.rollout import Sample, generate, sample_logprobs, stop_token_ids
+
+# prompts of different token lengths (left padding, different position ids)
+PROMPTS = ["review of the soup :", "review of the phone : the screen was", "the", "review of the film : the plot was good and"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: these tensors are tiny, and on a shared machine more threads only wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dir, tokenizer):
+    """The session's tiny model after a few SFT steps on the sentiment task, so that it stops at EOS."""
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.data.encode import Encoder
+    from alignkit.tasks import get_task
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32)
+    encoder = Encoder(tokenizer, max_length=128)
+    rows = get_task().sft_rows(32)
+    ids, masks = [], []
+    for r in rows:
+        p = encoder.prompt_ids(r["prompt"])
+        c = encoder.completion_ids(r["prompt"], p, r["completion"], 0, "completion")
+        ids.append(p + c)
+        masks.append([0] * len(p) + [1] * len(c))
+    batch = collate_sequences(ids, masks, tokenizer.pad_token_id)
+    module = TargetLogProbs(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        logp = module(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+        loss = -logp.sum() / batch["loss_mask"][:, 1:].sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+class ForwardSpy:
+    """Records the batch size and query length of every forward of ``model``."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+        self.original = model.forward
+
+    def __enter__(self):
+        def spy(*args, **kwargs):
+            ids = kwargs["input_ids"]
+            self.calls.append(tuple(ids.shape))
+            return self.original(*args, **kwargs)
+
+        self.model.forward = spy
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.forward
+
+
+def test_greedy_matches_hf_generate(trained, tokenizer):
+    for batch_size in (3, 64):  # a chunk boundary inside a group, and one batch
+        ours = generate(trained, tokenizer, PROMPTS, n=2, max_new_tokens=24, greedy=True, batch_size=batch_size)
+        ref = generate(trained, tokenizer, PROMPTS, n=2, max_new_tokens=24, greedy=True, batch_size=batch_size, backend="hf")
+        assert [s.completion_ids for s in ours] == [s.completion_ids for s in ref]
+        assert [s.finished for s in ours] == [s.finished for s in ref]
+        assert [s.completion for s in ours] == [s.completion for s in ref]
+        assert [s.prompt_ids for s in ours] == [s.prompt_ids for s in ref]
+        assert all(s.logprobs is None for s in ref)
+
+
+def test_greedy_matches_hf_on_random_weights(tiny_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32)
+    ours = generate(model, tokenizer, PROMPTS, max_new_tokens=12, greedy=True)
+    ref = generate(model, tokenizer, PROMPTS, max_new_tokens=12, greedy=True, backend="hf")
+    assert [s.completion_ids for s in ours] == [s.completion_ids for s in ref]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprobs_match_trainer_kernel(trained, tokenizer, temperature):
+    samples = generate(trained, tokenizer, PROMPTS, n=3, max_new_tokens=20, temperature=temperature, seed=3)
+    ids = [s.prompt_ids + s.completion_ids for s in samples]
+    masks = [[0] * len(s.prompt_ids) + [1] * len(s.completion_ids) for s in samples]
+    batch = collate_sequences(ids, masks, tokenizer.pad_token_id)
+    with torch.no_grad():
+        ref = TargetLogProbs(trained, temperature)(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+    for i, s in enumerate(samples):
+        p, c = len(s.prompt_ids), len(s.completion_ids)
+        assert len(s.logprobs) == c
+        torch.testing.assert_close(torch.tensor(s.logprobs), ref[i, p : p + c], atol=1e-4, rtol=0)
+    summed = sample_logprobs(trained, samples, tokenizer.pad_token_id, temperature=temperature)
+    torch.testing.assert_close(torch.tensor([sum(s.logprobs) for s in samples]), summed, atol=1e-3, rtol=0)
+
+
+def test_greedy_logprobs_match_trainer_kernel(trained, tokenizer):
+    samples = generate(trained, tokenizer, PROMPTS, max_new_tokens=16, greedy=True, temperature=0.5)
+    summed = sample_logprobs(trained, samples, tokenizer.pad_token_id, temperature=0.5)
+    torch.testing.assert_close(torch.tensor([sum(s.logprobs) for s in samples]), summed, atol=1e-3, rtol=0)
+
+
+def test_stops_at_eos_and_drops_finished_rows(trained, tokenizer):
+    stops = set(stop_token_ids(tokenizer))
+    max_new = 48
+    with ForwardSpy(trained) as spy:
+        samples = generate(trained, tokenizer, PROMPTS, n=4, max_new_tokens=max_new, seed=1)
+    assert any(s.finished for s in samples)
+    for s in samples:
+        if s.finished:
+            assert s.completion_ids[-1] in stops and not stops & set(s.completion_ids[:-1])
+            assert len(s.completion_ids) <= max_new
+        else:
+            assert len(s.completion_ids) == max_new and not stops & set(s.completion_ids)
+        assert len(s.logprobs) == len(s.completion_ids)
+    # the prefill runs the 4 unique prompts once; decode steps shrink as rows finish and stop when all have
+    assert spy.calls[0][0] == len(PROMPTS)
+    sizes = [b for b, t in spy.calls[1:]]
+    assert all(t == 1 for _, t in spy.calls[1:])
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] <= len(samples)
+    assert len(spy.calls) - 1 == max(len(s.completion_ids) for s in samples) - 1
+    unfinished_after = [sum(len(s.completion_ids) > k for s in samples) for k in range(1, len(spy.calls))]
+    assert sizes == unfinished_after  # exactly the rows still decoding are computed
+
+
+def test_same_seed_same_samples(trained, tokenizer):
+    a = generate(trained, tokenizer, PROMPTS, n=3, max_new_tokens=16, seed=7, top_p=0.9, top_k=20)
+    b = generate(trained, tokenizer, PROMPTS, n=3, max_new_tokens=16, seed=7, top_p=0.9, top_k=20)
+    c = generate(trained, tokenizer, PROMPTS, n=3, max_new_tokens=16, seed=8, top_p=0.9, top_k=20)
+    assert [s.completion_ids for s in a] == [s.completion_ids for s in b]
+    assert [s.logprobs for s in a] == [s.logprobs for s in b]
+    assert [s.completion_ids for s in a] != [s.completion_ids for s in c]
+
+
+def test_group_sharing_greedy_equals_single(trained, tokenizer):
+    single = generate(trained, tokenizer, PROMPTS, n=1, max_new_tokens=20, greedy=True)
+    with ForwardSpy(trained) as spy:
+        grouped = generate(trained, tokenizer, PROMPTS, n=4, max_new_tokens=20, greedy=True)
+    assert spy.calls[0][0] == len(PROMPTS)  # one prefill row per prompt, not per sample
+    for i, s in enumerate(single):
+        for j in range(4):
+            g = grouped[i * 4 + j]
+            assert g.prompt == s.prompt and g.completion_ids == s.completion_ids
+            torch.testing.assert_close(torch.tensor(g.logprobs), torch.tensor(s.logprobs), atol=1e-5, rtol=0)
+
+
+def test_first_token_distribution(trained, tokenizer):
+    """Samples follow softmax(logits / temperature); top-k truncates to the k most likely tokens."""
+    prompt = PROMPTS[1]
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        probs = torch.softmax(trained(input_ids=ids).logits[0, -1] / 1.5, -1)
+    n = 4000
+    samples = generate(trained, tokenizer, [prompt], n=n, max_new_tokens=1, temperature=1.5, batch_size=n, seed=0)
+    counts = torch.bincount(torch.tensor([s.completion_ids[0] for s in samples]), minlength=probs.numel()).float()
+    # total variation over buckets (the 8 most likely tokens, everything else) against the model's softmax
+    top8 = torch.topk(probs, 8).indices
+    expected = torch.cat([probs[top8], (1 - probs[top8].sum())[None]])
+    observed = torch.cat([counts[top8], (n - counts[top8].sum())[None]]) / n
+    assert 0.5 * (observed - expected).abs().sum() < 0.04
+    top = generate(trained, tokenizer, [prompt], n=200, max_new_tokens=1, temperature=1.5, top_k=3, batch_size=200, truncated_logprobs=True)
+    allowed = set(torch.topk(probs, 3).indices.tolist())
+    assert {s.completion_ids[0] for s in top} <= allowed
+    kept = probs[list(allowed)].sum()
+    for s in top:  # renormalised over the 3 kept tokens
+        assert abs(s.logprobs[0] - (probs[s.completion_ids[0]] / kept).log().item()) < 1e-4
+
+
+def test_top_k_one_is_greedy(trained, tokenizer):
+    greedy = generate(trained, tokenizer, PROMPTS, max_new_tokens=12, greedy=True)
+    top1 = generate(trained, tokenizer, PROMPTS, max_new_tokens=12, top_k=1, seed=5)
+    assert [s.completion_ids for s in greedy] == [s.completion_ids for s in top1]
+
+
+def test_backends(trained, tokenizer):
+    with pytest.raises(ValueError, match="unknown generation backend"):
+        generate(trained, tokenizer, PROMPTS, backend="nope")
+    with pytest.raises((ImportError, RuntimeError, NotImplementedError), match="vllm"):
+        generate(trained, tokenizer, PROMPTS, backend="vllm")
+    # the old positional/keyword API still works and the new field is optional
+    s = Sample("p", "c", [1], [2], True)
+    assert s.logprobs is None
+    assert trained.training is False
+    trained.train()
+    generate(trained, tokenizer, PROMPTS[:1], max_new_tokens=2)
+    assert trained.training is True  # the caller's mode is restored
+    trained.eval()
