@@ -268,7 +268,7 @@ def main() -> None:
     print(f"{'peak RSS growth while timed':34}{mib(a['rss_peak_timed'] - a['rss_base']):>14}{mib(t['rss_peak_timed'] - t['rss_base']):>14}")
     print(f"{'achieved GFLOP/s':34}{a['flops'] / 1e9:>14.2f}{t['flops'] / 1e9:>14.2f}")
     print(f"{'  fraction of fp32 matmul rate':34}{a['flops'] / peak_flops:>14.1%}{t['flops'] / peak_flops:>14.1%}")
-    for i in range(3):
+    for i in range(min(3, len(a['losses']), len(t['losses']))):
         print(f"{f'loss step {i + 1}':34}{a['losses'][i]:>14.6f}{t['losses'][i]:>14.6f}")
     print(f"\nspeed-up alignkit / TRL: {a['pairs_per_s'] / t['pairs_per_s']:.2f}x pairs/s (wall), {a['pairs_per_cpu_s'] / t['pairs_per_cpu_s']:.2f}x pairs per CPU-second")
     rounds = [f"{tt / aa:.2f}x" for aa, tt in zip(a["runs_seconds"], t["runs_seconds"])]

@@ -150,3 +150,15 @@ def test_two_processes_match_one(tmp_path, tiny_dir):
     two_losses = [r["loss"] for r in metric_rows(tmp_path / "two")]
     assert one_losses == pytest.approx(two_losses, abs=1e-5)
     assert {r["processes"] for r in metric_rows(tmp_path / "two")} == {2}
+
+
+def test_dpo_resume_keeps_the_starting_policy_as_reference(tmp_path, tiny_dir):
+    """On resume, the reference log-probs come from the starting weights, not the resumed policy."""
+    extra = ["train.max_steps=6", "train.save_every=3"]
+    whole = train(recipe(tmp_path, tiny_dir, "dpo", "whole", extra))
+    (tmp_path / "resumed").mkdir()
+    shutil.copytree(tmp_path / "whole" / "checkpoint-3", tmp_path / "resumed" / "checkpoint-3")
+    resumed = train(recipe(tmp_path, tiny_dir, "dpo", "resumed", [*extra, "train.resume=true"]))
+    assert_same_weights(whole, resumed, atol=1e-6)
+    tail = [r["rewards/margins"] for r in metric_rows(tmp_path / "whole") if r["step"] > 3]
+    assert tail == pytest.approx([r["rewards/margins"] for r in metric_rows(tmp_path / "resumed")], abs=1e-5)

@@ -34,14 +34,25 @@ def rl_recipe(out, model, estimator, extra=()):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("estimator", ["grpo", "rloo", "remax", "ppo"])
-def test_rl_raises_heldout_accuracy(tmp_path, arithmetic_sft, estimator):
-    train(rl_recipe(tmp_path / estimator, arithmetic_sft, estimator))
+@pytest.mark.parametrize("estimator,extra", [
+    ("grpo", []), ("rloo", []), ("remax", []), ("ppo", []), ("ppo", ["rl.macro_len=2"]), ("p3o", []),
+    ("copg", ["rl.beta=0.1"]),
+], ids=["grpo", "rloo", "remax", "ppo", "ma-ppo", "p3o", "copg"])
+def test_rl_raises_heldout_accuracy(tmp_path, arithmetic_sft, estimator, extra):
+    train(rl_recipe(tmp_path / estimator, arithmetic_sft, estimator, extra))
     evals = [r for r in rows(tmp_path / estimator) if "eval/gold_reward" in r]
     start, end = evals[0]["eval/gold_reward"], evals[-1]["eval/gold_reward"]
     assert evals[0]["step"] == 0 and evals[-1]["step"] == 40
     assert start < 0.85  # a weak starting point
     assert end >= start + 0.1, (start, end)
+
+
+@pytest.mark.slow
+def test_copg_learns_off_policy(tmp_path, arithmetic_sft):
+    """CoPG from the frozen SFT model's samples only (no importance weights) still improves the policy."""
+    train(rl_recipe(tmp_path / "copg", arithmetic_sft, "copg", ["rl.beta=0.1", "rl.behavior=reference", "train.max_steps=60", "train.eval_every=60"]))
+    evals = [r for r in rows(tmp_path / "copg") if "eval/gold_reward" in r]
+    assert evals[-1]["eval/gold_reward"] >= evals[0]["eval/gold_reward"] + 0.05
 
 
 @pytest.mark.slow
@@ -107,3 +118,24 @@ def test_grpo_with_kl_in_loss_and_reference(tmp_path, tiny_dir):
     assert train_rows[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # the policy starts as the reference
     assert all("policy/kl_loss" in r for r in train_rows)
     assert any("eval/gold_reward" in r for r in history)
+
+
+def test_rto_dense_reward_and_macro_actions_run(tmp_path, tiny_dir):
+    """RTO: PPO with per-token rewards from a DPO policy's log-ratio (here any saved policy)."""
+    recipe = load_recipe({"algorithm": "rl"}, [
+        f"train.output_dir={tmp_path / 'rto'}", f"model.path={tiny_dir}", "task.n_train=16", "task.n_eval=0",
+        "train.batch_size=4", "train.max_steps=2", "train.progress=false", "rl.estimator=ppo", "rl.group_size=2",
+        "rl.max_new_tokens=6", f"rl.dense_reward_model={tiny_dir}", "rl.dense_reward_beta=0.5", "rl.macro_len=3",
+    ])
+    train(recipe)
+    history = rows(tmp_path / "rto")
+    assert len(history) == 2 and all(r["loss"] == r["loss"] for r in history)
+
+
+def test_pairwise_estimators_need_even_groups():
+    from alignkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="rl.group_size must be even"):
+        load_recipe({"algorithm": "rl"}, ["rl.estimator=p3o", "rl.group_size=3"])
+    with pytest.raises(ConfigError, match="needs rl.beta > 0"):
+        load_recipe({"algorithm": "rl"}, ["rl.estimator=copg"])

@@ -489,3 +489,54 @@ def test_macro_gae_two_blocks():
     a0 = 0.0 + 0.7 - 0.5 + a1
     _close(adv[0], [a0, a0, a1, a1])
     _close(ret[0], [a0 + 0.5, a0 + 0.5, a1 + 0.7, a1 + 0.7])
+
+
+# ---------------------------------------------------------------------------------------------
+# P3O and CoPG (pairwise online objectives), hand-worked
+# ---------------------------------------------------------------------------------------------
+def test_pairwise_advantages_hand_worked():
+    from alignkit.objectives.policy_gradient import pairwise_advantages
+
+    out = pairwise_advantages(torch.tensor([1.0, 0.0, 0.5, 2.5]))
+    assert out.tolist() == pytest.approx([0.5, -0.5, -1.0, 1.0])
+    shifted = pairwise_advantages(torch.tensor([11.0, 10.0, -9.5, -7.5]))  # per-pair shifts do not matter
+    assert shifted.tolist() == pytest.approx([0.5, -0.5, -1.0, 1.0])
+
+
+def test_p3o_trajectory_ratio_clip_hand_worked():
+    from alignkit.objectives.policy_gradient import policy_loss
+
+    # Sequence 0: tokens log-ratios 0.1, 0.2 -> rho = e^0.3 = 1.34986 > 1.2 (clipped), A = +1.
+    # Sequence 1: one token, log-ratio -0.05 -> rho = e^-0.05 = 0.95123, A = -1 (unclipped side: min(-0.951, -0.951)).
+    logp = torch.tensor([[0.0, 0.1, 0.2], [0.0, -0.05, 0.0]], requires_grad=True)
+    old = torch.zeros(2, 3)
+    mask = torch.tensor([[0, 1, 1], [0, 1, 0]])
+    adv = torch.tensor([1.0, -1.0])
+    loss, metrics = policy_loss("p3o", logp, old, adv, mask, aggregation="seq_mean_token_sum")
+    l0 = -min(math.exp(0.3) * 1.0, 1.2 * 1.0)
+    rho1 = math.exp(-0.05)
+    l1 = -min(rho1 * -1.0, max(min(rho1, 1.2), 0.8) * -1.0)
+    assert loss.item() == pytest.approx((l0 + l1) / 2, abs=1e-6)
+    loss.backward()
+    # The clipped sequence gets no gradient; the other gets d/dlogp (-rho*A)/2 = rho/2 on its token.
+    assert logp.grad[0].abs().max().item() == 0.0
+    assert logp.grad[1, 1].item() == pytest.approx(rho1 / 2, abs=1e-6)
+    assert metrics["clip_frac"].item() == pytest.approx(0.5)
+
+
+def test_copg_hand_worked_and_gradient():
+    from alignkit.objectives.policy_gradient import copg_loss
+
+    beta = 0.5
+    logp = torch.tensor([-3.0, -4.0], requires_grad=True)
+    ref = torch.tensor([-3.5, -3.0])
+    r = torch.tensor([1.0, 0.0])
+    loss = copg_loss(logp, ref, r, beta)
+    rho_a, rho_b = -3.0 + 3.5, -4.0 + 3.0
+    residual = (1.0 - 0.0) - beta * (rho_a - rho_b)
+    assert loss.item() == pytest.approx(residual**2 / (2 * beta))
+    loss.sum().backward()
+    # d/dlogp_a = -residual ; d/dlogp_b = +residual  (the contrastive policy gradient)
+    assert logp.grad.tolist() == pytest.approx([-residual, residual])
+    with pytest.raises(ValueError):
+        copg_loss(logp, ref, r, 0.0)

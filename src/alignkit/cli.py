@@ -138,9 +138,17 @@ def evaluate(
     folder.mkdir(parents=True, exist_ok=True)
     data = result.as_dict()
     data["reference"] = str(reference) if reference else None
+    extra_blocks: list = []
+    try:
+        from .evaluation.bench import run_metrics
+
+        extra, extra_blocks = run_metrics(policy, ref_model, tokenizer, the_task, n_prompts, samples, seed, run_dir, model_dir, reference, folder)
+        data.update(extra)
+    except Exception as e:  # noqa: BLE001 - the extra metrics never stop the basic evaluation
+        data["extra_metrics_error"] = f"{type(e).__name__}: {e}"
     (folder / "eval.json").write_text(json.dumps(data, indent=1))
     summary = {k: v for k, v in data.items() if k != "samples"}
-    write_report(folder, f"alignkit eval: {target}", [("Evaluation", summary), ("Samples", result.samples)])
+    write_report(folder, f"alignkit eval: {target}", [("Evaluation", summary), *extra_blocks, ("Samples", result.samples)])
     typer.echo(json.dumps(summary, indent=1))
 
 
@@ -186,6 +194,24 @@ def evaluate_reward_model(
     target = out or folder or Path(".")
     write_reward_eval(target, f"alignkit eval-rm: {model}", result)
     typer.echo(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=1))
+
+
+@app.command()
+def bench(
+    suite: Path = typer.Argument(..., help="Suite YAML (see recipes/bench/): a task, a start model, methods to compare."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides of the suite, e.g. output_dir=runs/b eval.prompts=64"),
+    quiet: bool = typer.Option(False, help="No progress output."),
+) -> None:
+    """Run several algorithms on a task; draw gold reward vs KL, proxy vs gold (over-optimisation), report."""
+    from .evaluation.bench import run_bench
+
+    try:
+        result = run_bench(suite, overrides or [], quiet=quiet)
+    except _user_errors() as e:
+        _fail(str(e))
+    keys = ("method", "run", "step", "gold_reward", "kl_k1", "win_rate", "proxy", "length")
+    finals = [{k: p[k] for k in keys if k in p} for p in result["points"] if p.get("final") or p["method"] == "start"]
+    typer.echo(json.dumps({"figures": result["figures"], "final_points": finals, "seconds": round(result["seconds"], 1)}, indent=1, default=str))
 
 
 @app.command()

@@ -45,12 +45,15 @@ class ModelConfig(Section):
 class TaskConfig(Section):
     """A built-in task that generates data (when ``data.train`` is not a file) and scores samples."""
 
-    name: Literal["sentiment", "arithmetic"] = "sentiment"
+    name: Literal["sentiment", "arithmetic", "multi_objective", "pluralistic", "intransitive"] = "sentiment"
     seed: int = 0
     level: int = Field(1, ge=0, le=3, description="arithmetic difficulty (0-3)")
     n_train: int = Field(2048, gt=0)
     n_eval: int = Field(256, ge=0)
     label_temperature: float = Field(0.25, gt=0)
+    label_noise: float = Field(0.0, ge=0, le=1, description="probability that a generated pair's label is flipped")
+    objective_weights: tuple[float, float] | None = Field(None, description="multi_objective: (w_sentiment, w_brevity); default (0.5, 0.5)")
+    minority_share: float = Field(0.2, gt=0, lt=1, description="pluralistic: share of the minority group (likes negative reviews)")
 
 
 class DataConfig(Section):
@@ -100,8 +103,8 @@ class SFTConfig(Section):
 class RLConfig(Section):
     """Online RL (``algorithm: rl``): rollout, reward, advantage estimator, policy loss, KL."""
 
-    estimator: Literal["grpo", "dr_grpo", "rloo", "remax", "reinforce", "reinforce_pp", "reinforce_pp_baseline", "ppo"] = "grpo"
-    policy_loss: Literal["ppo_clip", "cispo", "gspo", "reinforce"] = "ppo_clip"
+    estimator: Literal["grpo", "dr_grpo", "rloo", "remax", "reinforce", "reinforce_pp", "reinforce_pp_baseline", "ppo", "p3o", "copg"] = "grpo"
+    policy_loss: Literal["ppo_clip", "cispo", "gspo", "reinforce", "p3o"] = "ppo_clip"
     aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"] = "token_mean"
     reward: Any = Field("gold", description="gold (the task's gold reward), a reward model folder, module:function, or a reward-source mapping")
     group_size: int = Field(4, gt=0, description="samples per prompt")
@@ -129,6 +132,20 @@ class RLConfig(Section):
     value_clip: float | None = 0.2
     whiten_advantages: bool = True
     eval_samples: int = Field(1, gt=0, description="samples per eval prompt")
+    behavior: Literal["policy", "reference"] = Field("policy", description="who samples the rollouts; 'reference' gives CoPG's off-policy setting")
+    macro_len: int | None = Field(None, gt=0, description="MA-RLHF: PPO's GAE over fixed-length macro actions of this many tokens")
+    dense_reward_model: str | None = Field(None, description="RTO: a DPO-trained policy whose per-token log-ratio to the reference is a dense reward (PPO)")
+    dense_reward_beta: float = Field(0.1, ge=0)
+
+    @model_validator(mode="after")
+    def _check_rl(self) -> "RLConfig":
+        if self.estimator in ("p3o", "copg") and self.group_size % 2:
+            raise ValueError(f"rl.group_size must be even for rl.estimator={self.estimator} (samples are paired)")
+        if self.estimator == "copg" and self.beta <= 0:
+            raise ValueError("rl.estimator=copg needs rl.beta > 0 (its reward is r - beta * log pi/pi_ref)")
+        if (self.macro_len or self.dense_reward_model) and self.estimator != "ppo":
+            raise ValueError("rl.macro_len and rl.dense_reward_model apply to rl.estimator=ppo")
+        return self
 
 
 class DPOConfig(Section):
@@ -139,6 +156,8 @@ class DPOConfig(Section):
     beta: float = Field(0.1, gt=0)
     params: dict[str, Any] = Field(default_factory=dict, description="extra parameters of the loss, e.g. label_smoothing")
     reference: Literal["cache", "model"] = Field("cache", description="cache: reference log-probs computed once before training; model: a frozen copy run every step")
+    packing: bool = Field(True, description="pack each pair as one prefix-shared row [prompt, chosen, rejected]; false: padded 2B rows")
+    pack_tokens: int | None = Field(None, gt=0, description="with packing, put several pairs in one row of at most this many tokens")
 
 
 class RewardConfig(Section):

@@ -19,7 +19,6 @@ Logged: ``rewards/chosen`` and ``rewards/rejected`` (β·log π/π_ref), ``rewar
 from __future__ import annotations
 
 import contextlib
-import copy
 
 import torch
 
@@ -89,14 +88,12 @@ class DPO(Algorithm):
             self.packing = False  # e.g. flash-attention takes no custom 4-D mask
         if not self.needs_reference:
             return
-        if self.cfg.reference == "model" or is_peft(model):
+        if self.cfg.reference == "model" or is_peft(model) or trainer.resumed_from is not None:
             if is_peft(model):
                 self.reference = TargetLogProbs(model)
                 self.reference_context = model.disable_adapter
-            else:
-                frozen = copy.deepcopy(model).eval()
-                frozen.requires_grad_(False)
-                self.reference = TargetLogProbs(frozen)
+            else:  # the starting policy (reloaded from its weights when resuming)
+                self.reference = TargetLogProbs(trainer.frozen_reference())
         if self.cfg.reference == "cache":
             module = self.reference or TargetLogProbs(model)
             for examples in (trainer.train_examples, trainer.eval_examples):

@@ -34,7 +34,18 @@ from torch import nn
 from ..data.collate import pad
 from ..models.loading import is_peft
 from ..models.logprobs import TargetLogProbs, _unwrap
-from ..objectives.policy_gradient import aggregate, gae, kl_in_reward, kl_penalty, outcome_advantages, policy_loss, value_loss
+from ..objectives.policy_gradient import (
+    aggregate,
+    copg_loss,
+    gae,
+    kl_in_reward,
+    kl_penalty,
+    macro_gae,
+    outcome_advantages,
+    pairwise_advantages,
+    policy_loss,
+    value_loss,
+)
 from ..rollout.generate import generate
 from .base import Algorithm, Metrics
 
@@ -84,6 +95,10 @@ class OnlineRL(Algorithm):
         self.reference_context = _null
         self.critic: TargetValues | None = None
         self.reward_source = None
+        self.dense_reward: TargetLogProbs | None = None
+        self.pairwise = self.cfg.estimator in ("p3o", "copg")
+        if self.cfg.estimator == "p3o":  # trajectory-level ratio, mean over sequences
+            self.cfg = self.cfg.model_copy(update={"policy_loss": "p3o", "aggregation": "seq_mean_token_sum"})
 
     # ----------------------------------------------------------------------------------------------
     def module(self, model):
@@ -123,7 +138,13 @@ class OnlineRL(Algorithm):
 
         spec = self.cfg.reward if self.cfg.reward != "gold" else f"gold:{self.recipe.task.name}"
         self.reward_source = build_reward_source(spec)
-        if self.cfg.beta > 0:
+        if self.cfg.dense_reward_model:
+            from ..models.loading import load_policy_for_inference
+
+            dense = load_policy_for_inference(self.cfg.dense_reward_model).to(trainer.device)
+            dense.requires_grad_(False)
+            self.dense_reward = TargetLogProbs(dense, self.cfg.temperature)
+        if self.cfg.beta > 0 or self.cfg.dense_reward_model or self.cfg.behavior == "reference":
             model = trainer.model
             if is_peft(model):
                 self.reference = TargetLogProbs(model, self.cfg.temperature)
@@ -145,12 +166,15 @@ class OnlineRL(Algorithm):
                 for i, r in enumerate(rows):
                     out[i, : len(r)] = torch.tensor(r, dtype=torch.float32)
                 batch[key] = out
-        if "advantage" in examples[0]:
-            batch["advantage"] = torch.tensor([e["advantage"] for e in examples], dtype=torch.float32)
+        for key in ("advantage", "reward"):
+            if key in examples[0]:
+                batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.float32)
         return batch
 
     def weight(self, batch) -> float:
         mask = batch["loss_mask"][:, 1:]
+        if self.cfg.estimator == "copg":
+            return float(mask.shape[0] // 2)
         if self.cfg.aggregation == "token_mean":
             return float(mask.sum())
         return float((mask.sum(-1) > 0).sum())
@@ -165,8 +189,12 @@ class OnlineRL(Algorithm):
         prompts = [e["prompt"] for e in examples]
         g = cfg.group_size
         seed = trainer.cfg.seed * 100003 + trainer.current_step * 101 + trainer.dist.rank
-        samples = generate(model, trainer.tokenizer, prompts, n=g, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                           top_p=cfg.top_p, batch_size=cfg.generation_batch_size, seed=seed)
+        sampler, sampler_context = model, _null
+        if cfg.behavior == "reference":  # off-policy rollouts from the frozen starting policy
+            sampler, sampler_context = self.reference.model, self.reference_context
+        with sampler_context():
+            samples = generate(sampler, trainer.tokenizer, prompts, n=g, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                               top_p=cfg.top_p, batch_size=cfg.generation_batch_size, seed=seed)
         sample_prompts = [s.prompt for s in samples]
         completions = [s.completion for s in samples]
         context = {k: [e[k] for e in examples for _ in range(g)] for k in examples[0] if k not in ("prompt", "prompt_ids", "row", "index")}
@@ -203,8 +231,10 @@ class OnlineRL(Algorithm):
             stats["groups_kept"] = varied.float().mean().item()
         if cfg.overlong == "filter":
             keep = keep & finished
+        if self.pairwise:  # a pair is kept or dropped whole
+            keep = keep.view(-1, 2).all(1).repeat_interleave(2)
         advantages = None
-        if cfg.estimator != "ppo":
+        if cfg.estimator not in ("ppo", "p3o", "copg"):
             advantages = outcome_advantages(cfg.estimator, rewards, g, **params)
         # ---- token-level quantities ----------------------------------------------------------------
         items = []
@@ -225,12 +255,22 @@ class OnlineRL(Algorithm):
             self._annotate(trainer, items, "ref_logp", self.reference, self.reference_context)
             kl = [sum(a - b for a, b in zip(it["old_logp"], it["ref_logp"])) for it in items]
             stats["kl"] = statistics.fmean(kl)
+        if cfg.estimator == "p3o":
+            # KL-shaped sequence rewards r~ = r - beta * log(pi_old / pi_ref), then A = ±(r~_1 - r~_2)/2.
+            shaped = torch.tensor([it["reward"] - (cfg.beta * k if self.reference is not None else 0.0)
+                                   for it, k in zip(items, kl if self.reference is not None else [0.0] * len(items))])
+            for it, a in zip(items, pairwise_advantages(shaped).tolist()):
+                it["advantage"] = a
+        if self.dense_reward is not None:
+            self._annotate(trainer, items, "dense_logp", self.dense_reward, _null)
         if cfg.estimator == "ppo":
             self._annotate(trainer, items, "old_values", self.critic, _null)
             self._ppo_advantages(items)
         # ---- mini-batches -------------------------------------------------------------------------
-        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
-        per = math.ceil(len(items) / cfg.mini_batches)
+        unit = 2 if self.pairwise else 1  # pairwise objectives keep each pair in one micro-batch
+        units = torch.randperm(len(items) // unit, generator=torch.Generator().manual_seed(seed)).tolist()
+        order = [u * unit + k for u in units for k in range(unit)]
+        per = unit * math.ceil(len(items) // unit / cfg.mini_batches)
         updates = []
         for _ in range(cfg.epochs):
             for start in range(0, len(items), per):
@@ -264,7 +304,16 @@ class OnlineRL(Algorithm):
         scores = torch.tensor([it["reward"] for it in items])
         beta = cfg.beta if (self.reference is not None and cfg.kl_in == "reward") else 0.0
         token_rewards = kl_in_reward(scores, logp, ref, batch_mask, beta, kind=cfg.kl_estimator)
-        adv, returns = gae(token_rewards, values, batch_mask, gamma=cfg.gamma, lam=cfg.lam)
+        if self.dense_reward is not None:
+            # RTO: r_t += beta_d * (log pi_dpo(a_t) - log pi_ref(a_t)) on every completion token.
+            dense = torch.zeros_like(batch_mask)
+            for i, it in enumerate(items):
+                dense[i, : len(it["ids"])] = torch.tensor(it["dense_logp"])
+            token_rewards = token_rewards + cfg.dense_reward_beta * (dense - ref) * batch_mask
+        if cfg.macro_len:
+            adv, returns = macro_gae(token_rewards, values, batch_mask, cfg.macro_len, gamma=cfg.gamma, lam=cfg.lam)
+        else:
+            adv, returns = gae(token_rewards, values, batch_mask, gamma=cfg.gamma, lam=cfg.lam)
         if cfg.whiten_advantages:
             valid = batch_mask > 0
             mean, std = adv[valid].mean(), adv[valid].std()
@@ -285,19 +334,26 @@ class OnlineRL(Algorithm):
     def loss(self, policy, batch) -> tuple[torch.Tensor, Metrics]:
         cfg = self.cfg
         mask = batch["loss_mask"]
-        if cfg.estimator == "ppo":
-            logp, values = policy(batch["input_ids"], batch["attention_mask"], mask)
-            advantages = batch["token_adv"]
-        else:
-            logp = policy(batch["input_ids"], batch["attention_mask"], mask)
-            advantages = batch["advantage"]
         target = mask.clone()
         target[:, 0] = 0
+        if cfg.estimator == "ppo":
+            logp, values = policy(batch["input_ids"], batch["attention_mask"], mask)
+        else:
+            logp = policy(batch["input_ids"], batch["attention_mask"], mask)
+        if cfg.estimator == "copg":
+            seq = (logp * target).sum(-1)
+            ref = (batch["ref_logp"] * target).sum(-1)
+            per_pair = copg_loss(seq, ref, batch["reward"], cfg.beta)
+            n_pairs = float(per_pair.numel())
+            return per_pair.sum(), {"policy/copg_loss": (per_pair.detach().sum(), n_pairs)}
+        advantages = batch["token_adv"] if cfg.estimator == "ppo" else batch["advantage"]
         params: dict[str, Any] = {}
-        if cfg.policy_loss in ("ppo_clip", "cispo"):
+        if cfg.policy_loss in ("ppo_clip", "cispo", "p3o"):
             params["clip_high"] = cfg.clip_high
+        if cfg.policy_loss in ("ppo_clip", "p3o"):
+            params["clip_low"] = cfg.clip_low
         if cfg.policy_loss == "ppo_clip":
-            params.update(clip_low=cfg.clip_low, dual_clip=cfg.dual_clip)
+            params["dual_clip"] = cfg.dual_clip
         agg_params = {"max_len": cfg.max_new_tokens} if cfg.aggregation == "seq_mean_token_sum_norm" else {}
         pg, pg_metrics = policy_loss(cfg.policy_loss, logp, batch["old_logp"], advantages, target, aggregation=cfg.aggregation, **params, **agg_params)
         total = pg

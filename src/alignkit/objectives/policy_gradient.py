@@ -677,7 +677,42 @@ def _loss_reinforce(
     return loss, metrics
 
 
+def _loss_p3o(
+    logp: Tensor,
+    old_logp: Tensor,
+    adv: Tensor,
+    valid: Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Trajectory-level clipped surrogate of P3O (Wu et al. 2023, "Pairwise Proximal Policy
+    Optimization"), separate clipping of each response's trajectory ratio::
+
+        rho_i = exp(sum_t (logp_it - old_logp_it))          (the whole response is one action)
+        L_i   = -min(rho_i A_i, clip(rho_i, 1 - clip_low, 1 + clip_high) A_i)
+
+    with the pairwise advantage ``A_1 = -A_2 = (r~(y_1) - r~(y_2)) / 2`` computed by the caller. The
+    per-sequence loss is spread evenly over the sequence's valid tokens, so aggregate it with
+    ``seq_mean_token_sum`` to get the mean of ``L_i`` over sequences.
+    """
+    n = valid.sum(-1)
+    log_ratio = torch.where(valid, logp - old_logp.detach(), torch.zeros_like(logp))
+    seq_log_ratio = log_ratio.sum(-1)
+    ratio = torch.exp(seq_log_ratio)
+    seq_adv = _safe_div(torch.where(valid, adv, torch.zeros_like(adv)).sum(-1), n.to(adv.dtype))
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    surr1, surr2 = ratio * seq_adv, clipped * seq_adv
+    seq_loss = -torch.min(surr1, surr2)
+    per_token = torch.where(valid, (seq_loss / n.clamp(min=1).to(seq_loss.dtype)).unsqueeze(-1).expand_as(logp), torch.zeros_like(logp))
+    has = n > 0
+    metrics = _common_metrics(log_ratio, valid)
+    metrics["clip_frac"] = (surr2 < surr1)[has].to(logp.dtype).mean().detach() if has.any() else logp.new_zeros(())
+    metrics["ratio_mean"] = ratio[has].mean().detach() if has.any() else logp.new_zeros(())
+    return per_token, metrics
+
+
 POLICY_LOSSES: dict[str, Callable[..., tuple[Tensor, dict[str, Tensor]]]] = {
+    "p3o": _loss_p3o,
     "ppo_clip": _loss_ppo_clip,
     "cispo": _loss_cispo,
     "gspo": _loss_gspo,
@@ -837,3 +872,36 @@ def macro_gae(
         m_m = cnt > 0
         adv_m, ret_m = gae(r_m, v_m, m_m, gamma=gamma, lam=lam)
         return _masked(adv_m.gather(1, ids), valid), _masked(ret_m.gather(1, ids), valid)
+
+
+def pairwise_advantages(rewards: Tensor) -> Tensor:
+    """P3O's pairwise advantage for consecutive pairs ``(2k, 2k+1)``: ``A = ±(r_1 - r_2) / 2``.
+
+    Invariant to any shift of the rewards that is shared by the pair (a prompt-dependent baseline).
+    """
+    if rewards.numel() % 2:
+        raise ValueError(f"pairwise advantages need an even number of rewards, got {rewards.numel()}")
+    _check_finite_rewards(rewards)
+    pairs = rewards.view(-1, 2)
+    diff = (pairs[:, 0] - pairs[:, 1]) / 2
+    return torch.stack([diff, -diff], dim=1).reshape(-1).detach()
+
+
+def copg_loss(seq_logp: Tensor, seq_ref_logp: Tensor, rewards: Tensor, beta: float) -> Tensor:
+    """Contrastive Policy Gradient (Flet-Berliac et al. 2024) on consecutive pairs ``(2k, 2k+1)``::
+
+        rho(y)  = log pi(y|x) - log pi_ref(y|x)                 (sequence sums)
+        L_k     = (r(y) - r(y') - beta (rho(y) - rho(y')))^2 / (2 beta)
+
+    whose gradient is ``-(R_beta(y) - R_beta(y')) * grad(log pi(y) - log pi(y'))`` with
+    ``R_beta = r - beta rho``: a policy gradient with the paired sample as baseline that needs no
+    importance weights, so ``y, y'`` may come from any behaviour policy. Returns the per-pair loss [P].
+    """
+    if beta <= 0:
+        raise ValueError("copg needs beta > 0")
+    if seq_logp.numel() % 2:
+        raise ValueError(f"copg needs an even number of sequences, got {seq_logp.numel()}")
+    rho = (seq_logp - seq_ref_logp.detach()).view(-1, 2)
+    r = rewards.detach().view(-1, 2)
+    residual = (r[:, 0] - r[:, 1]) - beta * (rho[:, 0] - rho[:, 1])
+    return residual.pow(2) / (2 * beta)
