@@ -26,7 +26,8 @@ Reported per side: seconds per step (timed seconds / steps), the time inside gen
 ``generate`` call of the rollout; TRL: ``_generate_single_turn``, its ``model.generate`` call) and inside
 the whole rollout (generation + reward + advantages, and for alignkit the old-log-prob pass; TRL:
 ``_generate_and_score_completions``), both measured by wrapping those functions in the subprocess, the
-rest being the update; peak RSS of the subprocess (ru_maxrss) and its growth while timed; mean completion
+rest being the update; before the two sides, one rollout's generation alone with alignkit's engine and with
+``model.generate`` in the parent; peak RSS of the subprocess (ru_maxrss) and its growth while timed; mean completion
 length and mean reward of the rollouts.
 """
 
@@ -231,6 +232,33 @@ def prepare(work: Path, args) -> None:
     (work / "policy" / "shape.json").write_text(json.dumps([args.hidden, args.layers, args.sft_steps]))
 
 
+def generation_only(work: Path, args) -> dict[str, float]:
+    """Seconds of one rollout's generation (prompts x group samples) with each backend of
+    ``alignkit.rollout.generate`` (``hf`` is ``model.generate``, what TRL calls), best of 3, in this process."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.models.loading import load_tokenizer
+    from alignkit.rollout import generate
+    from alignkit.tasks.sentiment import SentimentTask
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tokenizer = load_tokenizer(work / "policy")
+    model = AutoModelForCausalLM.from_pretrained(str(work / "policy"), dtype=torch.float32)
+    prompts = SentimentTask(seed=0).prompts(args.prompts, "train")
+    out = {}
+    for backend in ("hf", "alignkit"):
+        generate(model, tokenizer, prompts[:1], n=2, max_new_tokens=4, backend=backend)
+        best = float("inf")
+        for seed in range(3):
+            start = time.perf_counter()
+            generate(model, tokenizer, prompts, n=args.group, max_new_tokens=args.max_new_tokens, batch_size=args.prompts * args.group, seed=seed, backend=backend)
+            best = min(best, time.perf_counter() - start)
+        out[backend] = best
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=8)
@@ -261,6 +289,10 @@ def main() -> None:
     print(f"model: llama hidden {args.hidden}, {args.layers} layers, {n_params / 1e6:.2f} M parameters, SFT {args.sft_steps} steps")
     print(f"settings: {args.steps} steps x {args.prompts} prompts x {args.group} samples, max {args.max_new_tokens} new tokens, "
           f"lr {args.lr}, beta 0, fp32, no gradient checkpointing, no vLLM")
+
+    gen = generation_only(work, args)
+    print(f"generation only (one rollout, best of 3): model.generate {gen['hf']:.3f} s, alignkit {gen['alignkit']:.3f} s, "
+          f"{gen['hf'] / gen['alignkit']:.2f}x")
 
     forwarded = ["--work", str(work)]
     for name in ("steps", "prompts", "group", "max_new_tokens", "lr", "threads"):
@@ -293,7 +325,7 @@ def main() -> None:
     print(f"{'mean completion length':34}{a['completion_length']:>16.1f}{t['completion_length']:>16.1f}")
     print(f"{'mean reward':34}{a['reward']:>16.3f}{t['reward']:>16.3f}")
     print(f"\nspeed-up alignkit / TRL: {t['s_per_step'] / a['s_per_step']:.2f}x steps/s")
-    (work / "summary.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "n_params": n_params, "runs": runs, "results": results}, indent=1))
+    (work / "summary.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "n_params": n_params, "generation_only": gen, "runs": runs, "results": results}, indent=1))
 
 
 if __name__ == "__main__":

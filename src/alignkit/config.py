@@ -158,6 +158,25 @@ class DPOConfig(Section):
     reference: Literal["cache", "model"] = Field("cache", description="cache: reference log-probs computed once before training; model: a frozen copy run every step")
     packing: bool = Field(True, description="pack each pair as one prefix-shared row [prompt, chosen, rejected]; false: padded 2B rows")
     pack_tokens: int | None = Field(None, gt=0, description="with packing, put several pairs in one row of at most this many tokens")
+    mix: list[dict[str, Any]] = Field(default_factory=list, description="MPO-style mixture: [{loss: dpo, weight: 1.0, params: {}}, ...] replaces `loss`")
+    wpo: bool = Field(False, description="WPO: weight each pair by exp of its length-normalised policy log-probs (detached)")
+    ld_alpha: float | None = Field(None, ge=0, le=1, description="LD-DPO: weight of completion tokens beyond the pair's shared length")
+    tdpo_alpha: float | None = Field(None, gt=0, description="TDPO2's alpha (dpo.loss: tdpo2); tdpo1 uses 1")
+    reference_update: Literal["none", "soft", "hard"] = Field("none", description="TR-DPO: refresh the reference model during training")
+    reference_update_every: int = Field(32, gt=0, description="TR-DPO: steps between reference refreshes")
+    reference_update_alpha: float = Field(0.6, ge=0, le=1, description="TR-DPO soft update: ref <- alpha * policy + (1 - alpha) * ref")
+
+    @model_validator(mode="after")
+    def _check_dpo(self) -> "DPOConfig":
+        if self.loss in ("tdpo1", "tdpo2") and self.reference != "model":
+            raise ValueError("dpo.loss=tdpo1/tdpo2 needs dpo.reference=model (its KL uses the reference's full distributions every step)")
+        if self.reference_update != "none" and self.reference != "model":
+            raise ValueError("dpo.reference_update (TR-DPO) needs dpo.reference=model")
+        for i, item in enumerate(self.mix):
+            unknown = set(item) - {"loss", "weight", "params"}
+            if "loss" not in item or unknown:
+                raise ValueError(f"dpo.mix[{i}]: expected keys loss, weight, params (got {sorted(item)})")
+        return self
 
 
 class RewardConfig(Section):

@@ -55,6 +55,9 @@ class Algorithm:
         """Optimizer updates per training step (more than one for multi-epoch online RL)."""
         return 1
 
+    def after_step(self, trainer: "Trainer", step: int) -> None:
+        """Work after optimizer step ``step`` (1-based), e.g. refreshing a reference model."""
+
     def setup(self, trainer: "Trainer") -> None:
         """Work before the first step (e.g. reference log-probs); the policy is not yet wrapped."""
 

@@ -25,8 +25,28 @@ import torch
 from ..data.collate import REJECTED, collate_pairs, collate_pairs_packed
 from ..models.loading import is_peft
 from ..models.logprobs import TargetLogProbs, mask_for, supports_packing
-from ..objectives.preference import PairLogps, pairwise_loss
+from ..objectives.preference import PairLogps, combine, ld_dpo_logps, pairwise_loss, tdpo_loss, wpo_weights
 from .base import Algorithm, Metrics
+
+TDPO = ("tdpo1", "tdpo2")
+
+
+def token_pair_logps(module, batch, ld_alpha: float | None = None, return_logits: bool = False):
+    """Padded layout only: (chosen, rejected, chosen_tokens, rejected_tokens, token_logps [2B, T], target
+    mask [2B, T][, logits, positions]) with LD-DPO's length desensitisation applied when ``ld_alpha`` is set."""
+    out = module(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], return_logits=return_logits)
+    token_logps = out[0] if return_logits else out
+    mask = batch["loss_mask"].clone()
+    mask[:, 0] = 0
+    counts = mask.sum(-1).float()
+    b = counts.shape[0] // 2
+    if ld_alpha is None:
+        sums = token_logps.sum(-1)
+    else:
+        public = torch.minimum(counts[:b], counts[b:]).repeat(2)
+        sums = ld_dpo_logps(token_logps, mask, public, ld_alpha)
+    result = (sums[:b], sums[b:], counts[:b], counts[b:], token_logps, mask)
+    return (*result, out[1], out[2]) if return_logits else result
 
 
 def pair_logps(module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -55,8 +75,9 @@ class DPO(Algorithm):
     def __init__(self, recipe):
         super().__init__(recipe)
         self.cfg = recipe.dpo
-        self.packing = bool(getattr(self.cfg, "packing", True))
-        self.pack_tokens = getattr(self.cfg, "pack_tokens", None)
+        self.token_level = self.cfg.wpo or self.cfg.ld_alpha is not None or self.cfg.loss in TDPO
+        self.packing = self.cfg.packing and not self.token_level  # token-level options use the padded layout
+        self.pack_tokens = self.cfg.pack_tokens
         self.reference: TargetLogProbs | None = None
         self.reference_context = contextlib.nullcontext
         self.needs_reference = self._needs_reference()
@@ -64,9 +85,11 @@ class DPO(Algorithm):
     def _needs_reference(self) -> bool:
         from ..objectives.preference import PAIRWISE_LOSSES
 
-        if self.cfg.loss not in PAIRWISE_LOSSES:
-            raise ValueError(f"dpo.loss: unknown loss '{self.cfg.loss}'; allowed: {', '.join(sorted(PAIRWISE_LOSSES))}")
-        return getattr(PAIRWISE_LOSSES[self.cfg.loss], "needs_reference", True)
+        names = [item["loss"] for item in self.cfg.mix] or [self.cfg.loss]
+        for name in names:
+            if name not in PAIRWISE_LOSSES and name not in TDPO:
+                raise ValueError(f"dpo.loss: unknown loss '{name}'; allowed: {', '.join(sorted([*PAIRWISE_LOSSES, *TDPO]))}")
+        return any(name in TDPO or getattr(PAIRWISE_LOSSES[name], "needs_reference", True) for name in names)
 
     def collate(self, examples, pad_id):
         if self.packing:
@@ -88,6 +111,8 @@ class DPO(Algorithm):
             self.packing = False  # e.g. flash-attention takes no custom 4-D mask
         if not self.needs_reference:
             return
+        if self.cfg.reference_update != "none" and is_peft(model):
+            raise ValueError("dpo.reference_update (TR-DPO) needs a full model: with LoRA the reference is the base weights")
         if self.cfg.reference == "model" or is_peft(model) or trainer.resumed_from is not None:
             if is_peft(model):
                 self.reference = TargetLogProbs(model)
@@ -126,12 +151,35 @@ class DPO(Algorithm):
     def _reference_logps(self, module, batch):
         """(chosen, rejected) summed log-probs under the reference ``module``, without gradient."""
         with torch.no_grad(), self.reference_context():
-            chosen, rejected, _, _ = pair_logps(module, batch)
+            if self.token_level:
+                chosen, rejected = token_pair_logps(module, batch, self.cfg.ld_alpha)[:2]
+            else:
+                chosen, rejected, _, _ = pair_logps(module, batch)
         return chosen.float(), rejected.float()
+
+    def extra_modules(self):
+        # TR-DPO's reference changes during training, so checkpoints carry it.
+        return {"reference": self.reference.model} if self.cfg.reference_update != "none" else {}
+
+    def after_step(self, trainer, step: int) -> None:
+        """TR-DPO (Gorbatovski et al. 2024): refresh the reference every ``reference_update_every`` steps,
+        softly (ref <- a * policy + (1 - a) * ref) or by copying the policy."""
+        if self.cfg.reference_update == "none" or step % self.cfg.reference_update_every:
+            return
+        a = 1.0 if self.cfg.reference_update == "hard" else self.cfg.reference_update_alpha
+        with torch.no_grad():
+            for ref, cur in zip(self.reference.model.parameters(), trainer.model.parameters()):
+                ref.mul_(1 - a).add_(cur.detach(), alpha=a)
 
     # ----------------------------------------------------------------------------------------------
     def loss(self, policy, batch) -> tuple[torch.Tensor, Metrics]:
-        chosen, rejected, chosen_tokens, rejected_tokens = pair_logps(policy, batch)
+        cfg = self.cfg
+        tdpo = cfg.loss in TDPO
+        if self.token_level:
+            out = token_pair_logps(policy, batch, cfg.ld_alpha, return_logits=tdpo)
+            chosen, rejected, chosen_tokens, rejected_tokens, token_logps, mask = out[:6]
+        else:
+            chosen, rejected, chosen_tokens, rejected_tokens = pair_logps(policy, batch)
         ref_c = ref_r = None
         if self.needs_reference:
             if "ref_chosen" in batch:
@@ -142,11 +190,23 @@ class DPO(Algorithm):
             chosen=chosen, rejected=rejected, ref_chosen=ref_c, ref_rejected=ref_r,
             chosen_tokens=chosen_tokens, rejected_tokens=rejected_tokens,
         )
-        losses = pairwise_loss(self.cfg.loss, logps, beta=self.cfg.beta, **self.cfg.params)
+        if tdpo:
+            seq_kl = self._sequential_kl(batch, out[6], out[7])
+            b = chosen.shape[0]
+            alpha = cfg.tdpo_alpha if cfg.loss == "tdpo2" else None
+            losses = tdpo_loss(logps, seq_kl[:b], seq_kl[b:], beta=cfg.beta, alpha=alpha, variant=cfg.loss)
+        elif cfg.mix:
+            losses = combine([(m["loss"], float(m.get("weight", 1.0)), m.get("params", {})) for m in cfg.mix], logps, beta=cfg.beta)
+        else:
+            losses = pairwise_loss(cfg.loss, logps, beta=cfg.beta, **cfg.params)
+        if cfg.wpo:
+            b = chosen.shape[0]
+            weights = wpo_weights(token_logps[:b], mask[:b]) * wpo_weights(token_logps[b:], mask[b:])
+            losses = losses * weights
         with torch.no_grad():
             c, r = chosen.detach(), rejected.detach()
-            rc = self.cfg.beta * (c - ref_c) if ref_c is not None else self.cfg.beta * c
-            rr = self.cfg.beta * (r - ref_r) if ref_r is not None else self.cfg.beta * r
+            rc = cfg.beta * (c - ref_c) if ref_c is not None else cfg.beta * c
+            rr = cfg.beta * (r - ref_r) if ref_r is not None else cfg.beta * r
         n = float(c.shape[0])
         metrics: Metrics = {
             "rewards/chosen": (rc.sum(), n),
@@ -156,4 +216,15 @@ class DPO(Algorithm):
             "logps/chosen": (c.sum(), n),
             "logps/rejected": (r.sum(), n),
         }
+        if cfg.wpo:
+            metrics["wpo/weight"] = (weights.detach().sum(), n)
         return losses.sum(), metrics
+
+    def _sequential_kl(self, batch, policy_logits, positions) -> torch.Tensor:
+        """TDPO's SeqKL per sequence [2B]: sum over completion tokens of KL(pi_ref(.|s_t) || pi(.|s_t))."""
+        with torch.no_grad(), self.reference_context():
+            _, ref_logits, _ = self.reference(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], return_logits=True)
+        ref_logp = ref_logits.log_softmax(-1)
+        per_token = (ref_logp.exp() * (ref_logp - policy_logits.log_softmax(-1))).sum(-1)
+        rows = positions[0]
+        return torch.zeros(batch["input_ids"].shape[0], dtype=per_token.dtype, device=per_token.device).index_add(0, rows, per_token)

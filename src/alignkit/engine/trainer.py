@@ -374,6 +374,7 @@ class Trainer:
                 loss = torch.tensor(sum(losses) / len(losses) if losses else float("nan"))
                 metrics = {**rollout_stats, **metrics}
                 batches = [b for update in steps[:1] for b in update]
+                self.algorithm.after_step(self, step + 1)
                 window_ex += self.cfg.batch_size
                 window_tok += int(sum(b["attention_mask"].sum().item() for b in batches)) * self.dist.world
                 done = step + 1

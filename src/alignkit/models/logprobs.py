@@ -87,7 +87,10 @@ class TargetLogProbs(nn.Module):
         loss_mask: torch.Tensor,
         position_ids: torch.Tensor | None = None,
         source_index: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        return_logits: bool = False,
+    ):
+        """Target log-probs [B, T]; with ``return_logits`` also the fp32 (tempered) logits of the target
+        rows [N, V] and their (row, column) positions, for token-level objectives such as TDPO's KL."""
         core = _unwrap(self.model)
         decoder = core.get_decoder() if hasattr(core, "get_decoder") else None
         head = core.get_output_embeddings()
@@ -113,7 +116,8 @@ class TargetLogProbs(nn.Module):
             logits = logits / self.temperature
         targets = input_ids[rows, cols]
         picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-        return out.index_put((rows, cols), picked)
+        out = out.index_put((rows, cols), picked)
+        return (out, logits, (rows, cols)) if return_logits else out
 
 
 def sequence_logprobs(model: nn.Module, batch: dict[str, torch.Tensor], temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
