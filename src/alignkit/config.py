@@ -165,6 +165,7 @@ class DPOConfig(Section):
     reference_update: Literal["none", "soft", "hard"] = Field("none", description="TR-DPO: refresh the reference model during training")
     reference_update_every: int = Field(32, gt=0, description="TR-DPO: steps between reference refreshes")
     reference_update_alpha: float = Field(0.6, ge=0, le=1, description="TR-DPO soft update: ref <- alpha * policy + (1 - alpha) * ref")
+    curriculum: bool = Field(False, description="Curry-DPO: with data.kind=ranked, train on ranked pairs easy to hard (largest score gap first), unshuffled")
 
     @model_validator(mode="after")
     def _check_dpo(self) -> "DPOConfig":
@@ -177,6 +178,24 @@ class DPOConfig(Section):
             if "loss" not in item or unknown:
                 raise ValueError(f"dpo.mix[{i}]: expected keys loss, weight, params (got {sorted(item)})")
         return self
+
+
+class UnpairedConfig(Section):
+    """Unpaired binary feedback (``algorithm: kto``): KTO, BCO or APO-zero."""
+
+    loss: Literal["kto", "bco", "apo_zero_unpaired"] = "kto"
+    beta: float = Field(0.1, gt=0)
+    desirable_weight: float = Field(1.0, gt=0)
+    undesirable_weight: float = Field(1.0, gt=0)
+    bco_momentum: float | None = Field(None, gt=0, le=1, description="BCO reward shift: None = cumulative mean")
+
+
+class ListwiseConfig(Section):
+    """Rankings (``algorithm: pro``): Plackett–Luce over the ranked completions."""
+
+    loss: Literal["pro"] = "pro"
+    beta: float = Field(1.0, gt=0)
+    sft_weight: float = Field(0.0, ge=0, description="weight of the best completion's NLL")
 
 
 class RewardConfig(Section):
@@ -203,11 +222,11 @@ class RewardConfig(Section):
     step_aggregate: Literal["min", "prod", "mean", "last"] = Field("min", description="process: how score() reduces per-step probabilities")
 
 
-ALGORITHMS = ("sft", "dpo", "reward", "rl")
+ALGORITHMS = ("sft", "dpo", "kto", "pro", "reward", "rl")
 
 
 class Recipe(Section):
-    algorithm: Literal["sft", "dpo", "reward", "rl"]
+    algorithm: Literal["sft", "dpo", "kto", "pro", "reward", "rl"]
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -216,6 +235,8 @@ class Recipe(Section):
     dpo: DPOConfig = Field(default_factory=DPOConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
+    unpaired: UnpairedConfig = Field(default_factory=UnpairedConfig)
+    listwise: ListwiseConfig = Field(default_factory=ListwiseConfig)
 
     @model_validator(mode="after")
     def _check(self) -> "Recipe":

@@ -5,11 +5,13 @@ from __future__ import annotations
 from ..config import Recipe
 from .base import Algorithm
 from .dpo import DPO
+from .listwise import Listwise
 from .online import OnlineRL
 from .reward import RewardModelling
 from .sft import SFT
+from .unpaired import Unpaired
 
-ALGORITHMS: dict[str, type[Algorithm]] = {"sft": SFT, "dpo": DPO, "reward": RewardModelling, "rl": OnlineRL}
+ALGORITHMS: dict[str, type[Algorithm]] = {"sft": SFT, "dpo": DPO, "kto": Unpaired, "pro": Listwise, "reward": RewardModelling, "rl": OnlineRL}
 
 
 def build_algorithm(recipe: Recipe) -> Algorithm:

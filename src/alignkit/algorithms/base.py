@@ -24,6 +24,7 @@ Metrics = dict[str, tuple[torch.Tensor | float, float]]
 class Algorithm:
     name: str = ""
     data_kind: str = "sft"
+    shuffle: bool = True  # False: the engine keeps the order of prepare_examples (e.g. a curriculum)
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
@@ -47,6 +48,12 @@ class Algorithm:
 
         return TargetLogProbs(model)
 
+    def prepare_examples(self, examples: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+        """Turn encoded examples of ``kind`` into what :meth:`collate` takes (identity by default)."""
+        if kind != self.data_kind:
+            raise ValueError(f"algorithm '{self.name}' trains on '{self.data_kind}' data, not data.kind={kind}")
+        return examples
+
     def extra_modules(self) -> dict[str, torch.nn.Module]:
         """Trained modules besides the policy (saved in checkpoints, e.g. a critic)."""
         return {}
@@ -65,3 +72,44 @@ class Algorithm:
         """(summed loss of the batch, metrics); ``policy`` is :meth:`module` of the model (DDP-wrapped when
         distributed): by default it maps (input_ids, attention_mask, loss_mask) to target log-probs [B, T]."""
         raise NotImplementedError
+
+
+def cache_per_example(trainer: "Trainer", examples: list[dict[str, Any]], compute, keys: tuple[str, ...], label: str = "reference log-probs") -> None:
+    """Evaluate ``compute(batch) -> [B, len(keys)]`` once for every example (no gradient, the run's
+    precision), split over processes and summed back, and store the values on the examples under ``keys``."""
+    from ..engine.trainer import make_progress
+
+    values = torch.zeros(len(examples), len(keys), dtype=torch.float64)
+    mine = list(range(trainer.dist.rank, len(examples), trainer.dist.world))
+    size = trainer.cfg.micro_batch_size or max(1, trainer.cfg.batch_size // trainer.dist.world)
+    with make_progress(trainer.cfg.progress and trainer.dist.is_main) as progress:
+        bar = progress.add_task(label, total=len(mine), info="")
+        for start in range(0, len(mine), size):
+            idx = mine[start : start + size]
+            batch = trainer.micro_batches(examples, idx)[0]
+            with torch.no_grad(), trainer.autocast():
+                values[idx] = compute(batch).double().cpu()
+            progress.update(bar, advance=len(idx))
+    values = trainer.dist.sum(values.to(trainer.device)).cpu()
+    for example, row in zip(examples, values.tolist()):
+        example.update(zip(keys, row))
+
+
+def starting_reference(trainer: "Trainer", keep: bool):
+    """(module, context) giving the *starting* policy's target log-probs.
+
+    LoRA: the policy itself with its adapter disabled. Otherwise a frozen copy when ``keep`` (it is run
+    during training) or when resuming (the starting weights are reloaded); else the policy as it is now,
+    good only for work done before the first step (e.g. a reference cache).
+    """
+    import contextlib
+
+    from ..models.loading import is_peft
+    from ..models.logprobs import TargetLogProbs
+
+    model = trainer.model
+    if is_peft(model):
+        return TargetLogProbs(model), model.disable_adapter
+    if keep or trainer.resumed_from is not None:
+        return TargetLogProbs(trainer.frozen_reference()), contextlib.nullcontext
+    return TargetLogProbs(model), contextlib.nullcontext

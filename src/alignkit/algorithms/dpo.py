@@ -26,7 +26,7 @@ from ..data.collate import REJECTED, collate_pairs, collate_pairs_packed
 from ..models.loading import is_peft
 from ..models.logprobs import TargetLogProbs, mask_for, supports_packing
 from ..objectives.preference import PairLogps, combine, ld_dpo_logps, pairwise_loss, tdpo_loss, wpo_weights
-from .base import Algorithm, Metrics
+from .base import Algorithm, Metrics, cache_per_example, starting_reference
 
 TDPO = ("tdpo1", "tdpo2")
 
@@ -81,6 +81,7 @@ class DPO(Algorithm):
         self.reference: TargetLogProbs | None = None
         self.reference_context = contextlib.nullcontext
         self.needs_reference = self._needs_reference()
+        self.shuffle = not self.cfg.curriculum
 
     def _needs_reference(self) -> bool:
         from ..objectives.preference import PAIRWISE_LOSSES
@@ -90,6 +91,28 @@ class DPO(Algorithm):
             if name not in PAIRWISE_LOSSES and name not in TDPO:
                 raise ValueError(f"dpo.loss: unknown loss '{name}'; allowed: {', '.join(sorted([*PAIRWISE_LOSSES, *TDPO]))}")
         return any(name in TDPO or getattr(PAIRWISE_LOSSES[name], "needs_reference", True) for name in names)
+
+    def prepare_examples(self, examples, kind):
+        """Pairs as they are; rankings (``data.kind: ranked``) become every ordered pair of each ranking.
+        With ``dpo.curriculum`` (Curry-DPO, Pattnaik et al. 2024) the pairs are ordered easy to hard: stage
+        k holds the k-th largest-gap pair of every prompt, and the engine keeps that order."""
+        if kind == "pair":
+            return examples
+        if kind != "ranked":
+            raise ValueError(f"algorithm 'dpo' trains on pair or ranked data, not data.kind={kind}")
+        from ..objectives.preference import curriculum_pairs
+
+        stages: list[list[dict]] = []
+        for e in examples:
+            for k, (i, j) in enumerate(curriculum_pairs(e["scores"])):
+                pair = {"prompt_ids": e["prompt_ids"], "chosen_ids": e["completion_ids"][i], "rejected_ids": e["completion_ids"][j], "row": e["row"]}
+                if k == len(stages):
+                    stages.append([])
+                stages[k].append(pair)
+        pairs = [p for stage in stages for p in stage]
+        for n, p in enumerate(pairs):
+            p["index"] = n
+        return pairs
 
     def collate(self, examples, pad_id):
         if self.packing:
@@ -113,40 +136,13 @@ class DPO(Algorithm):
             return
         if self.cfg.reference_update != "none" and is_peft(model):
             raise ValueError("dpo.reference_update (TR-DPO) needs a full model: with LoRA the reference is the base weights")
-        if self.cfg.reference == "model" or is_peft(model) or trainer.resumed_from is not None:
-            if is_peft(model):
-                self.reference = TargetLogProbs(model)
-                self.reference_context = model.disable_adapter
-            else:  # the starting policy (reloaded from its weights when resuming)
-                self.reference = TargetLogProbs(trainer.frozen_reference())
+        keep = self.cfg.reference == "model"
+        module, self.reference_context = starting_reference(trainer, keep)
         if self.cfg.reference == "cache":
-            module = self.reference or TargetLogProbs(model)
             for examples in (trainer.train_examples, trainer.eval_examples):
                 if examples:
-                    self._cache(trainer, module, examples)
-            if not is_peft(model):
-                self.reference = None
-
-    def _cache(self, trainer, module, examples) -> None:
-        """Reference log-probs of every example, split over processes and summed back."""
-        from ..engine.trainer import make_progress
-
-        values = torch.zeros(len(examples), 2, dtype=torch.float64)
-        mine = list(range(trainer.dist.rank, len(examples), trainer.dist.world))
-        size = trainer.cfg.micro_batch_size or max(1, trainer.cfg.batch_size // trainer.dist.world)
-        with make_progress(trainer.cfg.progress and trainer.dist.is_main) as progress:
-            bar = progress.add_task("reference log-probs", total=len(mine), info="")
-            for start in range(0, len(mine), size):
-                idx = mine[start : start + size]
-                batch = trainer.micro_batches(examples, idx)[0]
-                with trainer.autocast():
-                    chosen, rejected = self._reference_logps(module, batch)
-                values[idx, 0] = chosen.double().cpu()
-                values[idx, 1] = rejected.double().cpu()
-                progress.update(bar, advance=len(idx))
-        values = trainer.dist.sum(values.to(trainer.device)).cpu()
-        for e, (c, r) in zip(examples, values.tolist()):
-            e["ref_chosen"], e["ref_rejected"] = c, r
+                    cache_per_example(trainer, examples, lambda batch: torch.stack(self._reference_logps(module, batch), -1), ("ref_chosen", "ref_rejected"))
+        self.reference = module if keep else None
 
     def _reference_logps(self, module, batch):
         """(chosen, rejected) summed log-probs under the reference ``module``, without gradient."""

@@ -32,7 +32,6 @@ import torch
 from torch import nn
 
 from ..data.collate import pad
-from ..models.loading import is_peft
 from ..models.logprobs import TargetLogProbs, _unwrap
 from ..objectives.policy_gradient import (
     aggregate,
@@ -47,7 +46,7 @@ from ..objectives.policy_gradient import (
     value_loss,
 )
 from ..rollout.generate import generate
-from .base import Algorithm, Metrics
+from .base import Algorithm, Metrics, starting_reference
 
 
 class TargetValues(nn.Module):
@@ -145,12 +144,8 @@ class OnlineRL(Algorithm):
             dense.requires_grad_(False)
             self.dense_reward = TargetLogProbs(dense, self.cfg.temperature)
         if self.cfg.beta > 0 or self.cfg.dense_reward_model or self.cfg.behavior == "reference":
-            model = trainer.model
-            if is_peft(model):
-                self.reference = TargetLogProbs(model, self.cfg.temperature)
-                self.reference_context = model.disable_adapter
-            else:
-                self.reference = TargetLogProbs(trainer.frozen_reference(), self.cfg.temperature)
+            self.reference, self.reference_context = starting_reference(trainer, keep=True)
+            self.reference.temperature = self.cfg.temperature
 
     def collate(self, examples, pad_id):
         batch = {

@@ -190,8 +190,8 @@ class Trainer:
     def load_examples(self, source: str | None, split: str) -> list[dict[str, Any]] | None:
         from ..tasks import get_task, task_rows
 
-        kind = self.algorithm.data_kind
         data = self.recipe.data
+        kind = self.algorithm.data_kind if data.kind == "auto" else data.kind
         if source is None:
             n = self.recipe.task.n_train if split == "train" else self.recipe.task.n_eval
             if split != "train" and (data.train is not None or n == 0):
@@ -200,9 +200,9 @@ class Trainer:
             name = f"<task {self.recipe.task.name}:{split}>"
         else:
             rows, name = source, source
-        records, summary = load_records(rows, kind=kind if data.kind == "auto" else data.kind, skip_invalid=data.skip_invalid)
+        records, summary = load_records(rows, kind=kind, skip_invalid=data.skip_invalid)
         encoder = Encoder(self.tokenizer, data.max_length, data.truncation, source=name)
-        examples = encode_records(records, kind, encoder, summary)
+        examples = self.algorithm.prepare_examples(encode_records(records, kind, encoder, summary), kind)
         if summary.n_skipped and self.dist.is_main:
             print(f"[alignkit] {summary}")
             (self.run_dir / f"skipped-{split}.txt").write_text(str(summary) + "\n")
@@ -227,8 +227,11 @@ class Trainer:
         bs = self.cfg.batch_size
         per_epoch = n // bs
         epoch, pos = divmod(step, per_epoch)
-        g = torch.Generator().manual_seed(self.cfg.seed + epoch)
-        perm = torch.randperm(n, generator=g)[pos * bs : (pos + 1) * bs].tolist()
+        if self.algorithm.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
+        else:  # the algorithm's own order (e.g. a curriculum)
+            order = torch.arange(n)
+        perm = order[pos * bs : (pos + 1) * bs].tolist()
         share = bs // self.dist.world
         return perm[self.dist.rank * share : (self.dist.rank + 1) * share]
 

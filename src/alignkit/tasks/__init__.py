@@ -60,4 +60,23 @@ def task_rows(task: Any, kind: str, n: int, split: str, config: Any = None) -> l
             if len(rows) == n:
                 break
         return flip_labels(rows, getattr(config, "label_noise", 0.0) or 0.0, f"{task.seed}-{split}")
-    raise ValueError(f"the {task.name} task cannot generate '{kind}' data; it makes sft, pair and prompt rows")
+    if kind in ("unpaired", "ranked"):
+        import math
+
+        rng = random.Random(f"{task.seed}-{split}-{kind}")
+        temperature = getattr(config, "label_temperature", 0.25)
+        rows = []
+        for prompt in task.prompts(n, split):
+            if kind == "unpaired":  # thumbs up with probability sigmoid(r / T)
+                completion = task.sample_completion(prompt, rng)
+                p_up = 1.0 / (1.0 + math.exp(-task.gold_reward(prompt, completion) / temperature))
+                rows.append({"prompt": prompt, "completion": completion, "label": rng.random() < p_up})
+            else:  # four distinct completions scored by the gold reward
+                completions: list[str] = []
+                while len(completions) < 4:
+                    c = task.sample_completion(prompt, rng)
+                    if c not in completions:
+                        completions.append(c)
+                rows.append({"prompt": prompt, "completions": completions, "scores": task.gold_rewards([prompt] * 4, completions)})
+        return rows
+    raise ValueError(f"the {task.name} task cannot generate '{kind}' data; it makes sft, pair, unpaired, ranked and prompt rows")
