@@ -111,7 +111,7 @@ class RLConfig(Section):
     max_new_tokens: int = Field(32, gt=0)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    generation_batch_size: int = Field(64, gt=0)
+    generation_batch_size: int | None = Field(None, gt=0, description="rows decoded together; default: the whole rollout")
     std: Literal["group", "batch", "none"] = Field("group", description="GRPO advantage scale")
     moving_baseline: bool = Field(True, description="REINFORCE: subtract a moving average of the reward")
     beta: float = Field(0.0, ge=0, description="KL coefficient; 0 loads no reference model")
@@ -143,6 +143,8 @@ class RLConfig(Section):
             raise ValueError(f"rl.group_size must be even for rl.estimator={self.estimator} (samples are paired)")
         if self.estimator == "copg" and self.beta <= 0:
             raise ValueError("rl.estimator=copg needs rl.beta > 0 (its reward is r - beta * log pi/pi_ref)")
+        if self.behavior == "reference" and self.estimator != "copg":
+            raise ValueError("rl.behavior=reference (off-policy samples) is for rl.estimator=copg, which needs no importance weights")
         if (self.macro_len or self.dense_reward_model) and self.estimator != "ppo":
             raise ValueError("rl.macro_len and rl.dense_reward_model apply to rl.estimator=ppo")
         return self

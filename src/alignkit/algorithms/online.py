@@ -73,9 +73,9 @@ class TargetValues(nn.Module):
 
 
 class ActorCritic(nn.Module):
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, temperature: float = 1.0):
         super().__init__()
-        self.actor = TargetLogProbs(model)
+        self.actor = TargetLogProbs(model, temperature)
         self.critic = TargetValues(model)
 
     def forward(self, input_ids, attention_mask, loss_mask):
@@ -101,11 +101,12 @@ class OnlineRL(Algorithm):
 
     # ----------------------------------------------------------------------------------------------
     def module(self, model):
+        # the trainer scores samples at the sampling temperature, as the sampler drew them
         if self.cfg.estimator == "ppo":
-            combined = ActorCritic(model)
+            combined = ActorCritic(model, self.cfg.temperature)
             self.critic = combined.critic
             return combined
-        return TargetLogProbs(model)
+        return TargetLogProbs(model, self.cfg.temperature)
 
     def updates_per_step(self) -> int:
         return self.cfg.epochs * self.cfg.mini_batches
@@ -118,7 +119,7 @@ class OnlineRL(Algorithm):
         prompts = [e["prompt"] for e in examples]
         n = self.cfg.eval_samples
         samples = generate(trainer.model, trainer.tokenizer, prompts, n=n, max_new_tokens=self.cfg.max_new_tokens,
-                           temperature=self.cfg.temperature, top_p=self.cfg.top_p, batch_size=self.cfg.generation_batch_size, seed=12345)
+                           temperature=self.cfg.temperature, top_p=self.cfg.top_p, batch_size=self.cfg.generation_batch_size or len(prompts) * n, seed=12345)
         context = {k: [e[k] for e in examples for _ in range(n)] for k in examples[0] if k not in ("prompt", "prompt_ids", "row", "index")}
         rewards = self.reward_source.score([s.prompt for s in samples], [s.completion for s in samples], **context)
         out = {"reward": rewards.float().mean().item(), "completion_length": statistics.fmean(len(s.completion_ids) for s in samples)}
@@ -189,7 +190,7 @@ class OnlineRL(Algorithm):
             sampler, sampler_context = self.reference.model, self.reference_context
         with sampler_context():
             samples = generate(sampler, trainer.tokenizer, prompts, n=g, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                               top_p=cfg.top_p, batch_size=cfg.generation_batch_size, seed=seed)
+                               top_p=cfg.top_p, batch_size=cfg.generation_batch_size or len(prompts) * g, seed=seed)
         sample_prompts = [s.prompt for s in samples]
         completions = [s.completion for s in samples]
         context = {k: [e[k] for e in examples for _ in range(g)] for k in examples[0] if k not in ("prompt", "prompt_ids", "row", "index")}
@@ -212,7 +213,7 @@ class OnlineRL(Algorithm):
         if cfg.estimator == "grpo":
             params["std"] = cfg.std
         if cfg.estimator == "remax":
-            greedy = generate(model, trainer.tokenizer, prompts, n=1, max_new_tokens=cfg.max_new_tokens, greedy=True, batch_size=cfg.generation_batch_size)
+            greedy = generate(model, trainer.tokenizer, prompts, n=1, max_new_tokens=cfg.max_new_tokens, greedy=True, batch_size=cfg.generation_batch_size or len(prompts) * g)
             greedy_context = {k: [e[k] for e in examples] for k in context}
             params["baseline"] = self.reward_source.score(prompts, [s.completion for s in greedy], **greedy_context).float().cpu()
             stats["greedy_reward"] = params["baseline"].mean().item()
@@ -244,12 +245,15 @@ class OnlineRL(Algorithm):
         stats["kept"] = len(items) / max(1, len(samples))
         if not items:
             return [], stats
-        actor = TargetLogProbs(model, cfg.temperature)
-        self._annotate(trainer, items, "old_logp", actor, _null)
+        # old log-probs are needed for more than one update per rollout, and for KL-shaped rewards; with a
+        # single on-policy update they equal the update's own log-probs (detached), so that pass is skipped.
+        shaped_kl = self.reference is not None and cfg.estimator in ("ppo", "p3o")
+        if self.updates_per_step() > 1 or shaped_kl:
+            self._annotate(trainer, items, "old_logp", TargetLogProbs(model, cfg.temperature), _null)
         if self.reference is not None:
             self._annotate(trainer, items, "ref_logp", self.reference, self.reference_context)
+        if shaped_kl:
             kl = [sum(a - b for a, b in zip(it["old_logp"], it["ref_logp"])) for it in items]
-            stats["kl"] = statistics.fmean(kl)
         if cfg.estimator == "p3o":
             # KL-shaped sequence rewards r~ = r - beta * log(pi_old / pi_ref), then A = ±(r~_1 - r~_2)/2.
             shaped = torch.tensor([it["reward"] - (cfg.beta * k if self.reference is not None else 0.0)
@@ -293,7 +297,8 @@ class OnlineRL(Algorithm):
         for i, it in enumerate(items):
             n = len(it["ids"])
             values[i, :n] = torch.tensor(it["old_values"])
-            logp[i, :n] = torch.tensor(it["old_logp"])
+            if "old_logp" in it:  # present whenever the KL is shaped into the reward
+                logp[i, :n] = torch.tensor(it["old_logp"])
             if "ref_logp" in it:
                 ref[i, :n] = torch.tensor(it["ref_logp"])
         scores = torch.tensor([it["reward"] for it in items])
@@ -350,10 +355,14 @@ class OnlineRL(Algorithm):
         if cfg.policy_loss == "ppo_clip":
             params["dual_clip"] = cfg.dual_clip
         agg_params = {"max_len": cfg.max_new_tokens} if cfg.aggregation == "seq_mean_token_sum_norm" else {}
-        pg, pg_metrics = policy_loss(cfg.policy_loss, logp, batch["old_logp"], advantages, target, aggregation=cfg.aggregation, **params, **agg_params)
+        old_logp = batch["old_logp"] if "old_logp" in batch else logp.detach()
+        pg, pg_metrics = policy_loss(cfg.policy_loss, logp, old_logp, advantages, target, aggregation=cfg.aggregation, **params, **agg_params)
         total = pg
         weight = self.weight(batch)
         metrics: Metrics = {f"policy/{k}": (v.detach() * weight, weight) for k, v in pg_metrics.items()}
+        if self.reference is not None:  # sequence-level k1 estimate of KL(pi || pi_ref) on the samples
+            seqs = float(target.shape[0])
+            metrics["kl"] = (((logp.detach() - batch["ref_logp"]) * target).sum(), seqs)
         if self.reference is not None and cfg.kl_in == "loss":
             kl_tokens = kl_penalty(cfg.kl_estimator, logp, batch["ref_logp"])
             kl_term = aggregate(kl_tokens, target, cfg.aggregation, **agg_params)
