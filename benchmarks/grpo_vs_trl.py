@@ -21,6 +21,8 @@ reference model on either side), GRPO advantages with the group std, PPO-clip 0.
 rollout, token-mean loss aggregation (TRL ``loss_type="dapo"``), AdamW (lr, no weight decay), linear
 schedule without warmup, grad-norm clipping 1.0. The reward is the task's gold reward (alignkit:
 ``rl.reward=gold``; TRL: the same ``SentimentTask.gold_rewards`` wrapped as a reward function).
+alignkit splits each update into length-bucketed micro-batches (``train.micro_batch_tokens``,
+``--micro-batch-tokens``): the gradient is the same as one padded batch (tested), with less padding work.
 
 Reported per side: seconds per step (timed seconds / steps), the time inside generation (alignkit: the
 ``generate`` call of the rollout; TRL: ``_generate_single_turn``, its ``model.generate`` call) and inside
@@ -115,6 +117,7 @@ def run_alignkit(work: Path, args) -> dict:
                 "output_dir": str(work / "alignkit-run"), "seed": 0, "max_steps": args.steps, "batch_size": args.prompts,
                 "lr": args.lr, "scheduler": "linear", "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 1.0,
                 "precision": "fp32", "log_every": 1, "progress": False, "save_final": False,
+                "micro_batch_tokens": args.micro_batch_tokens or None,
             },
         }
     )
@@ -269,6 +272,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--sft-steps", type=int, default=60, help="0: random weights (completions never stop early)")
+    p.add_argument("--micro-batch-tokens", type=int, default=1024, help="alignkit's length-bucketed micro-batches (0: one micro-batch); the update is the same either way")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads in each side (0: torch's default)")
     p.add_argument("--repeats", type=int, default=2, help="runs per side, alternating; the fastest counts")
     p.add_argument("--work", type=Path, default=Path("runs/bench-grpo-vs-trl"))

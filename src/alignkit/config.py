@@ -77,6 +77,7 @@ class TrainConfig(Section):
     max_steps: int | None = Field(None, gt=0)
     batch_size: int = Field(32, gt=0, description="examples per optimizer step, over all processes")
     micro_batch_size: int | None = Field(None, gt=0, description="examples per forward on one process")
+    micro_batch_tokens: int | None = Field(None, gt=0, description="length-bucketed micro-batches of at most this many padded tokens (replaces micro_batch_size)")
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)

@@ -25,6 +25,7 @@ class Algorithm:
     name: str = ""
     data_kind: str = "sft"
     shuffle: bool = True  # False: the engine keeps the order of prepare_examples (e.g. a curriculum)
+    micro_unit: int = 1  # examples that must share a micro-batch (2 for pairwise online objectives)
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
@@ -47,6 +48,15 @@ class Algorithm:
         from ..models.logprobs import TargetLogProbs
 
         return TargetLogProbs(model)
+
+    def example_tokens(self, example: dict[str, Any]) -> int:
+        """Tokens an example puts in a batch (for length-bucketed micro-batches)."""
+        for key in ("input_ids", "ids"):
+            if key in example:
+                return len(example[key])
+        extra = sum(len(example[k]) for k in ("chosen_ids", "rejected_ids") if k in example)
+        extra += sum(len(c) for c in example.get("completion_ids", []))
+        return len(example.get("prompt_ids", [])) + extra
 
     def prepare_examples(self, examples: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
         """Turn encoded examples of ``kind`` into what :meth:`collate` takes (identity by default)."""
@@ -86,7 +96,7 @@ def cache_per_example(trainer: "Trainer", examples: list[dict[str, Any]], comput
         bar = progress.add_task(label, total=len(mine), info="")
         for start in range(0, len(mine), size):
             idx = mine[start : start + size]
-            batch = trainer.micro_batches(examples, idx)[0]
+            batch = trainer.collate([examples[i] for i in idx])
             with torch.no_grad(), trainer.autocast():
                 values[idx] = compute(batch).double().cpu()
             progress.update(bar, advance=len(idx))

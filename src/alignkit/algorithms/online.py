@@ -96,6 +96,7 @@ class OnlineRL(Algorithm):
         self.reward_source = None
         self.dense_reward: TargetLogProbs | None = None
         self.pairwise = self.cfg.estimator in ("p3o", "copg")
+        self.micro_unit = 2 if self.pairwise else 1
         if self.cfg.estimator == "p3o":  # trajectory-level ratio, mean over sequences
             self.cfg = self.cfg.model_copy(update={"policy_loss": "p3o", "aggregation": "seq_mean_token_sum"})
 
@@ -282,7 +283,7 @@ class OnlineRL(Algorithm):
         size = trainer.cfg.micro_batch_size or 64
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
-            batch = trainer.micro_batches(chunk, list(range(len(chunk))))[0]
+            batch = trainer.collate(chunk)
             with context(), trainer.autocast():
                 out = module(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
             for item, row in zip(chunk, out.float().cpu().tolist()):

@@ -235,13 +235,34 @@ class Trainer:
         share = bs // self.dist.world
         return perm[self.dist.rank * share : (self.dist.rank + 1) * share]
 
+    def collate(self, chunk: list[dict]) -> dict[str, torch.Tensor]:
+        """One batch of ``chunk`` on the run's device."""
+        batch = self.algorithm.collate(chunk, self.tokenizer.pad_token_id)
+        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
     def micro_batches(self, examples: list[dict], indices: list[int]) -> list[dict[str, torch.Tensor]]:
-        size = self.cfg.micro_batch_size or len(indices)
-        out = []
-        for start in range(0, len(indices), size):
-            chunk = [examples[i] for i in indices[start : start + size]]
-            batch = self.algorithm.collate(chunk, self.tokenizer.pad_token_id)
-            out.append({k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()})
+        """This process's share of a step, split by ``train.micro_batch_size`` (in order) or, with
+        ``train.micro_batch_tokens``, into length buckets: examples sorted by length and grouped so that a
+        micro-batch's padded size (rows x longest) stays within the budget. The engine's loss scaling makes
+        every split give the same update; bucketing only removes padding work."""
+        budget = self.cfg.micro_batch_tokens
+        if budget is None:
+            size = self.cfg.micro_batch_size or len(indices)
+            return [self.collate([examples[i] for i in indices[s : s + size]]) for s in range(0, len(indices), size)]
+        unit = self.algorithm.micro_unit
+        units = [indices[s : s + unit] for s in range(0, len(indices), unit)]
+        length = self.algorithm.example_tokens
+        units.sort(key=lambda u: max(length(examples[i]) for i in u))
+        out, current, longest = [], [], 0
+        for u in units:
+            candidate = max(longest, max(length(examples[i]) for i in u))
+            if current and (len(current) + len(u)) * candidate > budget:
+                out.append(self.collate([examples[i] for i in current]))
+                current, candidate = [], max(length(examples[i]) for i in u)
+            current += u
+            longest = candidate
+        if current:
+            out.append(self.collate([examples[i] for i in current]))
         return out
 
     def _check_layout(self, n: int) -> None:
