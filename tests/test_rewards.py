@@ -135,6 +135,11 @@ def test_bt_reward_model_reaches_bayes_limit(tmp_path):
     written = json.loads((tmp_path / "rm" / "reward_eval.json").read_text())
     assert written["n_pairs"] == 64 and "accuracy" in written and "gold_spearman" in written
     assert (tmp_path / "rm" / "report.html").exists()
+    # `alignkit eval` recognises a reward model run and evaluates it the same way
+    (tmp_path / "rm" / "reward_eval.json").unlink()
+    res = CliRunner().invoke(app, ["eval", str(tmp_path / "rm")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "rm" / "reward_eval.json").read_text())["n_pairs"] == 512
 
 
 # --------------------------------------------------------------------------------------------------

@@ -99,6 +99,17 @@ def generate(
             typer.echo(json.dumps(row, ensure_ascii=False))
 
 
+def _is_reward_model(folder: Path) -> bool:
+    """A reward model or ensemble folder (scored by `eval-rm`) rather than a policy."""
+    if (folder / "ensemble.json").exists():
+        return True
+    config = folder / "config.json"
+    if not config.exists():
+        return False
+    architectures = json.loads(config.read_text()).get("architectures") or []
+    return any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in architectures)
+
+
 @app.command("eval")
 def evaluate(
     target: Path = typer.Argument(..., help="A run folder (uses its final model) or a model folder."),
@@ -109,7 +120,8 @@ def evaluate(
     seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(None, help="Folder for eval.json and report.html (default: the run folder)."),
 ) -> None:
-    """Evaluate a policy on a built-in task: mean gold reward, KL to the reference, length, samples."""
+    """Evaluate a policy on a built-in task (mean gold reward, KL to the reference, win rate, diversity,
+    length, samples); a reward model is evaluated as by `eval-rm` (accuracy, calibration, gold correlation)."""
     from .evaluation.policy import evaluate_policy
     from .evaluation.report import write_report
     from .models.loading import load_policy_for_inference, load_tokenizer
@@ -125,6 +137,8 @@ def evaluate(
                 config = yaml.safe_load((target / "config.yaml").read_text())
                 start = config.get("model", {}).get("path") or str(target / "initial-model")
                 reference = Path(start)
+        if _is_reward_model(model_dir):
+            return evaluate_reward_model(str(target), None, task=task, n_pairs=512, split="test", temperature=0.25, out=out)
         if not (model_dir / "config.json").exists() and not (model_dir / "adapter_config.json").exists():
             _fail(f"{model_dir}: not a model folder (no config.json) nor a run folder with final/")
         tokenizer = load_tokenizer(model_dir)
