@@ -143,3 +143,21 @@ def test_pairwise_estimators_need_even_groups():
         load_recipe({"algorithm": "rl"}, ["rl.estimator=p3o", "rl.group_size=3"])
     with pytest.raises(ConfigError, match="needs rl.beta > 0"):
         load_recipe({"algorithm": "rl"}, ["rl.estimator=copg"])
+
+
+def test_prompt_sharing_gives_the_padded_update(tmp_path, tiny_dir):
+    """Packing each group as [prompt, c1..cG] (prompt computed once) changes nothing but the work done."""
+    from safetensors.torch import load_file
+
+    def run(name, extra):
+        recipe = load_recipe({"algorithm": "rl"}, [
+            f"train.output_dir={tmp_path / name}", f"model.path={tiny_dir}", "task.n_train=16", "task.n_eval=0",
+            "train.batch_size=4", "train.max_steps=3", "train.lr=1e-3", "train.progress=false", "rl.group_size=4",
+            "rl.max_new_tokens=8", "rl.epochs=2", "rl.mini_batches=2", *extra,
+        ])
+        return load_file(str(train(recipe) / "model.safetensors")), rows(tmp_path / name)
+
+    packed, packed_rows = run("packed", ["rl.share_prompts=true", "train.micro_batch_tokens=64"])
+    padded, padded_rows = run("padded", ["rl.share_prompts=false"])
+    assert all((packed[k] - padded[k]).abs().max() < 1e-5 for k in packed)
+    assert [r["loss"] for r in packed_rows] == pytest.approx([r["loss"] for r in padded_rows], abs=1e-5)

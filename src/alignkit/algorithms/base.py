@@ -25,7 +25,6 @@ class Algorithm:
     name: str = ""
     data_kind: str = "sft"
     shuffle: bool = True  # False: the engine keeps the order of prepare_examples (e.g. a curriculum)
-    micro_unit: int = 1  # examples that must share a micro-batch (2 for pairwise online objectives)
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
@@ -48,6 +47,10 @@ class Algorithm:
         from ..models.logprobs import TargetLogProbs
 
         return TargetLogProbs(model)
+
+    def unit_key(self, example: dict[str, Any]):
+        """Consecutive examples with the same non-None key always share a micro-batch (a pair, a group)."""
+        return None
 
     def example_tokens(self, example: dict[str, Any]) -> int:
         """Tokens an example puts in a batch (for length-bucketed micro-batches)."""

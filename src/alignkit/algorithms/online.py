@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.collate import pad
-from ..models.logprobs import TargetLogProbs, _unwrap
+from ..data.collate import collate_shared_prefix, pad
+from ..models.logprobs import TargetLogProbs, _unwrap, mask_for
 from ..objectives.policy_gradient import (
     aggregate,
     copg_loss,
@@ -96,7 +96,8 @@ class OnlineRL(Algorithm):
         self.reward_source = None
         self.dense_reward: TargetLogProbs | None = None
         self.pairwise = self.cfg.estimator in ("p3o", "copg")
-        self.micro_unit = 2 if self.pairwise else 1
+        # GRPO-style groups share their prompt's forward in the update (packed rows); PPO's critic is padded
+        self.share_prompts = self.cfg.share_prompts and self.cfg.estimator != "ppo"
         if self.cfg.estimator == "p3o":  # trajectory-level ratio, mean over sequences
             self.cfg = self.cfg.model_copy(update={"policy_loss": "p3o", "aggregation": "seq_mean_token_sum"})
 
@@ -134,8 +135,15 @@ class OnlineRL(Algorithm):
     def extra_modules(self) -> dict[str, nn.Module]:
         return {"critic": self.critic} if self.critic is not None else {}
 
+    def unit_key(self, example):
+        return example.get("unit")
+
     def setup(self, trainer) -> None:
+        from ..models.logprobs import supports_packing
         from ..rewards.sources import build_reward_source
+
+        if self.share_prompts and not supports_packing(trainer.model):
+            self.share_prompts = False  # e.g. flash-attention takes no custom 4-D mask
 
         spec = self.cfg.reward if self.cfg.reward != "gold" else f"gold:{self.recipe.task.name}"
         self.reward_source = build_reward_source(spec)
@@ -166,7 +174,28 @@ class OnlineRL(Algorithm):
         for key in ("advantage", "reward"):
             if key in examples[0]:
                 batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.float32)
+        if self.share_prompts and "unit" in examples[0]:
+            groups: list[tuple[list[int], list[list[int]]]] = []
+            previous = None
+            for e in examples:
+                if e["unit"] != previous:
+                    groups.append((e["ids"][: e["prompt_len"]], []))
+                    previous = e["unit"]
+                groups[-1][1].append(e["ids"][e["prompt_len"] :])
+            packed = collate_shared_prefix(groups, pad_id)
+            batch.update({f"packed_{k}": v for k, v in packed.items()})
         return batch
+
+    def _policy_logps(self, policy, batch) -> torch.Tensor:
+        """Target log-probs [N, T] in the per-sequence layout; from prompt-sharing packed rows when present."""
+        if "packed_input_ids" not in batch:
+            return policy(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+        inner = getattr(policy, "module", policy)  # DDP
+        mask = mask_for(inner.model, batch["packed_segment"], batch["packed_group"])
+        packed = policy(batch["packed_input_ids"], mask, batch["packed_loss_mask"], batch["packed_position_ids"], batch["packed_source_index"])
+        values = packed[batch["packed_loss_mask"].bool()]
+        out = torch.zeros(batch["input_ids"].shape, dtype=values.dtype, device=values.device)
+        return out.index_put((batch["packed_target_seq"], batch["packed_target_pos"]), values)
 
     def weight(self, batch) -> float:
         mask = batch["loss_mask"][:, 1:]
@@ -239,7 +268,10 @@ class OnlineRL(Algorithm):
             if not keep[i] or not s.completion_ids:
                 continue
             ids = s.prompt_ids + s.completion_ids
-            item = {"ids": ids, "mask": [0] * len(s.prompt_ids) + [1] * len(s.completion_ids), "reward": rewards[i].item()}
+            item = {"ids": ids, "mask": [0] * len(s.prompt_ids) + [1] * len(s.completion_ids), "reward": rewards[i].item(),
+                    "prompt_len": len(s.prompt_ids)}
+            if self.share_prompts or self.pairwise:  # a group (or pair) stays in one micro-batch
+                item["unit"] = i // (g if self.share_prompts else 2)
             if advantages is not None:
                 item["advantage"] = advantages[i].item()
             items.append(item)
@@ -267,14 +299,18 @@ class OnlineRL(Algorithm):
             self._annotate(trainer, items, "old_values", self.critic, _null)
             self._ppo_advantages(items)
         # ---- mini-batches -------------------------------------------------------------------------
-        unit = 2 if self.pairwise else 1  # pairwise objectives keep each pair in one micro-batch
-        units = torch.randperm(len(items) // unit, generator=torch.Generator().manual_seed(seed)).tolist()
-        order = [u * unit + k for u in units for k in range(unit)]
-        per = unit * math.ceil(len(items) // unit / cfg.mini_batches)
+        units: list[list[dict]] = []  # pairs / groups stay whole when shuffled into mini-batches
+        for it in items:
+            if units and it.get("unit") is not None and units[-1][-1].get("unit") == it["unit"]:
+                units[-1].append(it)
+            else:
+                units.append([it])
+        order = torch.randperm(len(units), generator=torch.Generator().manual_seed(seed)).tolist()
+        per = math.ceil(len(units) / cfg.mini_batches)
         updates = []
         for _ in range(cfg.epochs):
-            for start in range(0, len(items), per):
-                chunk = [items[j] for j in order[start : start + per]]
+            for start in range(0, len(units), per):
+                chunk = [it for u in order[start : start + per] for it in units[u]]
                 updates.append(trainer.micro_batches(chunk, list(range(len(chunk)))))
         return updates, stats
 
@@ -340,7 +376,7 @@ class OnlineRL(Algorithm):
         if cfg.estimator == "ppo":
             logp, values = policy(batch["input_ids"], batch["attention_mask"], mask)
         else:
-            logp = policy(batch["input_ids"], batch["attention_mask"], mask)
+            logp = self._policy_logps(policy, batch)
         if cfg.estimator == "copg":
             seq = (logp * target).sum(-1)
             ref = (batch["ref_logp"] * target).sum(-1)

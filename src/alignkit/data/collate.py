@@ -144,3 +144,55 @@ def collate_pairs_packed(examples: list[dict], pad_id: int, row_tokens: int | No
         "rejected_tokens": counts[:, 1].float(),
         "index": torch.tensor([e["index"] for e in examples], dtype=torch.long),
     }
+
+
+def collate_shared_prefix(groups: list[tuple[list[int], list[list[int]]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Groups of completions that share a prompt, one row per group: ``[prompt, c_1, ..., c_K]``.
+
+    The generalisation of the packed pair layout to K completions (e.g. a GRPO group): completion ``k``
+    has segment ``k + 1`` and positions ``P .. P + |c_k| - 1``, sees the prompt and its own earlier tokens
+    only, and its first token is predicted by the last prompt token. Besides the packed tensors
+    (``input_ids``, ``attention_mask``, ``position_ids``, ``loss_mask``, ``source_index``, ``segment``,
+    ``group``) it returns, for every target in row-major order, the completion it belongs to (flat index
+    over all groups' completions, ``target_seq``) and its position in that completion's own unpacked
+    sequence ``prompt + completion`` (``target_pos``), to scatter packed log-probs back to a per-sequence
+    layout.
+    """
+    width = max(len(p) + sum(len(c) for c in cs) for p, cs in groups)
+    shape = (len(groups), width)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(shape, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    loss_mask = torch.zeros(shape, dtype=torch.long)
+    source_index = torch.zeros(shape, dtype=torch.long)
+    segment = torch.full(shape, PAD_SEGMENT, dtype=torch.long)
+    group = torch.full(shape, -1, dtype=torch.long)
+    target_seq, target_pos = [], []
+    seq = 0
+    for r, (prompt, completions) in enumerate(groups):
+        n_p = len(prompt)
+        row = prompt + [t for c in completions for t in c]
+        input_ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[r, : len(row)] = 1
+        group[r, : len(row)] = 0
+        segment[r, :n_p] = PROMPT
+        position_ids[r, :n_p] = torch.arange(n_p)
+        start = n_p
+        for k, completion in enumerate(completions):
+            n = len(completion)
+            segment[r, start : start + n] = k + 1
+            position_ids[r, start : start + n] = torch.arange(n_p, n_p + n)
+            for j in range(n):
+                if n_p + j == 0:
+                    continue  # no predecessor (empty prompt), as in the padded layout
+                loss_mask[r, start + j] = 1
+                source_index[r, start + j] = start + j - 1 if j else n_p - 1
+                target_seq.append(seq)
+                target_pos.append(n_p + j)
+            start += n
+            seq += 1
+    return {
+        "input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+        "loss_mask": loss_mask, "source_index": source_index, "segment": segment, "group": group,
+        "target_seq": torch.tensor(target_seq, dtype=torch.long), "target_pos": torch.tensor(target_pos, dtype=torch.long),
+    }

@@ -245,12 +245,25 @@ class Trainer:
         ``train.micro_batch_tokens``, into length buckets: examples sorted by length and grouped so that a
         micro-batch's padded size (rows x longest) stays within the budget. The engine's loss scaling makes
         every split give the same update; bucketing only removes padding work."""
+        units: list[list[int]] = []  # examples that must share a micro-batch (a pair, a group)
+        for i in indices:
+            key = self.algorithm.unit_key(examples[i])
+            if units and key is not None and self.algorithm.unit_key(examples[units[-1][-1]]) == key:
+                units[-1].append(i)
+            else:
+                units.append([i])
         budget = self.cfg.micro_batch_tokens
         if budget is None:
             size = self.cfg.micro_batch_size or len(indices)
-            return [self.collate([examples[i] for i in indices[s : s + size]]) for s in range(0, len(indices), size)]
-        unit = self.algorithm.micro_unit
-        units = [indices[s : s + unit] for s in range(0, len(indices), unit)]
+            out, current = [], []
+            for u in units:
+                current += u
+                if len(current) >= size:
+                    out.append(self.collate([examples[i] for i in current]))
+                    current = []
+            if current:
+                out.append(self.collate([examples[i] for i in current]))
+            return out
         length = self.algorithm.example_tokens
         units.sort(key=lambda u: max(length(examples[i]) for i in u))
         out, current, longest = [], [], 0
