@@ -61,6 +61,10 @@ class Algorithm:
         extra += sum(len(c) for c in example.get("completion_ids", []))
         return len(example.get("prompt_ids", [])) + extra
 
+    def unit_rows(self, unit: list[dict[str, Any]]) -> list[int]:
+        """Lengths of the batch rows a unit of examples becomes (one row per example by default)."""
+        return [self.example_tokens(e) for e in unit]
+
     def prepare_examples(self, examples: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
         """Turn encoded examples of ``kind`` into what :meth:`collate` takes (identity by default)."""
         if kind != self.data_kind:

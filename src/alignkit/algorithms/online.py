@@ -138,6 +138,11 @@ class OnlineRL(Algorithm):
     def unit_key(self, example):
         return example.get("unit")
 
+    def unit_rows(self, unit):
+        if self.share_prompts and "unit" in unit[0]:  # one packed row: the prompt once, then every completion
+            return [unit[0]["prompt_len"] + sum(len(e["ids"]) - e["prompt_len"] for e in unit)]
+        return super().unit_rows(unit)
+
     def setup(self, trainer) -> None:
         from ..models.logprobs import supports_packing
         from ..rewards.sources import build_reward_source

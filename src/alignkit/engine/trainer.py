@@ -264,16 +264,17 @@ class Trainer:
             if current:
                 out.append(self.collate([examples[i] for i in current]))
             return out
-        length = self.algorithm.example_tokens
-        units.sort(key=lambda u: max(length(examples[i]) for i in u))
-        out, current, longest = [], [], 0
+        rows_of = {id(u): self.algorithm.unit_rows([examples[i] for i in u]) for u in units}
+        units.sort(key=lambda u: max(rows_of[id(u)]))
+        out, current, n_rows, longest = [], [], 0, 0
         for u in units:
-            candidate = max(longest, max(length(examples[i]) for i in u))
-            if current and (len(current) + len(u)) * candidate > budget:
+            rows = rows_of[id(u)]
+            if current and (n_rows + len(rows)) * max(longest, max(rows)) > budget:
                 out.append(self.collate([examples[i] for i in current]))
-                current, candidate = [], max(length(examples[i]) for i in u)
+                current, n_rows, longest = [], 0, 0
             current += u
-            longest = candidate
+            n_rows += len(rows)
+            longest = max(longest, max(rows))
         if current:
             out.append(self.collate([examples[i] for i in current]))
         return out
