@@ -26,5 +26,13 @@ def test_recipes_run_in_order(tmp_path):
     for name in ("dpo.yaml", "dpo_lora.yaml"):
         out = train(load_recipe(RECIPES / name, [*short(tmp_path, name), f"model.path={sft}", "task.n_train=64", "task.n_eval=0"]))
         assert out.exists()
+    for name in ("grpo.yaml", "dapo.yaml", "ppo.yaml"):
+        out = train(load_recipe(RECIPES / name, [*short(tmp_path, name), f"model.path={sft}", "task.n_train=64", "task.n_eval=0", "train.batch_size=4"]))
+        assert out.exists()
+    for name in ("reward.yaml", "reward_multi_objective.yaml", "reward_process.yaml"):
+        out = train(load_recipe(RECIPES / name, [*short(tmp_path, name), f"model.path={sft}"]))
+        assert out.exists(), name
+    arith = train(load_recipe(RECIPES / "sft_arithmetic.yaml", [*short(tmp_path, "sft-arith"), "task.n_train=64", "task.n_eval=0"]))
+    train(load_recipe(RECIPES / "grpo_arithmetic.yaml", [*short(tmp_path, "grpo-arith"), f"model.path={arith}", "task.n_train=64", "task.n_eval=0"]))
     chat = train(load_recipe(RECIPES / "sft_chat.yaml", [*short(tmp_path, "chat"), f"data.train={RECIPES / 'data' / 'chat_sft.jsonl'}", "model.tiny.hidden_size=32"]))
     assert chat.exists()

@@ -47,23 +47,10 @@ import torch
 
 from ..data.collate import collate_pairs, pad
 from ..objectives.reward import attribute_regression, centering, gated_bradley_terry, gated_reward, regression, reward_loss
+from ..data.records import number_field
 from .base import Algorithm, Metrics
 
 ROW_TYPES = ("multi_objective", "process")  # reward types that read prompt-kind rows with extra fields
-
-
-def _number(value, source: str, row: int, name: str) -> float:
-    from ..data.records import DataError
-
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise DataError(source, row, name, f"expected a number, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise DataError(source, row, name, f"expected a number, got {value!r}") from None
-    if number != number:
-        raise DataError(source, row, name, "is NaN")
-    return number
 
 
 class RewardModelling(Algorithm):
@@ -226,7 +213,7 @@ class RewardModelling(Algorithm):
         values, mask = [], []
         for a in attributes:
             v = ratings.get(a)
-            values.append(0.0 if v is None else _number(v, source, row, f"ratings.{a}"))
+            values.append(0.0 if v is None else number_field(v, source, row, f"ratings.{a}"))
             mask.append(0.0 if v is None else 1.0)
         if not any(mask):
             raise DataError(source, row, "ratings", f"no rating for any attribute ({', '.join(attributes)})")
@@ -251,7 +238,7 @@ class RewardModelling(Algorithm):
             raise DataError(source, row, "labels", f"expected a list of {len(steps)} labels, one per step")
         values = []
         for j, v in enumerate(labels):
-            x = _number(v, source, row, f"labels[{j}]") if not isinstance(v, bool) else float(v)
+            x = number_field(v, source, row, f"labels[{j}]") if not isinstance(v, bool) else float(v)
             if not 0.0 <= x <= 1.0:
                 raise DataError(source, row, f"labels[{j}]", f"expected 0/1 (or a probability), got {v!r}")
             values.append(x)

@@ -59,6 +59,16 @@ def collate_pairs(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
+def _packed_tensors(shape: tuple[int, int], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Empty packed-row tensors: input_ids, attention_mask, position_ids, loss_mask, source_index, segment, group."""
+    long = dict(dtype=torch.long)
+    return (
+        torch.full(shape, pad_id, **long), torch.zeros(shape, **long), torch.zeros(shape, **long),
+        torch.zeros(shape, **long), torch.zeros(shape, **long), torch.full(shape, PAD_SEGMENT, **long),
+        torch.full(shape, -1, **long),
+    )
+
+
 def packed_pair_length(example: dict) -> int:
     return len(example["prompt_ids"]) + len(example["chosen_ids"]) + len(example["rejected_ids"])
 
@@ -93,13 +103,7 @@ def collate_pairs_packed(examples: list[dict], pad_id: int, row_tokens: int | No
     layout = _rows(examples, row_tokens)
     width = max(sum(packed_pair_length(examples[i]) for i in row) for row in layout)
     shape = (len(layout), width)
-    input_ids = torch.full(shape, pad_id, dtype=torch.long)
-    attention_mask = torch.zeros(shape, dtype=torch.long)
-    position_ids = torch.zeros(shape, dtype=torch.long)
-    loss_mask = torch.zeros(shape, dtype=torch.long)
-    source_index = torch.zeros(shape, dtype=torch.long)
-    segment = torch.full(shape, PAD_SEGMENT, dtype=torch.long)
-    group = torch.full(shape, -1, dtype=torch.long)
+    input_ids, attention_mask, position_ids, loss_mask, source_index, segment, group = _packed_tensors(shape, pad_id)
     target_pair = torch.full(shape, -1, dtype=torch.long)
     counts = torch.zeros(len(examples), 2, dtype=torch.long)
     for r, row in enumerate(layout):
@@ -160,13 +164,7 @@ def collate_shared_prefix(groups: list[tuple[list[int], list[list[int]]]], pad_i
     """
     width = max(len(p) + sum(len(c) for c in cs) for p, cs in groups)
     shape = (len(groups), width)
-    input_ids = torch.full(shape, pad_id, dtype=torch.long)
-    attention_mask = torch.zeros(shape, dtype=torch.long)
-    position_ids = torch.zeros(shape, dtype=torch.long)
-    loss_mask = torch.zeros(shape, dtype=torch.long)
-    source_index = torch.zeros(shape, dtype=torch.long)
-    segment = torch.full(shape, PAD_SEGMENT, dtype=torch.long)
-    group = torch.full(shape, -1, dtype=torch.long)
+    input_ids, attention_mask, position_ids, loss_mask, source_index, segment, group = _packed_tensors(shape, pad_id)
     target_seq, target_pos = [], []
     seq = 0
     for r, (prompt, completions) in enumerate(groups):

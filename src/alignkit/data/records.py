@@ -265,7 +265,7 @@ def check_row(data: dict[str, Any], kind: str, source: str, row: int) -> dict[st
             raise DataError(source, row, "rejected", "is identical to 'chosen' (the pair carries no preference)")
         out["chosen"], out["rejected"] = data["chosen"], data["rejected"]
         if "margin" in data and data["margin"] is not None:
-            out["margin"] = _number(data["margin"], source, row, "margin")
+            out["margin"] = number_field(data["margin"], source, row, "margin")
     if kind == "ranked":
         completions = data["completions"]
         if not isinstance(completions, list) or len(completions) < 2:
@@ -278,14 +278,14 @@ def check_row(data: dict[str, Any], kind: str, source: str, row: int) -> dict[st
         values = data[key]
         if not isinstance(values, list) or len(values) != len(completions):
             raise DataError(source, row, key, f"expected a list of {len(completions)} numbers, one per completion")
-        values = [_number(v, source, row, f"{key}[{j}]") for j, v in enumerate(values)]
+        values = [number_field(v, source, row, f"{key}[{j}]") for j, v in enumerate(values)]
         # Normalise to scores (higher is better).
         out["completions"] = completions
         out["scores"] = values if key == "scores" else [-v for v in values]
     return out
 
 
-def _number(value: Any, source: str, row: int, name: str) -> float:
+def number_field(value: Any, source: str, row: int, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise DataError(source, row, name, f"expected a number, got {value!r}")
     try:
