@@ -161,7 +161,7 @@ def evaluate(
     except Exception as e:  # noqa: BLE001 - the extra metrics never stop the basic evaluation
         data["extra_metrics_error"] = f"{type(e).__name__}: {e}"
     (folder / "eval.json").write_text(json.dumps(data, indent=1))
-    summary = {k: v for k, v in data.items() if k != "samples"}
+    summary = {k: v for k, v in data.items() if not isinstance(v, (list, dict))}
     write_report(folder, f"alignkit eval: {target}", [("Evaluation", summary), *extra_blocks, ("Samples", result.samples)])
     typer.echo(json.dumps(summary, indent=1))
 
