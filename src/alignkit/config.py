@@ -276,7 +276,7 @@ def _allowed(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
 def _format(error: ValidationError, source: str) -> str:
     lines = []
     for e in error.errors():
-        loc = tuple(p for p in e["loc"] if not isinstance(p, int) or True)
+        loc = tuple(e["loc"])
         key = ".".join(str(p) for p in loc) or "<recipe>"
         if e["type"] == "extra_forbidden":
             allowed = _allowed(Recipe, loc[:-1])

@@ -118,11 +118,3 @@ class TargetLogProbs(nn.Module):
         picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         out = out.index_put((rows, cols), picked)
         return (out, logits, (rows, cols)) if return_logits else out
-
-
-def sequence_logprobs(model: nn.Module, batch: dict[str, torch.Tensor], temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed target log-probs [B], target token counts [B]) of a collated batch."""
-    module = model if isinstance(model, TargetLogProbs) else TargetLogProbs(model, temperature)
-    token_logps = module(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
-    counts = batch["loss_mask"][:, 1:].sum(-1)
-    return token_logps.sum(-1), counts
