@@ -6,12 +6,12 @@ k1 estimator Σ_t [log π(y_t|·) − log π_ref(y_t|·)], which is unbiased; it
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..rollout.generate import generate, sample_logprobs
+from .metrics import kl_estimates, mean_and_se
 
 
 @dataclass
@@ -28,10 +28,6 @@ class PolicyEval:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _se(values: list[float]) -> float:
-    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
 
 
 def evaluate_policy(
@@ -52,13 +48,13 @@ def evaluate_policy(
     if reference is not None:
         logp = sample_logprobs(model, samples, tokenizer.pad_token_id)
         ref = sample_logprobs(reference, samples, tokenizer.pad_token_id)
-        per_sample = (logp - ref).tolist()
-        kl, kl_se = statistics.fmean(per_sample), _se(per_sample)
+        estimates = kl_estimates(logp.tolist(), ref.tolist())
+        kl, kl_se = estimates["kl_k1"], estimates["kl_k1_se"]
     malformed = sum(task.parse(s.prompt, s.completion) is None for s in samples) / len(samples)
     return PolicyEval(
         name=name,
-        gold_reward=statistics.fmean(rewards),
-        gold_reward_se=_se(rewards),
+        gold_reward=mean_and_se(rewards)[0],
+        gold_reward_se=mean_and_se(rewards)[1],
         kl=kl,
         kl_se=kl_se,
         length=statistics.fmean(len(s.completion_ids) for s in samples),
