@@ -319,6 +319,20 @@ class Trainer:
         metrics_out = {n: packed[1 + 2 * j] / max(packed[2 + 2 * j], 1e-12) for j, n in enumerate(names)}
         return torch.tensor(packed[0] / total_weight), metrics_out
 
+    def optimize(self, policy, steps: list[list[dict]], params, optimizer, scheduler):
+        """One optimizer update per list of micro-batches; returns (losses, last metrics, grad norm, lr used)."""
+        losses, metrics, grad_norm, lr = [], {}, None, scheduler.get_last_lr()[0]
+        for batches in self.all_processes_have(steps):
+            loss, metrics = self.run_batches(policy, batches, train=True)
+            losses.append(loss.item())
+            if self.cfg.max_grad_norm is not None:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm).item()
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        return losses, metrics, grad_norm, lr
+
     def mean_over_processes(self, stats: dict[str, float]) -> dict[str, float]:
         if self.dist.world == 1 or not stats:
             return stats
@@ -399,16 +413,7 @@ class Trainer:
                     rollout_stats = self.mean_over_processes(rollout_stats)
                 else:
                     steps, rollout_stats = [self.micro_batches(train_examples, indices)], {}
-                losses, metrics, grad_norm, lr = [], {}, None, scheduler.get_last_lr()[0]
-                for batches in self.all_processes_have(steps):
-                    loss, metrics = self.run_batches(policy, batches, train=True)
-                    losses.append(loss.item())
-                    if self.cfg.max_grad_norm is not None:
-                        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm).item()
-                    lr = scheduler.get_last_lr()[0]
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                losses, metrics, grad_norm, lr = self.optimize(policy, steps, params, optimizer, scheduler)
                 loss = torch.tensor(sum(losses) / len(losses) if losses else float("nan"))
                 metrics = {**rollout_stats, **metrics}
                 batches = [b for update in steps[:1] for b in update]
