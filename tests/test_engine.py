@@ -169,3 +169,29 @@ def test_length_buckets_do_not_change_the_update(tmp_path, tiny_dir, algorithm):
     full = train(recipe(tmp_path, tiny_dir, algorithm, "full"))
     bucketed = train(recipe(tmp_path, tiny_dir, algorithm, "buckets", ["train.micro_batch_tokens=48"]))
     assert_same_weights(full, bucketed, atol=2e-6)
+
+
+def test_tensorboard_tracker_gets_the_logged_metrics(tmp_path, tiny_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(recipe(tmp_path, tiny_dir, "sft", "tb", ["train.report_to=[tensorboard]", "train.max_steps=2"]))
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    events.Reload()
+    losses = [e.value for e in events.Scalars("loss")]
+    expected = [r["loss"] for r in metric_rows(tmp_path / "tb")]
+    assert losses == pytest.approx(expected, rel=1e-6)
+
+
+def test_missing_tracker_is_a_clear_error(tmp_path, tiny_dir, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_wandb(name, *args, **kwargs):
+        if name == "wandb":
+            raise ImportError("No module named 'wandb'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    with pytest.raises(ImportError, match="train.report_to includes 'wandb' but it is not installed"):
+        train(recipe(tmp_path, tiny_dir, "sft", "wb", ["train.report_to=[wandb]", "train.max_steps=1"]))
