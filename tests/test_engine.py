@@ -130,26 +130,44 @@ def test_reference_model_and_cache_agree(tmp_path, tiny_dir):
     assert_same_weights(a, b, atol=1e-6)
 
 
+def torchrun(tmp_path, tiny_dir, name, extra=(), port=29533):
+    overrides = [
+        f"train.output_dir={tmp_path / name}", f"model.path={tiny_dir}", "task.n_train=64", "task.n_eval=0",
+        "train.batch_size=8", "train.max_steps=4", "train.lr=1e-3", "train.progress=false", "train.warmup_steps=1",
+        "data.max_length=64", *extra,
+    ]
+    (tmp_path / "dpo.yaml").write_text("algorithm: dpo\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+           "-m", "alignkit.cli", "train", str(tmp_path / "dpo.yaml"), *overrides]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {r["processes"] for r in metric_rows(tmp_path / name)} == {2}
+    return tmp_path / name / "final"
+
+
 @pytest.mark.distributed
 def test_two_processes_match_one(tmp_path, tiny_dir):
     """torchrun with 2 CPU processes (gloo DDP) gives the 1-process result at the same global batch."""
     one = train(recipe(tmp_path, tiny_dir, "dpo", "one"))
-    overrides = [
-        f"train.output_dir={tmp_path / 'two'}", f"model.path={tiny_dir}", "task.n_train=64", "task.n_eval=0",
-        "train.batch_size=8", "train.max_steps=4", "train.lr=1e-3", "train.progress=false", "train.warmup_steps=1",
-        "data.max_length=64",
-    ]
-    (tmp_path / "dpo.yaml").write_text("algorithm: dpo\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-           "-m", "alignkit.cli", "train", str(tmp_path / "dpo.yaml"), *overrides]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert_same_weights(one, tmp_path / "two" / "final", atol=2e-6)
+    two = torchrun(tmp_path, tiny_dir, "two")
+    assert_same_weights(one, two, atol=2e-6)
     one_losses = [r["loss"] for r in metric_rows(tmp_path / "one")]
     two_losses = [r["loss"] for r in metric_rows(tmp_path / "two")]
     assert one_losses == pytest.approx(two_losses, abs=1e-5)
-    assert {r["processes"] for r in metric_rows(tmp_path / "two")} == {2}
+
+
+@pytest.mark.distributed
+def test_fsdp2_matches_one_process_and_resumes(tmp_path, tiny_dir):
+    """FSDP2 (sharded parameters and optimizer state, gloo on CPU): same update as 1 process; its
+    checkpoints (gathered to full state dicts) resume to the uninterrupted result."""
+    one = train(recipe(tmp_path, tiny_dir, "dpo", "one", ["train.max_steps=6", "train.save_every=3"]))
+    sharded = torchrun(tmp_path, tiny_dir, "fsdp", ["train.distributed=fsdp2", "train.max_steps=6", "train.save_every=3"], port=29534)
+    assert_same_weights(one, sharded, atol=2e-6)
+    (tmp_path / "again").mkdir()
+    shutil.copytree(tmp_path / "fsdp" / "checkpoint-3", tmp_path / "again" / "checkpoint-3")
+    again = torchrun(tmp_path, tiny_dir, "again", ["train.distributed=fsdp2", "train.max_steps=6", "train.save_every=3", "train.resume=true"], port=29535)
+    assert_same_weights(sharded, again, atol=1e-6)
 
 
 def test_dpo_resume_keeps_the_starting_policy_as_reference(tmp_path, tiny_dir):

@@ -161,3 +161,10 @@ def test_prompt_sharing_gives_the_padded_update(tmp_path, tiny_dir):
     padded, padded_rows = run("padded", ["rl.share_prompts=false"])
     assert all((packed[k] - padded[k]).abs().max() < 1e-5 for k in packed)
     assert [r["loss"] for r in packed_rows] == pytest.approx([r["loss"] for r in padded_rows], abs=1e-5)
+
+
+def test_fsdp2_is_refused_for_online_rl():
+    from alignkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.distributed=fsdp2 supports full-model offline training"):
+        load_recipe({"algorithm": "rl"}, ["train.distributed=fsdp2"])

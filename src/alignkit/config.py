@@ -87,6 +87,7 @@ class TrainConfig(Section):
     warmup_ratio: float = Field(0.0, ge=0, le=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
     precision: Literal["fp32", "bf16"] = "fp32"
+    distributed: Literal["ddp", "fsdp2"] = Field("ddp", description="with several processes: DDP (replicated) or FSDP2 (sharded parameters, gradients, optimizer state)")
     log_every: int = Field(1, gt=0)
     eval_every: int | None = Field(None, gt=0)
     save_every: int | None = Field(None, gt=0)
@@ -245,6 +246,8 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _check(self) -> "Recipe":
         t = self.train
+        if t.distributed == "fsdp2" and (self.algorithm == "rl" or self.model.lora is not None):
+            raise ValueError("train.distributed=fsdp2 supports full-model offline training (sft, dpo, kto, pro, reward) for now; use ddp for rl or LoRA")
         if t.micro_batch_size is not None and t.batch_size % t.micro_batch_size:
             raise ValueError(f"train.batch_size ({t.batch_size}) must be a multiple of train.micro_batch_size ({t.micro_batch_size})")
         return self

@@ -29,14 +29,19 @@ from ..models.loading import save_policy
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, state: dict[str, Any], keep: int | None, extra: dict[str, torch.nn.Module] | None = None) -> Path:
+def save_checkpoint(
+    run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, state: dict[str, Any], keep: int | None,
+    extra: dict[str, torch.nn.Module] | None = None, full_states: tuple[dict, dict] | None = None,
+) -> Path:
+    """``full_states``: (model, optimizer) state dicts gathered from sharded (FSDP2) processes."""
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f"checkpoint-{step}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_policy(model, tokenizer, tmp / "model")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    model_state, optimizer_state = full_states or (None, optimizer.state_dict())
+    save_policy(model, tokenizer, tmp / "model", state_dict=model_state)
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -64,10 +69,17 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_training_state(checkpoint: Path, optimizer, scheduler, extra: dict[str, torch.nn.Module] | None = None) -> dict[str, Any]:
+def load_training_state(checkpoint: Path, optimizer, scheduler, extra: dict[str, torch.nn.Module] | None = None, sharded: torch.nn.Module | None = None) -> dict[str, Any]:
+    """``sharded``: the FSDP2 module whose optimizer state is restored from the full (gathered) one."""
     for name, module in (extra or {}).items():
         module.load_state_dict(load_file(str(checkpoint / f"{name}.safetensors")))
-    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+    optimizer_state = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    if sharded is None:
+        optimizer.load_state_dict(optimizer_state)
+    else:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(sharded, optimizer, optimizer_state, options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
     rng = load_file(str(checkpoint / "rng.safetensors"))
     torch.set_rng_state(rng["cpu"])

@@ -319,6 +319,29 @@ class Trainer:
         metrics_out = {n: packed[1 + 2 * j] / max(packed[2 + 2 * j], 1e-12) for j, n in enumerate(names)}
         return torch.tensor(packed[0] / total_weight), metrics_out
 
+    def _fully_shard(self, model, policy):
+        """FSDP2 (``torch.distributed.fsdp.fully_shard``): each decoder layer is its own shard group, the
+        rest of the model goes with the engine module. Gradients are averaged over processes, as DDP's."""
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        from ..models.logprobs import _unwrap
+
+        mesh = init_device_mesh(self.device.type, (self.dist.world,))
+        core = _unwrap(model)
+        decoder = core.get_decoder() if hasattr(core, "get_decoder") else getattr(core, "model", None)
+        for layer in getattr(decoder, "layers", []):
+            fully_shard(layer, mesh=mesh)
+        return fully_shard(policy, mesh=mesh)
+
+    def _full_states(self, model, policy, optimizer) -> tuple[dict, dict]:
+        """Full model and optimizer state dicts gathered from the FSDP2 shards (a collective; the main
+        process receives them, the others get empty dicts)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(model, options=options), get_optimizer_state_dict(policy, optimizer, options=options)
+
     def optimize(self, policy, steps: list[list[dict]], params, optimizer, scheduler):
         """One optimizer update per list of micro-batches; returns (losses, last metrics, grad norm, lr used)."""
         losses, metrics, grad_norm, lr = [], {}, None, scheduler.get_last_lr()[0]
@@ -377,7 +400,10 @@ class Trainer:
         self.algorithm.setup(self)
 
         policy: torch.nn.Module = self.algorithm.module(model)
-        if self.dist.world > 1:
+        self.fsdp = self.dist.world > 1 and self.cfg.distributed == "fsdp2"
+        if self.fsdp:
+            policy = self._fully_shard(model, policy)
+        elif self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             policy = DistributedDataParallel(policy, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -389,7 +415,7 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.cfg.scheduler, warmup, total * updates))
         start = 0
         if checkpoint is not None:
-            start = load_training_state(checkpoint, optimizer, scheduler, self.algorithm.extra_modules())["step"]
+            start = load_training_state(checkpoint, optimizer, scheduler, self.algorithm.extra_modules(), policy if self.fsdp else None)["step"]
             if self.dist.is_main:
                 print(f"[alignkit] resumed from {checkpoint} at step {start}")
         log = MetricsLog(self.run_dir, self.cfg.report_to, self.recipe.model_dump(mode="json"), enabled=self.dist.is_main)
@@ -438,13 +464,16 @@ class Trainer:
                 if eval_examples and self.cfg.eval_every and (done % self.cfg.eval_every == 0 or done == total):
                     log.log({"step": done, **self.evaluate(policy, eval_examples)})
                 if self.cfg.save_every and done % self.cfg.save_every == 0 and done < total:
+                    full_states = self._full_states(model, policy, optimizer) if self.fsdp else None
                     if self.dist.is_main:
-                        save_checkpoint(self.run_dir, done, model, self.tokenizer, optimizer, scheduler, {"epoch": step / per_epoch}, self.cfg.save_total_limit, self.algorithm.extra_modules())
+                        save_checkpoint(self.run_dir, done, model, self.tokenizer, optimizer, scheduler, {"epoch": step / per_epoch},
+                                        self.cfg.save_total_limit, self.algorithm.extra_modules(), full_states)
                     self.dist.barrier()
         log.close()
         final = self.run_dir / "final"
+        full_states = self._full_states(model, policy, optimizer) if self.fsdp and self.cfg.save_final else None
         if self.cfg.save_final and self.dist.is_main:
-            save_policy(model, self.tokenizer, final)
+            save_policy(model, self.tokenizer, final, state_dict=full_states[0] if full_states else None)
             if is_peft(model):
                 save_policy(model, self.tokenizer, self.run_dir / "final-merged", merge_lora=True)
         self.dist.barrier()

@@ -67,9 +67,10 @@ def is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 
 
-def save_policy(model, tokenizer, out_dir: str | Path, merge_lora: bool = False) -> Path:
+def save_policy(model, tokenizer, out_dir: str | Path, merge_lora: bool = False, state_dict: dict | None = None) -> Path:
     """``save_pretrained`` the model (safetensors) and tokenizer. LoRA models save the adapter, or the
-    merged full model with ``merge_lora=True``."""
+    merged full model with ``merge_lora=True``. ``state_dict``: the full weights when the model's own are
+    sharded (FSDP2), gathered beforehand on every process."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)
@@ -77,7 +78,10 @@ def save_policy(model, tokenizer, out_dir: str | Path, merge_lora: bool = False)
         import copy
 
         model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(out, safe_serialization=True)
+    if state_dict is not None and getattr(model.config, "tie_word_embeddings", False):
+        tied = getattr(model, "_tied_weights_keys", None) or {}
+        state_dict = {k: v for k, v in state_dict.items() if k not in tied}  # saved once, as save_pretrained does
+    model.save_pretrained(out, safe_serialization=True, **({"state_dict": state_dict} if state_dict is not None else {}))
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out
