@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 import pytest
 
 from alignkit.algorithms import train
@@ -168,3 +170,29 @@ def test_fsdp2_is_refused_for_online_rl():
 
     with pytest.raises(ConfigError, match="train.distributed=fsdp2 supports full-model offline training"):
         load_recipe({"algorithm": "rl"}, ["train.distributed=fsdp2"])
+
+
+def test_reward_transforms_shape_the_rollout_rewards(tmp_path, tiny_dir):
+    """PPO-max-style clipping then whitening: the advantages see transformed rewards, the log the raw ones."""
+    from alignkit.config import ConfigError
+
+    recipe = load_recipe({"algorithm": "rl"}, [
+        f"train.output_dir={tmp_path / 'rt'}", f"model.path={tiny_dir}", "task.n_train=16", "task.n_eval=0",
+        "train.batch_size=4", "train.max_steps=1", "train.progress=false", "rl.group_size=2", "rl.max_new_tokens=6",
+        "rl.estimator=reinforce", "rl.moving_baseline=false", "rl.reward=reward_fns:soup_is_constant",
+        "rl.reward_transforms=[{name: clip, low: 0.0, high: 3.0}, {name: whiten}]",
+    ])
+    from alignkit.algorithms.online import OnlineRL
+    from alignkit.engine.trainer import Trainer
+
+    trainer = Trainer(recipe, OnlineRL(recipe))
+    trainer.model = trainer._load_model(None)
+    trainer.train_examples = trainer.load_examples(None, "train")
+    trainer.algorithm.setup(trainer)
+    steps, stats = trainer.algorithm.rollout(trainer, trainer.train_examples[:4])
+    advantages = torch.cat([b["advantage"] for update in steps for b in update])  # reinforce, no baseline: A = r~
+    assert advantages.std() > 0
+    assert advantages.mean().abs() < 1e-5 and (advantages.std(unbiased=False) - 1).abs() < 1e-3
+    assert stats["reward"] > 0  # the logged reward is the raw one (word counts), not the whitened one
+    with pytest.raises(ConfigError, match=r"rl.reward_transforms\[0\].name"):
+        load_recipe({"algorithm": "rl"}, ["rl.reward_transforms=[{name: nope}]"])

@@ -125,6 +125,7 @@ class RLConfig(Section):
     epochs: int = Field(1, gt=0, description="passes over each rollout (PPO epochs)")
     mini_batches: int = Field(1, gt=0, description="optimizer steps per pass")
     dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose rewards are all equal")
+    reward_transforms: list[dict[str, Any]] = Field(default_factory=list, description="PPO-max-style reward normalisation, applied in order to each rollout's rewards, e.g. [{name: clip, low: -2, high: 2}, {name: whiten}] (names: alignkit.rewards.transforms.TRANSFORMS)")
     overlong: Literal["none", "filter", "shape"] = "none"
     overlong_buffer: int = Field(8, ge=0)
     overlong_penalty: float = Field(1.0, ge=0)
@@ -146,6 +147,11 @@ class RLConfig(Section):
             raise ValueError(f"rl.group_size must be even for rl.estimator={self.estimator} (samples are paired)")
         if self.estimator == "copg" and self.beta <= 0:
             raise ValueError("rl.estimator=copg needs rl.beta > 0 (its reward is r - beta * log pi/pi_ref)")
+        from .rewards.transforms import TRANSFORMS
+
+        for i, t in enumerate(self.reward_transforms):
+            if t.get("name") not in TRANSFORMS:
+                raise ValueError(f"rl.reward_transforms[{i}].name: got {t.get('name')!r}; allowed: {', '.join(TRANSFORMS)}")
         if self.behavior == "reference" and self.estimator != "copg":
             raise ValueError("rl.behavior=reference (off-policy samples) is for rl.estimator=copg, which needs no importance weights")
         if (self.macro_len or self.dense_reward_model) and self.estimator != "ppo":

@@ -45,6 +45,7 @@ from ..objectives.policy_gradient import (
     policy_loss,
     value_loss,
 )
+from ..rewards.transforms import apply_transform
 from ..rollout.generate import generate
 from .base import Algorithm, Metrics, starting_reference
 
@@ -231,6 +232,8 @@ class OnlineRL(Algorithm):
         context = {k: [e[k] for e in examples for _ in range(g)] for k in examples[0] if k not in ("prompt", "prompt_ids", "row", "index")}
         rewards = self.reward_source.score(sample_prompts, completions, **context).float().cpu()
         raw_rewards = rewards.clone()
+        for transform in cfg.reward_transforms:  # e.g. PPO-max's reward clipping and normalisation
+            rewards = apply_transform(transform["name"], rewards, **{k: v for k, v in transform.items() if k != "name"}).float()
         finished = torch.tensor([s.finished for s in samples])
         if cfg.overlong == "shape":
             # DAPO soft overlong punishment over the last `overlong_buffer` tokens of the budget.
