@@ -19,6 +19,20 @@ def test_figures_from_points(tmp_path):
     assert all(p.stat().st_size > 1000 for p in figures.values())
 
 
+def test_reference_evaluator_shares_evaluate_policy(tiny_dir):
+    from alignkit.evaluation.policy import ReferenceEvaluator, evaluate_policy
+    from alignkit.tasks import get_task
+
+    task = get_task("sentiment")
+    evaluator = ReferenceEvaluator.from_dir(task, tiny_dir, n_prompts=4, n_samples=2, max_new_tokens=8, seed=3)
+    point = evaluator.evaluate(tiny_dir, "start")
+    basic = evaluate_policy("start", evaluator.reference, evaluator.tokenizer, task, evaluator.prompts, reference=evaluator.reference,
+                            n_samples=2, max_new_tokens=8, seed=3)
+    assert (point["gold_reward"], point["gold_reward_se"], point["length"], point["malformed"]) == (basic.gold_reward, basic.gold_reward_se, basic.length, basic.malformed)
+    assert point["kl"] == point["kl_k3"] == basic.kl == 0.0  # the start model against itself
+    assert 0.0 <= point["win_rate"] <= 1.0 and len(point["samples"]) == 6 and set(point["samples"][0]) == {"prompt", "completion", "gold"}
+
+
 def test_suite_checks_and_reward_model_names(tmp_path):
     with pytest.raises(ValueError, match="unknown keys"):
         Bench({"methods": [{"name": "x"}], "bogus": 1})

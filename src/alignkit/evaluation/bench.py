@@ -49,63 +49,12 @@ from typing import Any
 import yaml
 
 from . import metrics as M
+from .policy import ReferenceEvaluator
 
 
 # ------------------------------------------------------------------------------------------------------
-# evaluation of one model
+# `alignkit eval` extras
 # ------------------------------------------------------------------------------------------------------
-class Evaluator:
-    """Evaluates policies against a fixed start/reference model on fixed held-out prompts."""
-
-    def __init__(self, task, reference_dir: str | Path, prompts: int = 128, samples: int = 2, max_new_tokens: int = 40, seed: int = 1, proxy=None):
-        from ..models.loading import load_policy_for_inference, load_tokenizer
-        from ..rollout.generate import generate
-
-        self.task, self.samples, self.max_new_tokens, self.seed, self.proxy = task, samples, max_new_tokens, seed, proxy
-        self.tokenizer = load_tokenizer(reference_dir)
-        self.reference = load_policy_for_inference(reference_dir)
-        self.prompts = task.prompts(prompts, "test")
-        self.ref_samples = generate(self.reference, self.tokenizer, self.prompts, n=samples, max_new_tokens=max_new_tokens, seed=seed + 1000)
-        self.ref_gold = task.gold_rewards([s.prompt for s in self.ref_samples], [s.completion for s in self.ref_samples])
-
-    def evaluate(self, model_or_dir, name: str = "") -> dict[str, Any]:
-        from ..models.loading import load_policy_for_inference
-        from ..rollout.generate import generate, sample_logprobs
-
-        model = load_policy_for_inference(model_or_dir) if isinstance(model_or_dir, (str, Path)) else model_or_dir
-        samples = generate(model, self.tokenizer, self.prompts, n=self.samples, max_new_tokens=self.max_new_tokens, seed=self.seed)
-        prompts, completions = [s.prompt for s in samples], [s.completion for s in samples]
-        gold = self.task.gold_rewards(prompts, completions)
-        logp = sample_logprobs(model, samples, self.tokenizer.pad_token_id)
-        ref = sample_logprobs(self.reference, samples, self.tokenizer.pad_token_id)
-        out: dict[str, Any] = {"name": name}
-        out["gold_reward"], out["gold_reward_se"] = M.mean_and_se(gold)
-        out.update(M.kl_estimates(logp, ref))
-        out["kl"] = out["kl_k1"]
-        if hasattr(self.task, "preference"):
-            out["win_rate"] = M.win_rate_from_preferences(
-                [self.task.preference(p, a, b.completion) for p, a, b in zip(prompts, completions, self.ref_samples)]
-            )
-        else:
-            out["win_rate"] = M.win_rate(gold, self.ref_gold)
-        out["length"] = M.mean_and_se([len(s.completion_ids) for s in samples])[0]
-        out["words"] = M.mean_and_se([len(c.split()) for c in completions])[0]
-        out["malformed"] = sum(self.task.parse(p, c) is None for p, c in zip(prompts, completions)) / len(samples)
-        out["distinct_2"] = M.distinct_n(completions, 2)
-        out["self_bleu"] = M.self_bleu(completions, max_texts=100)
-        for extra in ("per_attribute", "per_group"):
-            try:
-                parts = self.task.gold_rewards(prompts, completions, **{extra: True})
-            except TypeError:
-                continue
-            for key, values in parts.items():
-                out[f"gold/{key}"] = M.mean_and_se(values)[0]
-        if self.proxy is not None:
-            out["proxy"] = float(self.proxy.score(prompts, completions).float().mean())
-        out["samples"] = [{"prompt": p, "completion": c, "gold": g} for p, c, g in list(zip(prompts, completions, gold))[:6]]
-        return out
-
-
 def preference_accuracy(model_dir: str | Path, reference_dir: str | Path, rows: list[dict], beta: float = 1.0) -> float:
     """Held-out preference accuracy of the implicit reward β (log π − log π_ref) on pair rows."""
     from ..models.loading import load_policy_for_inference, load_tokenizer
@@ -135,14 +84,7 @@ def run_metrics(policy, reference, tokenizer, task, n_prompts: int, samples: int
     out: dict[str, Any] = {}
     blocks: list[tuple[str, Any]] = []
     if reference is not None:
-        evaluator = Evaluator.__new__(Evaluator)
-        evaluator.task, evaluator.samples, evaluator.max_new_tokens, evaluator.seed, evaluator.proxy = task, samples, 48, seed, None
-        evaluator.tokenizer, evaluator.reference = tokenizer, reference
-        evaluator.prompts = task.prompts(n_prompts, "test")
-        from ..rollout.generate import generate
-
-        evaluator.ref_samples = generate(reference, tokenizer, evaluator.prompts, n=samples, max_new_tokens=48, seed=seed + 1000)
-        evaluator.ref_gold = task.gold_rewards([s.prompt for s in evaluator.ref_samples], [s.completion for s in evaluator.ref_samples])
+        evaluator = ReferenceEvaluator(task, tokenizer, reference, task.prompts(n_prompts, "test"), n_samples=samples, max_new_tokens=48, seed=seed)
         point = evaluator.evaluate(policy, model_dir.name)
         out = {k: v for k, v in point.items() if k not in ("name", "samples", "kl", "gold_reward", "gold_reward_se", "length", "malformed")}
         beta = 1.0
@@ -305,7 +247,8 @@ class Bench:
         proxy_spec = self.suite.get("proxy")
         proxy = build_reward_source(_substitute(proxy_spec, self.rm_dirs)) if proxy_spec else None
         ev = self.suite.get("eval", {})
-        evaluator = Evaluator(self.task(), sft, prompts=ev.get("prompts", 128), samples=ev.get("samples", 2), max_new_tokens=ev.get("max_new_tokens", 40), seed=ev.get("seed", 1), proxy=proxy)
+        evaluator = ReferenceEvaluator.from_dir(self.task(), sft, n_prompts=ev.get("prompts", 128), n_samples=ev.get("samples", 2),
+                                                max_new_tokens=ev.get("max_new_tokens", 40), seed=ev.get("seed", 1), proxy=proxy)
         start_point = evaluator.evaluate(sft, "start")
         start_point.update({"method": "start", "run": "start", "step": 0})
         self.points.append(start_point)
@@ -336,7 +279,7 @@ class Bench:
                 self.say(f"{name} [{label}]: gold {point['gold_reward']:+.3f}, KL {point['kl']:.2f}, length {point['length']:.1f}")
         return self.write(time.perf_counter() - t0)
 
-    def _iterative(self, method, override, sft: Path, pairs_spec: dict, run_dir: Path, evaluator: Evaluator, base: dict) -> None:
+    def _iterative(self, method, override, sft: Path, pairs_spec: dict, run_dir: Path, evaluator: ReferenceEvaluator, base: dict) -> None:
         """Online/iterative DPO: each round samples pairs from the current policy, labels them with the
         task's oracle and runs DPO from the current policy (which is that round's reference)."""
         from ..config import apply_overrides
@@ -377,10 +320,9 @@ class Bench:
 
 def draw_figures(points: list[dict[str, Any]], out: Path, title: str) -> dict[str, Path]:
     """frontier.png, overoptimisation.png (if proxy scores), by_x.png (if methods have x), lengths.png."""
-    import matplotlib
+    from .report import plot_frontier, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # headless: .report sets the Agg backend
 
     figures: dict[str, Path] = {}
     start = next((p for p in points if p["method"] == "start"), None)
@@ -390,19 +332,9 @@ def draw_figures(points: list[dict[str, Any]], out: Path, title: str) -> dict[st
         pts = [p for p in points if p["method"] == method]
         return ([start] if start else []) + sorted(pts, key=lambda p: p["kl"])
 
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for m in methods:
-        s = series(m)
-        ax.errorbar([p["kl"] for p in s], [p["gold_reward"] for p in s], yerr=[p["gold_reward_se"] for p in s], marker="o", capsize=2, label=m)
-    ax.set_xlabel("KL(policy ‖ start), nats per completion (k1)")
-    ax.set_ylabel("mean gold reward")
-    ax.set_title(f"{title}: gold reward vs KL")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    figures["Gold reward vs KL frontier"] = out / "frontier.png"
-    fig.savefig(figures["Gold reward vs KL frontier"], dpi=110)
-    plt.close(fig)
+    frontier = {m: [(p["kl"], p["gold_reward"], "", p["gold_reward_se"]) for p in series(m)] for m in methods}
+    figures["Gold reward vs KL frontier"] = plot_frontier(frontier, out / "frontier.png", f"{title}: gold reward vs KL",
+                                                          xlabel="KL(policy ‖ start), nats per completion (k1)", size=(6, 4.2))
 
     if any("proxy" in p for p in points):
         fig, axes = plt.subplots(1, 2, figsize=(10, 4), squeeze=False)
@@ -416,25 +348,14 @@ def draw_figures(points: list[dict[str, Any]], out: Path, title: str) -> dict[st
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         fig.suptitle(f"{title}: over-optimisation (proxy vs gold)")
-        fig.tight_layout()
-        figures["Proxy vs gold reward (over-optimisation)"] = out / "overoptimisation.png"
-        fig.savefig(figures["Proxy vs gold reward (over-optimisation)"], dpi=110)
-        plt.close(fig)
+        figures["Proxy vs gold reward (over-optimisation)"] = save_figure(fig, out / "overoptimisation.png")
 
     finals = [p for p in points if p.get("final") and p.get("x") is not None]
     if finals:
-        fig, ax = plt.subplots(figsize=(6, 4.2))
-        for g in dict.fromkeys(p["group"] for p in finals):
-            s = sorted((p for p in finals if p["group"] == g), key=lambda p: p["x"])
-            ax.errorbar([p["x"] for p in s], [p["gold_reward"] for p in s], yerr=[p["gold_reward_se"] for p in s], marker="o", capsize=2, label=g)
-        ax.set_xlabel("x (e.g. label-flip rate)")
-        ax.set_ylabel("mean gold reward (final model)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        figures["Final gold reward vs x"] = out / "by_x.png"
-        fig.savefig(figures["Final gold reward vs x"], dpi=110)
-        plt.close(fig)
+        groups = {g: sorted((p for p in finals if p["group"] == g), key=lambda p: p["x"]) for g in dict.fromkeys(p["group"] for p in finals)}
+        by_x = {g: [(p["x"], p["gold_reward"], "", p["gold_reward_se"]) for p in s] for g, s in groups.items()}
+        figures["Final gold reward vs x"] = plot_frontier(by_x, out / "by_x.png", title=None, xlabel="x (e.g. label-flip rate)",
+                                                          ylabel="mean gold reward (final model)", size=(6, 4.2))
 
     finals = [p for p in points if p.get("final") or p["method"] == "start"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -442,10 +363,7 @@ def draw_figures(points: list[dict[str, Any]], out: Path, title: str) -> dict[st
     ax.bar(range(len(finals)), [p["length"] for p in finals])
     ax.set_xticks(range(len(finals)), labels, fontsize=7)
     ax.set_ylabel("mean completion length (tokens)")
-    fig.tight_layout()
-    figures["Completion length"] = out / "lengths.png"
-    fig.savefig(figures["Completion length"], dpi=110)
-    plt.close(fig)
+    figures["Completion length"] = save_figure(fig, out / "lengths.png")
     return figures
 
 

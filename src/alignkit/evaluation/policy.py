@@ -1,4 +1,9 @@
-"""Evaluating a policy on a task: mean gold reward, KL to a reference, length, samples.
+"""Evaluating a policy on a task's held-out prompts.
+
+:func:`evaluate_policy` gives the mean gold reward, KL to a reference, length and a few samples
+(:class:`PolicyEval`). :class:`ReferenceEvaluator` evaluates many policies against one reference model,
+loaded and sampled once, and adds the comparison metrics of ``alignkit bench`` and ``alignkit eval``: k1 and
+k3 KL, win rate against the reference's own samples, words, diversity, per-attribute gold and a proxy score.
 
 KL(π‖π_ref) is estimated on the policy's own samples (temperature 1) as the mean of the sequence-level
 k1 estimator Σ_t [log π(y_t|·) − log π_ref(y_t|·)], which is unbiased; its standard error is reported.
@@ -6,12 +11,13 @@ k1 estimator Σ_t [log π(y_t|·) − log π_ref(y_t|·)], which is unbiased; it
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ..rollout.generate import generate, sample_logprobs
-from .metrics import kl_estimates, mean_and_se
+from ..models.loading import load_policy_for_inference, load_tokenizer
+from ..rollout.generate import Sample, generate, sample_logprobs
+from .metrics import distinct_n, kl_estimates, mean_and_se, self_bleu, win_rate, win_rate_from_preferences
 
 
 @dataclass
@@ -30,6 +36,46 @@ class PolicyEval:
         return asdict(self)
 
 
+@dataclass
+class ScoredSamples:
+    """A policy's samples with their gold rewards and, when scored against a reference, the KL estimates."""
+
+    samples: list[Sample]
+    gold: list[float]
+    kl: dict[str, float] | None = None  # kl_k1, kl_k1_se, kl_k3, kl_k3_se (metrics.kl_estimates)
+
+    @property
+    def prompts(self) -> list[str]:
+        return [s.prompt for s in self.samples]
+
+    @property
+    def completions(self) -> list[str]:
+        return [s.completion for s in self.samples]
+
+    def length(self) -> float:
+        """Mean completion length in tokens."""
+        return mean_and_se([len(s.completion_ids) for s in self.samples])[0]
+
+    def malformed(self, task) -> float:
+        """Fraction of completions the task cannot parse."""
+        return sum(task.parse(p, c) is None for p, c in zip(self.prompts, self.completions)) / len(self.samples)
+
+    def examples(self, n: int, gold_key: str = "gold_reward") -> list[dict[str, Any]]:
+        """The first ``n`` samples as ``{"prompt", "completion", gold_key}`` rows."""
+        return [{"prompt": s.prompt, "completion": s.completion, gold_key: g} for s, g in list(zip(self.samples, self.gold))[:n]]
+
+
+def sample_and_score(model, tokenizer, task, prompts: list[str], reference=None, n_samples: int = 1, max_new_tokens: int = 48, seed: int = 0) -> ScoredSamples:
+    """``n_samples`` samples per prompt (temperature 1, seeded), scored by the task's gold reward and, given a
+    reference model, by the KL estimates on their sequence log-probs under the policy and the reference."""
+    samples = generate(model, tokenizer, prompts, n=n_samples, max_new_tokens=max_new_tokens, seed=seed)
+    scored = ScoredSamples(samples, task.gold_rewards([s.prompt for s in samples], [s.completion for s in samples]))
+    if reference is not None:
+        pad = tokenizer.pad_token_id
+        scored.kl = kl_estimates(sample_logprobs(model, samples, pad), sample_logprobs(reference, samples, pad))
+    return scored
+
+
 def evaluate_policy(
     name: str,
     model,
@@ -42,23 +88,75 @@ def evaluate_policy(
     seed: int = 0,
     keep_samples: int = 8,
 ) -> PolicyEval:
-    samples = generate(model, tokenizer, prompts, n=n_samples, max_new_tokens=max_new_tokens, seed=seed)
-    rewards = [task.gold_reward(s.prompt, s.completion) for s in samples]
-    kl = kl_se = None
-    if reference is not None:
-        logp = sample_logprobs(model, samples, tokenizer.pad_token_id)
-        ref = sample_logprobs(reference, samples, tokenizer.pad_token_id)
-        estimates = kl_estimates(logp.tolist(), ref.tolist())
-        kl, kl_se = estimates["kl_k1"], estimates["kl_k1_se"]
-    malformed = sum(task.parse(s.prompt, s.completion) is None for s in samples) / len(samples)
+    """Mean gold reward (± s.e.), KL (k1 ± s.e.) to ``reference`` when given, length, malformed fraction and
+    the first ``keep_samples`` samples of ``n_samples`` samples per prompt."""
+    scored = sample_and_score(model, tokenizer, task, prompts, reference, n_samples, max_new_tokens, seed)
+    gold_reward, gold_reward_se = mean_and_se(scored.gold)
+    kl = scored.kl or {}
     return PolicyEval(
         name=name,
-        gold_reward=mean_and_se(rewards)[0],
-        gold_reward_se=mean_and_se(rewards)[1],
-        kl=kl,
-        kl_se=kl_se,
-        length=statistics.fmean(len(s.completion_ids) for s in samples),
-        malformed=malformed,
-        n=len(samples),
-        samples=[{"prompt": s.prompt, "completion": s.completion, "gold_reward": r} for s, r in list(zip(samples, rewards))[:keep_samples]],
+        gold_reward=gold_reward,
+        gold_reward_se=gold_reward_se,
+        kl=kl.get("kl_k1"),
+        kl_se=kl.get("kl_k1_se"),
+        length=scored.length(),
+        malformed=scored.malformed(task),
+        n=len(scored.samples),
+        samples=scored.examples(keep_samples),
     )
+
+
+class ReferenceEvaluator:
+    """Evaluates policies against one reference model on fixed prompts. The reference is loaded once and its
+    own samples (seed + 1000) are drawn once, for the win rate; ``proxy`` (a reward source) adds its mean score."""
+
+    def __init__(self, task, tokenizer, reference, prompts: list[str], n_samples: int = 2, max_new_tokens: int = 40, seed: int = 1, proxy=None):
+        self.task, self.tokenizer, self.reference, self.prompts, self.proxy = task, tokenizer, reference, prompts, proxy
+        self.n_samples, self.max_new_tokens, self.seed = n_samples, max_new_tokens, seed
+        self.reference_samples = sample_and_score(reference, tokenizer, task, prompts, None, n_samples, max_new_tokens, seed + 1000)
+
+    @classmethod
+    def from_dir(cls, task, reference_dir: str | Path, n_prompts: int = 128, **options) -> ReferenceEvaluator:
+        """Loads the reference (and tokenizer) from ``reference_dir``; the prompts are the task's first
+        ``n_prompts`` test prompts; ``options`` as for the constructor."""
+        return cls(task, load_tokenizer(reference_dir), load_policy_for_inference(reference_dir), task.prompts(n_prompts, "test"), **options)
+
+    def evaluate(self, model_or_dir, name: str = "") -> dict[str, Any]:
+        """One evaluation point: gold reward (± s.e.), KL (k1, k3), win rate, length, words, malformed fraction,
+        distinct-2, self-BLEU, ``gold/<part>`` for tasks that split their gold reward, proxy and six samples."""
+        model = load_policy_for_inference(model_or_dir) if isinstance(model_or_dir, (str, Path)) else model_or_dir
+        scored = sample_and_score(model, self.tokenizer, self.task, self.prompts, self.reference, self.n_samples, self.max_new_tokens, self.seed)
+        point: dict[str, Any] = {"name": name}
+        point["gold_reward"], point["gold_reward_se"] = mean_and_se(scored.gold)
+        point.update(scored.kl)
+        point["kl"] = point["kl_k1"]
+        point["win_rate"] = self.win_rate(scored)
+        point["length"] = scored.length()
+        point["words"] = mean_and_se([len(c.split()) for c in scored.completions])[0]
+        point["malformed"] = scored.malformed(self.task)
+        point["distinct_2"] = distinct_n(scored.completions, 2)
+        point["self_bleu"] = self_bleu(scored.completions, max_texts=100)
+        point.update(self.gold_parts(scored))
+        if self.proxy is not None:
+            point["proxy"] = float(self.proxy.score(scored.prompts, scored.completions).float().mean())
+        point["samples"] = scored.examples(6, gold_key="gold")
+        return point
+
+    def win_rate(self, scored: ScoredSamples) -> float:
+        """How often the policy's sample beats the reference's sample for the same prompt: by the task's
+        preference oracle when it has one, else by gold reward."""
+        if hasattr(self.task, "preference"):
+            ref = self.reference_samples.completions
+            return win_rate_from_preferences([self.task.preference(p, a, b) for p, a, b in zip(scored.prompts, scored.completions, ref)])
+        return win_rate(scored.gold, self.reference_samples.gold)
+
+    def gold_parts(self, scored: ScoredSamples) -> dict[str, float]:
+        """``gold/<part>``: the mean gold reward of each attribute or group, for tasks whose gold reward has parts."""
+        out: dict[str, float] = {}
+        for option in ("per_attribute", "per_group"):
+            try:
+                parts = self.task.gold_rewards(scored.prompts, scored.completions, **{option: True})
+            except TypeError:
+                continue
+            out.update({f"gold/{key}": mean_and_se(values)[0] for key, values in parts.items()})
+        return out

@@ -31,26 +31,40 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], keys: list[str], path: Pa
         if len(runs) > 1:
             ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
-def plot_frontier(series: dict[str, list[tuple[float, float, str]]], path: Path, title: str = "gold reward vs KL") -> Path:
-    """Gold reward (y) against KL to the reference (x); each series is a list of (kl, reward, label)."""
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+def plot_frontier(
+    series: dict[str, list[tuple]],
+    path: Path,
+    title: str | None = "gold reward vs KL",
+    xlabel: str = "KL(policy ‖ reference), nats per completion",
+    ylabel: str = "mean gold reward",
+    size: tuple[float, float] = (5.5, 4),
+) -> Path:
+    """Gold reward (y) against KL to the reference, or another ``xlabel`` (x). Each series is a list of
+    (x, reward, label) points, or (x, reward, label, reward s.e.) for error bars; labels are annotated."""
+    fig, ax = plt.subplots(figsize=size)
     for name, points in series.items():
-        xs, ys, labels = zip(*points)
-        ax.plot(xs, ys, marker="o", label=name)
-        for x, y, label in points:
+        xs, ys, _, *errors = zip(*points)
+        if errors:
+            ax.errorbar(xs, ys, yerr=errors[0], marker="o", capsize=2, label=name)
+        else:
+            ax.plot(xs, ys, marker="o", label=name)
+        for x, y, label, *_ in points:
             if label:
                 ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xlabel("KL(policy ‖ reference), nats per completion")
-    ax.set_ylabel("mean gold reward")
-    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lays out, saves (PNG, 110 dpi) and closes ``fig``."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
