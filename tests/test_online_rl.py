@@ -14,18 +14,6 @@ def rows(folder):
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def arithmetic_sft(tmp_path_factory):
-    """A weak SFT model: trained on arithmetic answers of which 30% are off by one or two."""
-    out = tmp_path_factory.mktemp("arith") / "sft"
-    recipe = load_recipe({"algorithm": "sft"}, [
-        f"train.output_dir={out}", "task.name=arithmetic", "task.level=0", "task.n_train=4096", "task.n_eval=0",
-        "train.lr=3e-3", "train.epochs=5", "train.batch_size=32", "train.progress=false", "model.tiny.hidden_size=64",
-        "data.max_length=32",
-    ])
-    return train(recipe)
-
-
 def rl_recipe(out, model, estimator, extra=()):
     return load_recipe({"algorithm": "rl"}, [
         f"train.output_dir={out}", f"model.path={model}", "task.name=arithmetic", "task.level=0", "task.n_train=512",

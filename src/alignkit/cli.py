@@ -71,6 +71,7 @@ def generate(
     top_p: float = typer.Option(1.0),
     greedy: bool = typer.Option(False, help="Greedy decoding instead of sampling."),
     seed: int = typer.Option(0),
+    backend: str = typer.Option("auto", help="alignkit (KV-cache engine), hf (model.generate), vllm, or auto (vllm on a CUDA GPU when installed, else alignkit)."),
     out: Optional[Path] = typer.Option(None, help="Write samples as JSON Lines here instead of printing."),
 ) -> None:
     """Sample completions from a model."""
@@ -87,7 +88,8 @@ def generate(
             _fail("give --prompt TEXT or --prompts FILE")
         policy = load_policy_for_inference(model)
         tokenizer = load_tokenizer(model)
-        samples = sample(policy, tokenizer, texts, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy, seed=seed)
+        samples = sample(policy, tokenizer, texts, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy, seed=seed,
+                         backend=backend)
     except _user_errors() as e:
         _fail(str(e))
     rows = [{"prompt": s.prompt, "completion": s.completion, "finished": s.finished} for s in samples]

