@@ -29,3 +29,9 @@ class PeakRSS:
         self._stop = True
         self.thread.join()
         self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+def review_context(task, n_reviews: int, rng) -> str:
+    """``n_reviews`` complete reviews of the sentiment task, to put before a prompt (longer prompts)."""
+    reviews = [other + task.sample_completion(other, rng) for other in task.prompts(n_reviews, f"ctx-{rng.random()}")]
+    return " ".join(reviews)

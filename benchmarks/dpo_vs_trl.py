@@ -53,10 +53,7 @@ def make_pairs(n: int, context_reviews: int, seed: int = 0) -> list[dict]:
     rng = random.Random(f"bench-{seed}")
     prompts, a, b = [], [], []
     for prompt in task.prompts(n, "train"):
-        context = []
-        for other in task.prompts(context_reviews, f"ctx-{rng.random()}"):
-            context.append(other + task.sample_completion(other, rng))
-        prompts.append(" ".join(context) + " " + prompt)
+        prompts.append(review_context(task, context_reviews, rng) + " " + prompt)
         a.append(task.sample_completion(prompt, rng))
         while True:
             b_ = task.sample_completion(prompt, rng)
@@ -81,7 +78,7 @@ def matmul_flops(size: int = 1024, seconds: float = 2.0) -> float:
     return 2 * size**3 * n / (time.perf_counter() - start)
 
 
-from _common import PeakRSS  # noqa: E402  (benchmarks/ is the script folder)
+from _common import PeakRSS, review_context  # noqa: E402  (benchmarks/ is the script folder)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
     HF_HUB_OFFLINE=1 python benchmarks/grpo_vs_trl.py             # defaults below, a few minutes on 2 cores
     HF_HUB_OFFLINE=1 python benchmarks/grpo_vs_trl.py --steps 4   # quicker
+    HF_HUB_OFFLINE=1 python benchmarks/grpo_vs_trl.py --context-reviews 4   # ~70-token prompts instead of ~5
 
 The parent process builds a tiny Llama on the sentiment task's text (build_tiny; hidden 256, 4 layers by
 default) and gives it a short SFT with alignkit on the task's base distribution (so that completions end
@@ -14,7 +15,8 @@ each has the cores to itself and its own peak RSS), alternating sides over ``--r
 * TRL: ``GRPOTrainer`` with ``use_vllm=False``, fp32 (``bf16=False``), ``gradient_checkpointing=False``.
   The time is ``trainer.train()`` only (model loading and dataset preparation happen before it).
 
-Shared settings: the task's train prompts, ``--prompts`` prompts per step × ``--group`` samples each
+Shared settings: the task's train prompts (bare, about 5 tokens; with ``--context-reviews K`` each is
+preceded by K complete reviews, about 70 tokens for K = 4, like the DPO benchmark's prompts), ``--prompts`` prompts per step × ``--group`` samples each
 (TRL: ``per_device_train_batch_size = prompts × group``, ``num_generations = group``, one generation per
 optimizer step), ``max_new_tokens = max_completion_length``, temperature 1, top-p 1, top-k off, beta 0 (no
 reference model on either side), GRPO advantages with the group std, PPO-clip 0.2 with one update per
@@ -24,7 +26,11 @@ schedule without warmup, grad-norm clipping 1.0. The reward is the task's gold r
 alignkit splits each update into length-bucketed micro-batches (``train.micro_batch_tokens``,
 ``--micro-batch-tokens``): the gradient is the same as one padded batch (tested), with less padding work.
 
-Reported per side: seconds per step (timed seconds / steps), the time inside generation (alignkit: the
+Reported per side: seconds per step measured three ways — the whole timed call / steps; the *step loop*
+(from the first rollout's start to the end, / steps: the same eight steps of work on both sides, set-up
+excluded on both); and the *steady* step (median time between consecutive rollouts, no first-step
+warm-up) — each with the per-round ratios (the two sides alternate, so a round shares the machine's
+state); the time inside generation (alignkit: the
 ``generate`` call of the rollout; TRL: ``_generate_single_turn``, its ``model.generate`` call) and inside
 the whole rollout (generation + reward + advantages, and for alignkit the old-log-prob pass; TRL:
 ``_generate_and_score_completions``), both measured by wrapping those functions in the subprocess, the
@@ -49,17 +55,39 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-from _common import PeakRSS  # noqa: E402  (benchmarks/ is the script folder)
+from _common import PeakRSS, review_context  # noqa: E402  (benchmarks/ is the script folder)
+
+
+def bench_prompts(args) -> list[str]:
+    """The run's prompts in data order: the task's train prompts, each after ``--context-reviews``
+    complete reviews (0: the bare prompts, about 5 tokens)."""
+    import random
+
+    from alignkit.tasks.sentiment import SentimentTask
+
+    task = SentimentTask(seed=0)
+    prompts = task.prompts(args.steps * args.prompts, "train")
+    if not args.context_reviews:
+        return prompts
+    rng = random.Random("bench-grpo-0")
+    return [review_context(task, args.context_reviews, rng) + " " + p for p in prompts]
+
+
+def prompts_file(work: Path, args) -> Path:
+    path = work / f"prompts-{args.steps * args.prompts}-{args.context_reviews}.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in bench_prompts(args)))
+    return path
 
 
 class Timed:
-    """Wraps a callable and adds up the seconds spent in it."""
+    """Wraps a callable, adds up the seconds spent in it and keeps the start time of every call."""
 
     def __init__(self, fn):
-        self.fn, self.seconds, self.calls = fn, 0.0, 0
+        self.fn, self.seconds, self.calls, self.starts = fn, 0.0, 0, []
 
     def __call__(self, *args, **kwargs):
         start = time.perf_counter()
+        self.starts.append(start)
         try:
             return self.fn(*args, **kwargs)
         finally:
@@ -70,6 +98,13 @@ class Timed:
 # --------------------------------------------------------------------------------------------------
 # the two sides (each in its own subprocess)
 # --------------------------------------------------------------------------------------------------
+def steady_step(starts: list[float]) -> float:
+    """Median seconds between consecutive rollouts (one whole step: rollout + update), which leaves out
+    the set-up before the first step and the first step's warm-up on either side."""
+    gaps = sorted(b - a for a, b in zip(starts, starts[1:]))
+    return gaps[len(gaps) // 2] if gaps else float("nan")
+
+
 def run_alignkit(work: Path, args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -84,6 +119,7 @@ def run_alignkit(work: Path, args) -> dict:
             "algorithm": "rl",
             "model": {"path": str(work / "policy"), "dtype": "float32"},
             "task": {"name": "sentiment", "n_train": args.steps * args.prompts, "n_eval": 0},
+            "data": {"train": str(prompts_file(work, args)), "kind": "prompt"} if args.context_reviews else {},
             "rl": {
                 "estimator": "grpo", "policy_loss": "ppo_clip", "aggregation": "token_mean", "reward": "gold",
                 "group_size": args.group, "max_new_tokens": args.max_new_tokens, "temperature": 1.0, "top_p": 1.0,
@@ -111,10 +147,13 @@ def run_alignkit(work: Path, args) -> dict:
     with PeakRSS() as mem:
         start = time.perf_counter()
         train(recipe)
-        seconds = time.perf_counter() - start
+        end = time.perf_counter()
+        seconds = end - start
     records = [r for r in read_metrics(work / "alignkit-run") if "loss" in r]
     return {
         "seconds": seconds, "generate_seconds": gen.seconds, "rollout_seconds": rollout.seconds, "steps": len(records),
+        "steady_step": steady_step(rollout.starts),
+        "loop_seconds": end - rollout.starts[0],
         "completion_length": sum(r["completion_length"] for r in records) / len(records),
         "reward": sum(r["reward"] for r in records) / len(records),
         "rss_base": mem.base, "rss_peak_timed": mem.peak,
@@ -131,7 +170,7 @@ def run_trl(work: Path, args) -> dict:
 
     task = SentimentTask(seed=0)
     # alignkit's prompts for seed 0 in alignkit's order (engine.trainer.Trainer.step_indices), read sequentially
-    prompts = task.prompts(args.steps * args.prompts, "train")
+    prompts = bench_prompts(args)
     perm = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(0)).tolist()
     dataset = Dataset.from_list([{"prompt": prompts[i]} for i in perm])
 
@@ -158,11 +197,14 @@ def run_trl(work: Path, args) -> dict:
     with PeakRSS() as mem:
         start = time.perf_counter()
         trainer.train()
-        seconds = time.perf_counter() - start
+        end = time.perf_counter()
+        seconds = end - start
     logs = [r for r in trainer.state.log_history if "loss" in r]
     length = [r[k] for r in logs for k in ("completions/mean_length",) if k in r]
     return {
         "seconds": seconds, "generate_seconds": gen.seconds, "rollout_seconds": rollout.seconds, "steps": len(logs),
+        "steady_step": steady_step(rollout.starts),
+        "loop_seconds": end - rollout.starts[0],
         "completion_length": sum(length) / len(length) if length else float("nan"),
         "reward": sum(r["reward"] for r in logs) / len(logs),
         "rss_base": mem.base, "rss_peak_timed": mem.peak,
@@ -220,13 +262,12 @@ def generation_only(work: Path, args) -> dict[str, float]:
 
     from alignkit.models.loading import load_tokenizer
     from alignkit.rollout import generate
-    from alignkit.tasks.sentiment import SentimentTask
 
     if args.threads:
         torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer(work / "policy")
     model = AutoModelForCausalLM.from_pretrained(str(work / "policy"), dtype=torch.float32)
-    prompts = SentimentTask(seed=0).prompts(args.prompts, "train")
+    prompts = bench_prompts(args)[: args.prompts]
     out = {}
     for backend in ("hf", "alignkit"):
         generate(model, tokenizer, prompts[:1], n=2, max_new_tokens=4, backend=backend)
@@ -249,6 +290,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--sft-steps", type=int, default=60, help="0: random weights (completions never stop early)")
+    p.add_argument("--context-reviews", type=int, default=0, help="complete reviews before each prompt (0: bare ~5-token prompts; 4: ~70 tokens)")
     p.add_argument("--micro-batch-tokens", type=int, default=1024, help="alignkit's length-bucketed micro-batches (0: one micro-batch); the update is the same either way")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads in each side (0: torch's default)")
     p.add_argument("--repeats", type=int, default=2, help="runs per side, alternating; the fastest counts")
@@ -276,15 +318,19 @@ def main() -> None:
           f"{gen['hf'] / gen['alignkit']:.2f}x")
 
     forwarded = ["--work", str(work)]
-    for name in ("steps", "prompts", "group", "max_new_tokens", "lr", "threads"):
+    for name in ("steps", "prompts", "group", "max_new_tokens", "lr", "threads", "context_reviews"):
         forwarded += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     results: dict[str, dict] = {}
     runs: dict[str, list[float]] = {"trl": [], "alignkit": []}
+    steady: dict[str, list[float]] = {"trl": [], "alignkit": []}
+    loop: dict[str, list[float]] = {"trl": [], "alignkit": []}
     for _ in range(args.repeats):
         for side in ("trl", "alignkit"):
             subprocess.run([sys.executable, __file__, "--side", side, *forwarded], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             r = json.loads((work / f"result-{side}.json").read_text())
             runs[side].append(r["seconds"] / args.steps)
+            steady[side].append(r["steady_step"])
+            loop[side].append(r["loop_seconds"] / args.steps)
             if side not in results or r["seconds"] < results[side]["seconds"]:
                 results[side] = r
     a, t = results["alignkit"], results["trl"]
@@ -294,9 +340,13 @@ def main() -> None:
     share = lambda r, k: f"{r[k] / r['seconds']:.0%}"  # noqa: E731
     print()
     print(f"{'':34}{'alignkit':>16}{'TRL':>16}")
-    print(f"{'s/step (each run)':34}{' '.join(f'{x:.2f}' for x in runs['alignkit']):>16}{' '.join(f'{x:.2f}' for x in runs['trl']):>16}")
+    print(f"{'s/step (each run)':34}{' '.join(f'{x:.2f}' for x in runs['alignkit']):>26}{' '.join(f'{x:.2f}' for x in runs['trl']):>26}")
     print(f"{'s/step (fastest run)':34}{a['s_per_step']:>16.3f}{t['s_per_step']:>16.3f}")
     print(f"{'steps/s':34}{1 / a['s_per_step']:>16.3f}{1 / t['s_per_step']:>16.3f}")
+    print(f"{'loop s/step (each run)':34}{' '.join(f'{x:.2f}' for x in loop['alignkit']):>26}{' '.join(f'{x:.2f}' for x in loop['trl']):>26}")
+    print(f"{'loop s/step (best run)':34}{min(loop['alignkit']):>16.3f}{min(loop['trl']):>16.3f}")
+    print(f"{'steady s/step (each run)':34}{' '.join(f'{x:.2f}' for x in steady['alignkit']):>26}{' '.join(f'{x:.2f}' for x in steady['trl']):>26}")
+    print(f"{'steady s/step (best run)':34}{min(steady['alignkit']):>16.3f}{min(steady['trl']):>16.3f}")
     print(f"{'generation share of the time':34}{share(a, 'generate_seconds'):>16}{share(t, 'generate_seconds'):>16}")
     print(f"{'rollout share (gen+reward+...)':34}{share(a, 'rollout_seconds'):>16}{share(t, 'rollout_seconds'):>16}")
     print(f"{'generation s/step':34}{a['generate_seconds'] / args.steps:>16.3f}{t['generate_seconds'] / args.steps:>16.3f}")
@@ -305,8 +355,17 @@ def main() -> None:
     print(f"{'peak RSS growth while timed':34}{mib(a['rss_peak_timed'] - a['rss_base']):>16}{mib(t['rss_peak_timed'] - t['rss_base']):>16}")
     print(f"{'mean completion length':34}{a['completion_length']:>16.1f}{t['completion_length']:>16.1f}")
     print(f"{'mean reward':34}{a['reward']:>16.3f}{t['reward']:>16.3f}")
-    print(f"\nspeed-up alignkit / TRL: {t['s_per_step'] / a['s_per_step']:.2f}x steps/s")
-    (work / "summary.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "n_params": n_params, "generation_only": gen, "runs": runs, "results": results}, indent=1))
+    rounds = [tr / al for al, tr in zip(runs["alignkit"], runs["trl"])]
+    steady_rounds = [tr / al for al, tr in zip(steady["alignkit"], steady["trl"])]
+    loop_rounds = [tr / al for al, tr in zip(loop["alignkit"], loop["trl"])]
+    print(f"\nspeed-up alignkit / TRL, whole timed call: {t['s_per_step'] / a['s_per_step']:.2f}x steps/s (fastest vs fastest); "
+          f"per round {' '.join(f'{x:.2f}x' for x in rounds)}")
+    print(f"speed-up alignkit / TRL, step loop:        {min(loop['trl']) / min(loop['alignkit']):.2f}x steps/s (best vs best); "
+          f"per round {' '.join(f'{x:.2f}x' for x in loop_rounds)}, median {sorted(loop_rounds)[len(loop_rounds) // 2]:.2f}x")
+    print(f"speed-up alignkit / TRL, steady state:     {min(steady['trl']) / min(steady['alignkit']):.2f}x steps/s (best vs best); "
+          f"per round {' '.join(f'{x:.2f}x' for x in steady_rounds)}")
+    (work / "summary.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "n_params": n_params, "generation_only": gen,
+                                                   "runs": runs, "loop": loop, "steady": steady, "results": results}, indent=1))
 
 
 if __name__ == "__main__":

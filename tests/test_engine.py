@@ -213,3 +213,33 @@ def test_missing_tracker_is_a_clear_error(tmp_path, tiny_dir, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_wandb)
     with pytest.raises(ImportError, match="train.report_to includes 'wandb' but it is not installed"):
         train(recipe(tmp_path, tiny_dir, "sft", "wb", ["train.report_to=[wandb]", "train.max_steps=1"]))
+
+
+def test_weights_version_sees_fused_optimizer_steps():
+    """A fused AdamW step does not bump parameter version counters; the trainer's update mark does."""
+    from alignkit.models.weights import mark_updated, weights_version
+
+    model = torch.nn.Linear(3, 2)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer = torch.optim.AdamW(model.parameters(), fused=True)
+    optimizer.step()  # the first step initialises the state
+    before = weights_version(model)
+    optimizer.step()
+    assert weights_version(model) == before  # what the version counters alone would miss
+    mark_updated(model)
+    assert weights_version(model) != before
+    with torch.no_grad():
+        model.weight.mul_(2.0)  # any in-place edit is seen too
+    assert weights_version(model)[0] != before[0]
+
+
+def test_trainer_marks_every_optimizer_step(tmp_path, tiny_dir):
+    from alignkit.algorithms import build_algorithm
+    from alignkit.engine.trainer import Trainer
+
+    recipe = load_recipe({"algorithm": "sft"}, [f"model.path={tiny_dir}", f"train.output_dir={tmp_path}", "train.max_steps=3",
+                                                "train.batch_size=4", "task.n_train=16", "task.n_eval=0", "train.progress=false"])
+    trainer = Trainer(recipe, build_algorithm(recipe))
+    trainer.train()
+    assert getattr(trainer.model, "module", trainer.model)._alignkit_updates == 3

@@ -44,9 +44,12 @@ def test_copg_fits_off_policy_samples(tmp_path, arithmetic_sft):
     (Held-out accuracy is not asserted: learning only from another policy's samples, the policy can move
     mass to sequences it never sees; at this scale accuracy first rose, then collapsed, after ~40 steps.)
     """
-    train(rl_recipe(tmp_path / "copg", arithmetic_sft, "copg", ["rl.beta=0.1", "rl.behavior=reference", "train.max_steps=30", "train.eval_every=null", "train.log_every=1"]))
-    losses = [r["policy/copg_loss"] for r in rows(tmp_path / "copg")]
-    assert sum(losses[-5:]) / 5 < 0.75 * sum(losses[:5]) / 5
+    for seed in (0, 1):  # each step's loss is on fresh samples, so it is noisy: compare 10-step means, two seeds
+        out = tmp_path / f"copg-{seed}"
+        train(rl_recipe(out, arithmetic_sft, "copg", ["rl.beta=0.1", "rl.behavior=reference", "train.max_steps=40", "train.eval_every=null",
+                                                      "train.log_every=1", f"train.seed={seed}"]))
+        losses = [r["policy/copg_loss"] for r in rows(out)]
+        assert sum(losses[-10:]) / 10 < 0.85 * sum(losses[:10]) / 10, (seed, losses)
 
 
 @pytest.mark.slow

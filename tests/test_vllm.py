@@ -180,6 +180,14 @@ def test_grpo_with_vllm_rollouts_raises_heldout_accuracy(tmp_path):
     assert end >= start + 0.1, (start, end)
 
 
+def test_unsupported_cpu_head_size_is_a_clear_error(tiny_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32)  # hidden 32 / 2 heads: head size 16
+    with pytest.raises(ValueError, match="head sizes .* this model's is 16"):
+        generate(model, tokenizer, PROMPTS, max_new_tokens=4, backend="vllm", vllm_options=OPTIONS)
+
+
 def test_cli_generate_with_the_vllm_backend(policy_dir, tmp_path):
     def run(backend):
         path = tmp_path / f"{backend}.jsonl"

@@ -67,7 +67,9 @@ def run_demo(out_dir: str | Path = "runs/demo", n_pairs_prompts: int = 2048, n_e
     sft_model = load_policy_for_inference(sft_dir)
     prompts = task.prompts(n_pairs_prompts, "train")
     samples = generate(sft_model, tokenizer, prompts, n=2, max_new_tokens=48, seed=seed, progress=progress and not quiet)
-    pairs = task.label_pairs([s.prompt for s in samples[0::2]], [s.completion for s in samples[0::2]], [s.completion for s in samples[1::2]], seed=seed)
+    # a sample that is only the stop token decodes to "", which pair data does not allow: such pairs are left out
+    both = [(a, b) for a, b in zip(samples[0::2], samples[1::2]) if a.completion.strip() and b.completion.strip()]
+    pairs = task.label_pairs([a.prompt for a, _ in both], [a.completion for a, _ in both], [b.completion for _, b in both], seed=seed)
     pairs_path = write_jsonl(out / "pairs.jsonl", pairs)
 
     _say(f"3/4 DPO on {len(pairs)} pairs", quiet)

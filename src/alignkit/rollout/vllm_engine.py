@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..config import VLLMConfig
+from ..models.weights import weights_version
 
 
 def vllm_available() -> bool:
@@ -81,13 +82,6 @@ def policy_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         yield key, (tensor + deltas[key].to(tensor.dtype)) if key in deltas else tensor
 
 
-def weights_version(model: nn.Module) -> tuple[int, int]:
-    """Changes whenever a parameter is modified in place (optimizer steps, ``load_state_dict``): the sum
-    of the parameters' autograd version counters, and their count."""
-    params = list(_inner(model).parameters())
-    return sum(p._version for p in params), len(params)
-
-
 class _PreservedRNG:
     """Saves and restores the torch (CPU and CUDA), numpy and ``random`` RNG states."""
 
@@ -121,6 +115,21 @@ def _model_config(model: nn.Module):
     return inner.config
 
 
+def _check_cpu_head_size(config) -> None:
+    """vLLM's CPU attention kernels exist for some head sizes only; say so before vLLM fails mid-generation."""
+    try:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        supported = CPUAttentionBackend.get_supported_head_sizes()
+    except (ImportError, AttributeError):  # another vLLM layout: let vLLM decide
+        return
+    head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if head not in supported:
+        raise ValueError(f"vLLM's CPU attention supports head sizes {supported}; this model's is {head} "
+                         f"(hidden {config.hidden_size} / {config.num_attention_heads} heads). Use generation backend "
+                         "'alignkit', or a model with a supported head size (e.g. model.tiny.num_heads=2 for the tiny model)")
+
+
 class VLLMEngine:
     """One vLLM ``LLM`` mirroring a policy; :meth:`generate` syncs the weights first when they changed."""
 
@@ -133,6 +142,8 @@ class VLLMEngine:
         config = _model_config(model)
         param = next(_inner(model).parameters())
         self.device = param.device
+        if self.device.type == "cpu":
+            _check_cpu_head_size(config)
         self._folder = tempfile.TemporaryDirectory(prefix="alignkit-vllm-")
         config.save_pretrained(self._folder.name)
         self._fix_config(self._folder.name)
@@ -149,7 +160,7 @@ class VLLMEngine:
             kwargs["gpu_memory_utilization"] = self.options.gpu_memory_utilization
         with _PreservedRNG():
             self.llm = LLM(**kwargs)
-        self.synced: tuple[int, int] | None = None
+        self.synced: tuple[int, int, int] | None = None
         self.syncs = 0
         self.sync(model)
 
