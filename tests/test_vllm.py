@@ -22,6 +22,15 @@ from alignkit.rollout.vllm_engine import engine_for, policy_weights
 
 pytestmark = pytest.mark.vllm
 
+@pytest.fixture(autouse=True)
+def release_engines():
+    """Engines die with their models; collect them after each test so their KV caches are freed."""
+    yield
+    import gc
+
+    gc.collect()
+
+
 PROMPTS = ["review of the soup :", "review of the phone : the screen was", "the", "review of the film : the plot was good and"]
 OPTIONS = VLLMConfig(kv_cache_gb=0.25)
 
@@ -192,7 +201,7 @@ def test_cli_generate_with_the_vllm_backend(policy_dir, tmp_path):
     def run(backend):
         path = tmp_path / f"{backend}.jsonl"
         done = subprocess.run([sys.executable, "-m", "alignkit.cli", "generate", str(policy_dir), "-p", PROMPTS[0], "-p", PROMPTS[1],
-                        "--greedy", "--max-new-tokens", "12", "--backend", backend, "--out", str(path)], capture_output=True, text=True)
+                               "--greedy", "--max-new-tokens", "12", "--backend", backend, "--out", str(path)], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-2000:]
         return [json.loads(line) for line in path.read_text().splitlines()]
 

@@ -106,7 +106,7 @@ class VLLMConfig(Section):
     """The vLLM engine (``rl.vllm``), used when ``rl.generation_backend`` resolves to ``vllm``."""
 
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="share of the GPU vLLM may take (weights + KV cache); training shares the GPU")
-    kv_cache_gb: float | None = Field(None, gt=0, description="KV-cache size in GiB; overrides gpu_memory_utilization (set it on CPU)")
+    kv_cache_gb: float | None = Field(None, gt=0, description="KV-cache size in GiB; overrides gpu_memory_utilization; on CPU the default is 1 GiB (or VLLM_CPU_KVCACHE_SPACE)")
     max_model_len: int | None = Field(None, gt=0, description="longest prompt + completion; default: the model's max_position_embeddings")
     enforce_eager: bool = Field(True, description="no CUDA graphs / compilation: fast start")
     enable_prefix_caching: bool = Field(True, description="a group's samples share their prompt's KV blocks")

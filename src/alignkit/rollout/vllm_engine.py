@@ -39,6 +39,9 @@ from ..config import VLLMConfig
 from ..models.weights import weights_version
 
 
+CPU_KV_CACHE_GB = 1.0  # the KV cache on CPU when neither rl.vllm.kv_cache_gb nor VLLM_CPU_KVCACHE_SPACE says otherwise
+
+
 def vllm_available() -> bool:
     import importlib.util
 
@@ -125,9 +128,11 @@ def _check_cpu_head_size(config) -> None:
         return
     head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     if head not in supported:
+        fits = [h for h in range(1, config.num_attention_heads + 1) if config.hidden_size % h == 0 and config.hidden_size // h in supported]
+        hint = f" (for a tiny model of this width: model.tiny.num_heads={max(fits)})" if fits else ""
         raise ValueError(f"vLLM's CPU attention supports head sizes {supported}; this model's is {head} "
                          f"(hidden {config.hidden_size} / {config.num_attention_heads} heads). Use generation backend "
-                         "'alignkit', or a model with a supported head size (e.g. model.tiny.num_heads=2 for the tiny model)")
+                         f"'alignkit', or a model with a supported head size{hint}")
 
 
 class VLLMEngine:
@@ -158,6 +163,9 @@ class VLLMEngine:
             kwargs["kv_cache_memory_bytes"] = int(self.options.kv_cache_gb * 2**30)
         elif self.device.type == "cuda":
             kwargs["gpu_memory_utilization"] = self.options.gpu_memory_utilization
+        elif not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            # vLLM-CPU would otherwise size its KV cache as a share of all RAM (90% by default)
+            kwargs["kv_cache_memory_bytes"] = int(CPU_KV_CACHE_GB * 2**30)
         with _PreservedRNG():
             self.llm = LLM(**kwargs)
         self.synced: tuple[int, int, int] | None = None
