@@ -46,7 +46,7 @@ test-vllm: install-vllm
 	$(VLLM_BIN)/python -m pytest -q -m vllm tests/test_vllm.py
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow and not distributed"
+	$(BIN)/python -m pytest -q -m "not slow and not distributed and not vllm"
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) runs build *.egg-info src/*.egg-info
