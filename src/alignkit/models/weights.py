@@ -11,18 +11,19 @@ from __future__ import annotations
 from torch import nn
 
 
-def _inner(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)  # DDP
+def unwrap_ddp(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (the model itself otherwise)."""
+    return getattr(model, "module", model)
 
 
 def mark_updated(model: nn.Module) -> None:
     """Record that ``model``'s weights were just changed by an optimizer step."""
-    inner = _inner(model)
+    inner = unwrap_ddp(model)
     inner._alignkit_updates = getattr(inner, "_alignkit_updates", 0) + 1
 
 
 def weights_version(model: nn.Module) -> tuple[int, int, int]:
     """A value that changes whenever ``model``'s weights change (see the module docstring)."""
-    inner = _inner(model)
+    inner = unwrap_ddp(model)
     params = list(inner.parameters())
     return sum(p._version for p in params), len(params), getattr(inner, "_alignkit_updates", 0)

