@@ -125,6 +125,7 @@ def run_alignkit(work: Path, args) -> dict:
                 "group_size": args.group, "max_new_tokens": args.max_new_tokens, "temperature": 1.0, "top_p": 1.0,
                 "generation_batch_size": args.prompts * args.group, "beta": 0.0, "std": "group",
                 "clip_low": 0.2, "clip_high": 0.2, "epochs": 1, "mini_batches": 1,
+                "skip_zero_advantage": not args.no_skip_zero_advantage,
             },
             "train": {
                 "output_dir": str(work / "alignkit-run"), "seed": 0, "max_steps": args.steps, "batch_size": args.prompts,
@@ -156,6 +157,7 @@ def run_alignkit(work: Path, args) -> dict:
         "loop_seconds": end - rollout.starts[0],
         "completion_length": sum(r["completion_length"] for r in records) / len(records),
         "reward": sum(r["reward"] for r in records) / len(records),
+        "zero_advantage_skipped": sum(r.get("zero_advantage_skipped", 0.0) for r in records) / len(records),
         "rss_base": mem.base, "rss_peak_timed": mem.peak,
     }
 
@@ -292,6 +294,8 @@ def main() -> None:
     p.add_argument("--sft-steps", type=int, default=60, help="0: random weights (completions never stop early)")
     p.add_argument("--context-reviews", type=int, default=0, help="complete reviews before each prompt (0: bare ~5-token prompts; 4: ~70 tokens)")
     p.add_argument("--micro-batch-tokens", type=int, default=1024, help="alignkit's length-bucketed micro-batches (0: one micro-batch); the update is the same either way")
+    p.add_argument("--no-skip-zero-advantage", action="store_true",
+                   help="alignkit trains on zero-advantage samples too (rl.skip_zero_advantage=false): the same update, TRL's amount of work")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads in each side (0: torch's default)")
     p.add_argument("--repeats", type=int, default=2, help="runs per side, alternating; the fastest counts")
     p.add_argument("--work", type=Path, default=Path("runs/bench-grpo-vs-trl"))
@@ -318,8 +322,10 @@ def main() -> None:
           f"{gen['hf'] / gen['alignkit']:.2f}x")
 
     forwarded = ["--work", str(work)]
-    for name in ("steps", "prompts", "group", "max_new_tokens", "lr", "threads", "context_reviews"):
+    for name in ("steps", "prompts", "group", "max_new_tokens", "lr", "threads", "context_reviews", "micro_batch_tokens"):
         forwarded += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    if args.no_skip_zero_advantage:
+        forwarded.append("--no-skip-zero-advantage")
     results: dict[str, dict] = {}
     runs: dict[str, list[float]] = {"trl": [], "alignkit": []}
     steady: dict[str, list[float]] = {"trl": [], "alignkit": []}
@@ -355,6 +361,7 @@ def main() -> None:
     print(f"{'peak RSS growth while timed':34}{mib(a['rss_peak_timed'] - a['rss_base']):>16}{mib(t['rss_peak_timed'] - t['rss_base']):>16}")
     print(f"{'mean completion length':34}{a['completion_length']:>16.1f}{t['completion_length']:>16.1f}")
     print(f"{'mean reward':34}{a['reward']:>16.3f}{t['reward']:>16.3f}")
+    print(f"{'samples with advantage 0 skipped':34}{a['zero_advantage_skipped']:>16.0%}{'0%':>16}")
     rounds = [tr / al for al, tr in zip(runs["alignkit"], runs["trl"])]
     steady_rounds = [tr / al for al, tr in zip(steady["alignkit"], steady["trl"])]
     loop_rounds = [tr / al for al, tr in zip(loop["alignkit"], loop["trl"])]

@@ -4,3 +4,8 @@
 def soup_is_constant(prompts, completions):
     """1.0 for every 'soup' prompt (a zero-variance group), else the number of words."""
     return [1.0 if "soup" in p else float(len(c.split())) for p, c in zip(prompts, completions)]
+
+
+def constant(prompts, completions):
+    """The same reward for everything: every group has zero variance, so every GRPO advantage is 0."""
+    return [0.5 for _ in completions]

@@ -187,3 +187,60 @@ def test_reward_transforms_shape_the_rollout_rewards(tmp_path, tiny_dir):
     assert stats["reward"] > 0  # the logged reward is the raw one (word counts), not the whitened one
     with pytest.raises(ConfigError, match=r"rl.reward_transforms\[0\].name"):
         load_recipe({"algorithm": "rl"}, ["rl.reward_transforms=[{name: nope}]"])
+
+
+@pytest.mark.parametrize("reward,aggregation,extra", [
+    ("reward_fns:soup_is_constant", "token_mean", ["rl.epochs=2", "rl.mini_batches=2"]),
+    ("reward_fns:soup_is_constant", "seq_mean_token_mean", ["rl.share_prompts=false"]),
+    ("reward_fns:constant", "token_mean", ["train.weight_decay=1.0", "train.lr=1e-2"]),
+], ids=["groups-epochs-minibatches", "per-sequence-unpacked", "all-zero-still-steps"])
+def test_skipping_zero_advantage_samples_gives_the_same_update(tmp_path, tiny_dir, reward, aggregation, extra):
+    """Samples with A = 0 (here: zero-variance groups) are left out of the forward/backward but kept in the
+    mean's denominator: the weights and losses equal those of a run that trains on them."""
+    from safetensors.torch import load_file
+
+    def run(name, skip):
+        recipe = load_recipe({"algorithm": "rl"}, [
+            f"train.output_dir={tmp_path / name}", f"model.path={tiny_dir}", "task.n_train=16", "task.n_eval=0",
+            "train.batch_size=8", "train.max_steps=3", "train.lr=1e-3", "train.progress=false", "rl.group_size=4",
+            "rl.max_new_tokens=8", f"rl.reward={reward}", f"rl.aggregation={aggregation}", f"rl.skip_zero_advantage={skip}",
+            *extra,
+        ])
+        return load_file(str(train(recipe) / "model.safetensors")), rows(tmp_path / name)
+
+    skipped, skipped_rows = run("skip", "true")
+    full, full_rows = run("full", "false")
+    start = load_file(str(tiny_dir / "model.safetensors"))
+    differ = max((skipped[k] - full[k]).abs().max().item() for k in full)
+    moved = max((full[k] - start[k]).abs().max().item() for k in full)
+    assert differ < 1e-5 and moved > 100 * max(differ, 1e-7)  # float rounding (other batch shapes) vs the steps taken
+    assert [r["loss"] for r in skipped_rows] == pytest.approx([r["loss"] for r in full_rows], abs=1e-6)
+    assert all(0 < r["zero_advantage_skipped"] for r in skipped_rows)
+    assert all("zero_advantage_skipped" not in r for r in full_rows)
+
+
+def test_zero_advantage_samples_leave_the_batches_but_not_the_denominator(tmp_path, tiny_dir):
+    from alignkit.algorithms.online import OnlineRL
+    from alignkit.engine.trainer import Trainer
+
+    recipe = load_recipe({"algorithm": "rl"}, [
+        f"train.output_dir={tmp_path / 'z'}", f"model.path={tiny_dir}", "task.n_train=32", "task.n_eval=0",
+        "train.batch_size=8", "train.max_steps=1", "train.progress=false", "rl.group_size=4", "rl.max_new_tokens=6",
+        "rl.reward=reward_fns:soup_is_constant", "rl.share_prompts=false",
+    ])
+    trainer = Trainer(recipe, OnlineRL(recipe))
+    trainer.model = trainer._load_model(None)
+    trainer.train_examples = trainer.load_examples(None, "train")
+    trainer.algorithm.setup(trainer)
+    examples = trainer.train_examples[:8]
+    n_soup = sum("soup" in e["prompt"] for e in examples)
+    assert 0 < n_soup < 8
+    (update,), stats = trainer.algorithm.rollout(trainer, examples)
+    trained_rows = sum(b["input_ids"].shape[0] for b in update)
+    assert all((b["advantage"] != 0).all() for b in update)
+    assert stats["zero_advantage_skipped"] * 32 == pytest.approx(32 - trained_rows)
+    assert trained_rows <= 32 - 4 * n_soup  # every soup group (constant reward) is out of the batches
+    # the denominator still counts every completion token of the rollout
+    tokens = sum(float(b["loss_mask"][:, 1:].sum()) for b in update)
+    assert sum(trainer.algorithm.weight(b) for b in update) > tokens
+    assert update[0]["skipped_weight"] >= 4 * n_soup  # at least one completion token per left-out sample

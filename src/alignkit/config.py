@@ -149,6 +149,7 @@ class RLConfig(Section):
     whiten_advantages: bool = True
     eval_samples: int = Field(1, gt=0, description="samples per eval prompt")
     share_prompts: bool = Field(True, description="compute each prompt once for its whole group in the update (packed rows); PPO keeps padded rows")
+    skip_zero_advantage: bool = Field(True, description="leave samples whose advantage is exactly 0 (e.g. zero-variance groups) out of the update's forward/backward; their tokens stay in the mean's denominator, so the update is the same (outcome estimators without a KL loss term)")
     behavior: Literal["policy", "reference"] = Field("policy", description="who samples the rollouts; 'reference' gives CoPG's off-policy setting")
     macro_len: int | None = Field(None, gt=0, description="MA-RLHF: PPO's GAE over fixed-length macro actions of this many tokens")
     dense_reward_model: str | None = Field(None, description="RTO: a DPO-trained policy whose per-token log-ratio to the reference is a dense reward (PPO)")

@@ -210,12 +210,43 @@ class OnlineRL(Algorithm):
         return out.index_put((batch["packed_target_seq"], batch["packed_target_pos"]), values)
 
     def weight(self, batch) -> float:
+        """What the update's mean divides by: this micro-batch's tokens (or sequences, pairs) plus those
+        of the zero-advantage samples it stands for (see :meth:`_skip_zero_advantage`)."""
+        return self._trained_weight(batch) + batch.get("skipped_weight", 0.0)
+
+    def _trained_weight(self, batch) -> float:
         mask = batch["loss_mask"][:, 1:]
         if self.cfg.estimator == "copg":
             return float(mask.shape[0] // 2)
         if self.cfg.aggregation == "token_mean":
             return float(mask.sum())
         return float((mask.sum(-1) > 0).sum())
+
+    def _item_weight(self, item) -> float:
+        """:meth:`_trained_weight` of one sample (its completion tokens, or 1 sequence)."""
+        return float(len(item["ids"]) - item["prompt_len"]) if self.cfg.aggregation == "token_mean" else 1.0
+
+    def skips_zero_advantage(self) -> bool:
+        """Whether a sample with advantage exactly 0 contributes exactly nothing to the update: true for the
+        outcome estimators when no KL term sits in the loss (every policy loss is then ``A * f(ratio)``)."""
+        kl_loss = self.cfg.beta > 0 and self.cfg.kl_in == "loss"
+        return self.cfg.skip_zero_advantage and self.cfg.estimator not in ("ppo", "p3o", "copg") and not kl_loss
+
+    def _skip_zero_advantage(self, chunk: list[list[dict]]) -> tuple[list[list[dict]], float, int]:
+        """The units of one optimizer step without their zero-advantage samples, the weight those samples
+        carry (kept in the update's denominator, so the mean is the one over every sample) and how many
+        were left out. Their loss terms and gradients are exactly 0 (``-A * ratio`` with ``A = 0`` for any
+        ratio), so leaving their forward and backward out changes nothing but the work done. A step whose
+        samples all have zero advantage keeps its smallest unit, so the optimizer still steps (AdamW moves
+        the weights on momentum and decay even with a zero gradient, as an unskipped run would)."""
+        if not self.skips_zero_advantage():
+            return chunk, 0.0, 0
+        trained = [[it for it in unit if it["advantage"] != 0.0] for unit in chunk]
+        if not any(trained):
+            smallest = min(range(len(chunk)), key=lambda u: sum(len(it["ids"]) for it in chunk[u]))
+            trained[smallest] = chunk[smallest]
+        left_out = [it for unit, kept in zip(chunk, trained) for it in unit if not any(it is k for k in kept)]
+        return [u for u in trained if u], sum(self._item_weight(it) for it in left_out), len(left_out)
 
     # ----------------------------------------------------------------------------------------------
     # rollout
@@ -291,6 +322,24 @@ class OnlineRL(Algorithm):
         stats["kept"] = len(items) / max(1, len(samples))
         if not items:
             return [], stats
+        # ---- optimizer steps: units (pairs / groups stay whole) shuffled into mini-batches ----------
+        units: list[list[dict]] = []
+        for it in items:
+            if units and it.get("unit") is not None and units[-1][-1].get("unit") == it["unit"]:
+                units[-1].append(it)
+            else:
+                units.append([it])
+        order = torch.randperm(len(units), generator=torch.Generator().manual_seed(seed)).tolist()
+        per = math.ceil(len(units) / cfg.mini_batches)
+        chunks, skipped_weights, skipped = [], [], 0
+        for start in range(0, len(units), per):
+            chunk, weight, n = self._skip_zero_advantage([units[u] for u in order[start : start + per]])
+            chunks.append(chunk)
+            skipped_weights.append(weight)
+            skipped += n
+        if self.skips_zero_advantage():
+            stats["zero_advantage_skipped"] = skipped / len(items)
+        items = [it for chunk in chunks for unit in chunk for it in unit]  # what the update trains on
         # old log-probs are needed for more than one update per rollout, and for KL-shaped rewards; with a
         # single on-policy update they equal the update's own log-probs (detached), so that pass is skipped.
         shaped_kl = self.reference is not None and cfg.estimator in ("ppo", "p3o")
@@ -311,20 +360,13 @@ class OnlineRL(Algorithm):
         if cfg.estimator == "ppo":
             self._annotate(trainer, items, "old_values", self.critic, _null)
             self._ppo_advantages(items)
-        # ---- mini-batches -------------------------------------------------------------------------
-        units: list[list[dict]] = []  # pairs / groups stay whole when shuffled into mini-batches
-        for it in items:
-            if units and it.get("unit") is not None and units[-1][-1].get("unit") == it["unit"]:
-                units[-1].append(it)
-            else:
-                units.append([it])
-        order = torch.randperm(len(units), generator=torch.Generator().manual_seed(seed)).tolist()
-        per = math.ceil(len(units) / cfg.mini_batches)
         updates = []
         for _ in range(cfg.epochs):
-            for start in range(0, len(units), per):
-                chunk = [it for u in order[start : start + per] for it in units[u]]
-                updates.append(trainer.micro_batches(chunk, list(range(len(chunk)))))
+            for chunk, weight in zip(chunks, skipped_weights):
+                flat = [it for unit in chunk for it in unit]
+                batches = trainer.micro_batches(flat, list(range(len(flat))))
+                batches[0]["skipped_weight"] = weight
+                updates.append(batches)
         return updates, stats
 
     def _annotate(self, trainer, items, key, module, context) -> None:
@@ -408,7 +450,7 @@ class OnlineRL(Algorithm):
         old_logp = batch["old_logp"] if "old_logp" in batch else logp.detach()
         pg, pg_metrics = policy_loss(cfg.policy_loss, logp, old_logp, advantages, target, aggregation=cfg.aggregation, **params, **agg_params)
         total = pg
-        weight = self.weight(batch)
+        weight = self._trained_weight(batch)
         metrics: Metrics = {f"policy/{k}": (v.detach() * weight, weight) for k, v in pg_metrics.items()}
         if self.reference is not None:  # sequence-level k1 estimate of KL(pi || pi_ref) on the samples
             seqs = float(target.shape[0])
