@@ -136,6 +136,8 @@ def test_pairwise_estimators_need_even_groups():
         load_recipe({"algorithm": "rl"}, ["rl.estimator=p3o", "rl.group_size=3"])
     with pytest.raises(ConfigError, match="needs rl.beta > 0"):
         load_recipe({"algorithm": "rl"}, ["rl.estimator=copg"])
+    with pytest.raises(ConfigError, match="rl.kl_in=reward .* is for rl.estimator=ppo or p3o"):
+        load_recipe({"algorithm": "rl"}, ["rl.estimator=grpo", "rl.beta=0.1", "rl.kl_in=reward"])
 
 
 def test_prompt_sharing_gives_the_padded_update(tmp_path, tiny_dir):
@@ -170,7 +172,7 @@ def test_reward_transforms_shape_the_rollout_rewards(tmp_path, tiny_dir):
     recipe = load_recipe({"algorithm": "rl"}, [
         f"train.output_dir={tmp_path / 'rt'}", f"model.path={tiny_dir}", "task.n_train=16", "task.n_eval=0",
         "train.batch_size=4", "train.max_steps=1", "train.progress=false", "rl.group_size=2", "rl.max_new_tokens=6",
-        "rl.estimator=reinforce", "rl.moving_baseline=false", "rl.reward=reward_fns:soup_is_constant",
+        "rl.estimator=reinforce", "rl.moving_baseline=false", "rl.reward=reward_fns:soup_is_constant", "rl.skip_zero_advantage=false",
         "rl.reward_transforms=[{name: clip, low: 0.0, high: 3.0}, {name: whiten}]",
     ])
     from alignkit.algorithms.online import OnlineRL

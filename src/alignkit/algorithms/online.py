@@ -342,7 +342,7 @@ class OnlineRL(Algorithm):
         items = [it for chunk in chunks for unit in chunk for it in unit]  # what the update trains on
         # old log-probs are needed for more than one update per rollout, and for KL-shaped rewards; with a
         # single on-policy update they equal the update's own log-probs (detached), so that pass is skipped.
-        shaped_kl = self.reference is not None and cfg.estimator in ("ppo", "p3o")
+        shaped_kl = self.reference is not None and cfg.estimator in ("ppo", "p3o") and cfg.kl_in == "reward"
         if self.updates_per_step() > 1 or shaped_kl:
             self._annotate(trainer, items, "old_logp", TargetLogProbs(model, cfg.temperature), _null)
         if self.reference is not None:
@@ -351,8 +351,7 @@ class OnlineRL(Algorithm):
             kl = [sum(a - b for a, b in zip(it["old_logp"], it["ref_logp"])) for it in items]
         if cfg.estimator == "p3o":
             # KL-shaped sequence rewards r~ = r - beta * log(pi_old / pi_ref), then A = ±(r~_1 - r~_2)/2.
-            shaped = torch.tensor([it["reward"] - (cfg.beta * k if self.reference is not None else 0.0)
-                                   for it, k in zip(items, kl if self.reference is not None else [0.0] * len(items))])
+            shaped = torch.tensor([it["reward"] - cfg.beta * k for it, k in zip(items, kl if shaped_kl else [0.0] * len(items))])
             for it, a in zip(items, pairwise_advantages(shaped).tolist()):
                 it["advantage"] = a
         if self.dense_reward is not None:
