@@ -23,6 +23,18 @@ def rl_recipe(out, model, estimator, extra=()):
     ])
 
 
+def ready_trainer(recipe):
+    """A trainer with its model, training prompts and reward source set up: ready for a rollout."""
+    from alignkit.algorithms.online import OnlineRL
+    from alignkit.engine.trainer import Trainer
+
+    trainer = Trainer(recipe, OnlineRL(recipe))
+    trainer.model = trainer._load_model(None)
+    trainer.train_examples = trainer.load_examples(None, "train")
+    trainer.algorithm.setup(trainer)
+    return trainer
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("estimator,extra", [
     ("grpo", []), ("rloo", []), ("remax", []), ("ppo", []), ("ppo", ["rl.macro_len=2"]), ("p3o", []),
@@ -175,13 +187,7 @@ def test_reward_transforms_shape_the_rollout_rewards(tmp_path, tiny_dir):
         "rl.estimator=reinforce", "rl.moving_baseline=false", "rl.reward=reward_fns:soup_is_constant", "rl.skip_zero_advantage=false",
         "rl.reward_transforms=[{name: clip, low: 0.0, high: 3.0}, {name: whiten}]",
     ])
-    from alignkit.algorithms.online import OnlineRL
-    from alignkit.engine.trainer import Trainer
-
-    trainer = Trainer(recipe, OnlineRL(recipe))
-    trainer.model = trainer._load_model(None)
-    trainer.train_examples = trainer.load_examples(None, "train")
-    trainer.algorithm.setup(trainer)
+    trainer = ready_trainer(recipe)
     steps, stats = trainer.algorithm.rollout(trainer, trainer.train_examples[:4])
     advantages = torch.cat([b["advantage"] for update in steps for b in update])  # reinforce, no baseline: A = r~
     assert advantages.std() > 0
@@ -222,18 +228,12 @@ def test_skipping_zero_advantage_samples_gives_the_same_update(tmp_path, tiny_di
 
 
 def test_zero_advantage_samples_leave_the_batches_but_not_the_denominator(tmp_path, tiny_dir):
-    from alignkit.algorithms.online import OnlineRL
-    from alignkit.engine.trainer import Trainer
-
     recipe = load_recipe({"algorithm": "rl"}, [
         f"train.output_dir={tmp_path / 'z'}", f"model.path={tiny_dir}", "task.n_train=32", "task.n_eval=0",
         "train.batch_size=8", "train.max_steps=1", "train.progress=false", "rl.group_size=4", "rl.max_new_tokens=6",
         "rl.reward=reward_fns:soup_is_constant", "rl.share_prompts=false",
     ])
-    trainer = Trainer(recipe, OnlineRL(recipe))
-    trainer.model = trainer._load_model(None)
-    trainer.train_examples = trainer.load_examples(None, "train")
-    trainer.algorithm.setup(trainer)
+    trainer = ready_trainer(recipe)
     examples = trainer.train_examples[:8]
     n_soup = sum("soup" in e["prompt"] for e in examples)
     assert 0 < n_soup < 8
