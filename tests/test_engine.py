@@ -130,7 +130,16 @@ def test_reference_model_and_cache_agree(tmp_path, tiny_dir):
     assert_same_weights(a, b, atol=1e-6)
 
 
-def torchrun(tmp_path, tiny_dir, name, extra=(), port=29533):
+def free_port() -> int:
+    """A port no process listens on now (fixed ports collide with other runs on a shared machine)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(tmp_path, tiny_dir, name, extra=()):
     overrides = [
         f"train.output_dir={tmp_path / name}", f"model.path={tiny_dir}", "task.n_train=64", "task.n_eval=0",
         "train.batch_size=8", "train.max_steps=4", "train.lr=1e-3", "train.progress=false", "train.warmup_steps=1",
@@ -138,7 +147,7 @@ def torchrun(tmp_path, tiny_dir, name, extra=(), port=29533):
     ]
     (tmp_path / "dpo.yaml").write_text("algorithm: dpo\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
            "-m", "alignkit.cli", "train", str(tmp_path / "dpo.yaml"), *overrides]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -162,11 +171,11 @@ def test_fsdp2_matches_one_process_and_resumes(tmp_path, tiny_dir):
     """FSDP2 (sharded parameters and optimizer state, gloo on CPU): same update as 1 process; its
     checkpoints (gathered to full state dicts) resume to the uninterrupted result."""
     one = train(recipe(tmp_path, tiny_dir, "dpo", "one", ["train.max_steps=6", "train.save_every=3"]))
-    sharded = torchrun(tmp_path, tiny_dir, "fsdp", ["train.distributed=fsdp2", "train.max_steps=6", "train.save_every=3"], port=29534)
+    sharded = torchrun(tmp_path, tiny_dir, "fsdp", ["train.distributed=fsdp2", "train.max_steps=6", "train.save_every=3"])
     assert_same_weights(one, sharded, atol=2e-6)
     (tmp_path / "again").mkdir()
     shutil.copytree(tmp_path / "fsdp" / "checkpoint-3", tmp_path / "again" / "checkpoint-3")
-    again = torchrun(tmp_path, tiny_dir, "again", ["train.distributed=fsdp2", "train.max_steps=6", "train.save_every=3", "train.resume=true"], port=29535)
+    again = torchrun(tmp_path, tiny_dir, "again", ["train.distributed=fsdp2", "train.max_steps=6", "train.save_every=3", "train.resume=true"])
     assert_same_weights(sharded, again, atol=1e-6)
 
 

@@ -148,8 +148,6 @@ def test_pairwise_estimators_need_even_groups():
         load_recipe({"algorithm": "rl"}, ["rl.estimator=p3o", "rl.group_size=3"])
     with pytest.raises(ConfigError, match="needs rl.beta > 0"):
         load_recipe({"algorithm": "rl"}, ["rl.estimator=copg"])
-    with pytest.raises(ConfigError, match="rl.kl_in=reward .* is for rl.estimator=ppo or p3o"):
-        load_recipe({"algorithm": "rl"}, ["rl.estimator=grpo", "rl.beta=0.1", "rl.kl_in=reward"])
 
 
 def test_prompt_sharing_gives_the_padded_update(tmp_path, tiny_dir):
@@ -246,3 +244,43 @@ def test_zero_advantage_samples_leave_the_batches_but_not_the_denominator(tmp_pa
     tokens = sum(float(b["loss_mask"][:, 1:].sum()) for b in update)
     assert sum(trainer.algorithm.weight(b) for b in update) > tokens
     assert update[0]["skipped_weight"] >= 4 * n_soup  # at least one completion token per left-out sample
+
+
+@pytest.mark.parametrize("kl_estimator", ["k1", "k3"])
+def test_kl_in_the_reward_of_an_outcome_estimator(tmp_path, tiny_dir, kl_estimator):
+    """rl.kl_in=reward with REINFORCE (no baseline): A_i = r_i - beta * sum_t KL_t(pi_old || pi_ref), worked out
+    here from the trainer's log-probs of the policy and of a reference that differs from it."""
+    from alignkit.models.logprobs import TargetLogProbs
+
+    beta = 0.5
+    recipe = load_recipe({"algorithm": "rl"}, [
+        f"train.output_dir={tmp_path / 'klr'}", f"model.path={tiny_dir}", "task.n_train=16", "task.n_eval=0",
+        "train.batch_size=4", "train.max_steps=1", "train.progress=false", "rl.group_size=2", "rl.max_new_tokens=6",
+        "rl.estimator=reinforce", "rl.moving_baseline=false", "rl.reward=reward_fns:soup_is_constant", f"rl.beta={beta}",
+        "rl.kl_in=reward", f"rl.kl_estimator={kl_estimator}", "rl.share_prompts=false", "rl.skip_zero_advantage=false",
+    ])
+    trainer = ready_trainer(recipe)
+    with torch.no_grad():  # a reference that is not the policy, so the KL is not 0
+        for p in trainer.algorithm.reference.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    examples = trainer.train_examples[:4]
+    (update,), stats = trainer.algorithm.rollout(trainer, examples)
+    batch = update[0]
+    with torch.no_grad():
+        logp = TargetLogProbs(trainer.model)(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+        ref = TargetLogProbs(trainer.algorithm.reference.model)(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+    target = batch["loss_mask"].bool()
+    target[:, 0] = False
+    diff = logp - ref
+    per_token = diff if kl_estimator == "k1" else torch.exp(-diff) - 1 + diff  # k3: r - 1 - log r, r = pi_ref / pi
+    kl = torch.where(target, per_token, torch.zeros_like(per_token)).sum(-1)
+    assert kl.abs().max() > 1e-3
+    from reward_fns import soup_is_constant
+
+    texts = []
+    for ids, mask in zip(batch["input_ids"].tolist(), batch["loss_mask"].tolist()):
+        start, end = mask.index(1), len(mask) - mask[::-1].index(1)
+        texts.append((trainer.tokenizer.decode(ids[:start]), trainer.tokenizer.decode(ids[start:end], skip_special_tokens=True)))
+    raw = torch.tensor(soup_is_constant([p for p, _ in texts], [c for _, c in texts]))
+    assert batch["advantage"] == pytest.approx((raw - beta * kl).tolist(), abs=1e-4)
+    assert stats["kl_penalty"] == pytest.approx(beta * kl.mean().item(), abs=1e-4)  # every sample has tokens here

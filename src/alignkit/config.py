@@ -168,9 +168,6 @@ class RLConfig(Section):
                 raise ValueError(f"rl.reward_transforms[{i}].name: got {t.get('name')!r}; allowed: {', '.join(TRANSFORMS)}")
         if self.behavior == "reference" and self.estimator != "copg":
             raise ValueError("rl.behavior=reference (off-policy samples) is for rl.estimator=copg, which needs no importance weights")
-        if self.kl_in == "reward" and self.beta > 0 and self.estimator not in ("ppo", "p3o"):
-            raise ValueError(f"rl.kl_in=reward (a KL-shaped reward) is for rl.estimator=ppo or p3o; {self.estimator} takes the KL "
-                             "as a loss term (rl.kl_in=loss)")
         if (self.macro_len or self.dense_reward_model) and self.estimator != "ppo":
             raise ValueError("rl.macro_len and rl.dense_reward_model apply to rl.estimator=ppo")
         return self

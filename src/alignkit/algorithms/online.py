@@ -15,7 +15,10 @@ One step of training (``train.batch_size`` prompts over all processes):
    ``rl.policy_loss`` (``ppo_clip`` with asymmetric/dual clip, ``cispo``, ``gspo``, ``reinforce``)
    aggregated by ``rl.aggregation``. KL to the reference (``rl.beta`` > 0) is either a per-token loss term
    (``rl.kl_in: loss``, GRPO-style, estimator ``rl.kl_estimator``) or folded into per-token rewards
-   (``rl.kl_in: reward``, PPO-style). ``rl.beta = 0`` loads no reference model.
+   (``rl.kl_in: reward``: PPO's per-token rewards; for the outcome estimators each sample's reward
+   minus ``beta`` times its summed KL, before the group statistics). ``rl.beta = 0`` loads no
+   reference model. Samples whose advantage is exactly 0 are left out of the forward/backward
+   (``rl.skip_zero_advantage``) with their weight kept in the update's denominator.
 
 Log-probs: ``old_logp`` is recomputed by the trainer's kernel at the sampling temperature (not taken
 from the sampler), so the first update's ratio is exactly 1.
@@ -226,6 +229,10 @@ class OnlineRL(Algorithm):
         """:meth:`_trained_weight` of one sample (its completion tokens, or 1 sequence)."""
         return float(len(item["ids"]) - item["prompt_len"]) if self.cfg.aggregation == "token_mean" else 1.0
 
+    def shapes_outcome_rewards(self) -> bool:
+        """KL in the reward (``rl.kl_in: reward``, ``rl.beta > 0``) for an outcome estimator (GRPO, RLOO, ...)."""
+        return self.cfg.beta > 0 and self.cfg.kl_in == "reward" and self.cfg.estimator not in ("ppo", "p3o", "copg")
+
     def skips_zero_advantage(self) -> bool:
         """Whether a sample with advantage exactly 0 contributes exactly nothing to the update: true for the
         outcome estimators when no KL term sits in the loss (every policy loss is then ``A * f(ratio)``)."""
@@ -282,17 +289,6 @@ class OnlineRL(Algorithm):
             "completion_length": statistics.fmean(len(s.completion_ids) for s in samples),
             "finished": finished.float().mean().item(),
         }
-        # ---- advantages ---------------------------------------------------------------------------
-        params: dict[str, Any] = {}
-        if cfg.estimator == "grpo":
-            params["std"] = cfg.std
-        if cfg.estimator == "remax":
-            greedy = self._generate(model, trainer.tokenizer, prompts, 1, greedy=True, batch_size=cfg.generation_batch_size or len(prompts) * g)
-            greedy_context = {k: [e[k] for e in examples] for k in context}
-            params["baseline"] = self.reward_source.score(prompts, [s.completion for s in greedy], **greedy_context).float().cpu()
-            stats["greedy_reward"] = params["baseline"].mean().item()
-        if cfg.estimator == "reinforce" and cfg.moving_baseline:
-            params["baseline"] = self._moving_baseline(rewards)
         keep = torch.ones(len(samples), dtype=torch.bool)
         if cfg.dynamic_sampling:
             grouped = rewards.view(-1, g)
@@ -303,22 +299,46 @@ class OnlineRL(Algorithm):
             keep = keep & finished
         if self.pairwise:  # a pair is kept or dropped whole
             keep = keep.view(-1, 2).all(1).repeat_interleave(2)
-        advantages = None
-        if cfg.estimator not in ("ppo", "p3o", "copg"):
-            advantages = outcome_advantages(cfg.estimator, rewards, g, **params)
         # ---- token-level quantities ----------------------------------------------------------------
         items = []
         for i, s in enumerate(samples):
-            if not keep[i] or not s.completion_ids:
+            if not s.completion_ids or not (keep[i] or self.shapes_outcome_rewards()):
                 continue
             ids = s.prompt_ids + s.completion_ids
-            item = {"ids": ids, "mask": [0] * len(s.prompt_ids) + [1] * len(s.completion_ids), "reward": rewards[i].item(),
-                    "prompt_len": len(s.prompt_ids)}
+            item = {"ids": ids, "mask": [0] * len(s.prompt_ids) + [1] * len(s.completion_ids), "prompt_len": len(s.prompt_ids), "sample": i}
             if self.share_prompts or self.pairwise:  # a group (or pair) stays in one micro-batch
                 item["unit"] = i // (g if self.share_prompts else 2)
-            if advantages is not None:
-                item["advantage"] = advantages[i].item()
             items.append(item)
+        if self.shapes_outcome_rewards():
+            # KL in the reward for an outcome estimator: r_i - beta * sum_t KL_t(pi_old || pi_ref) on the sample's
+            # tokens (verl's use_kl_in_reward), before the group statistics; samples with no token keep r_i.
+            self._annotate(trainer, items, "old_logp", TargetLogProbs(model, cfg.temperature), _null)
+            self._annotate(trainer, items, "ref_logp", self.reference, self.reference_context)
+            kl = torch.zeros_like(rewards)
+            for it in items:
+                logp, ref = torch.tensor(it["old_logp"]), torch.tensor(it["ref_logp"])
+                kl[it["sample"]] = kl_penalty(cfg.kl_estimator, logp, ref)[it["prompt_len"] :].sum()
+            rewards = rewards - cfg.beta * kl
+            stats["kl_penalty"] = (cfg.beta * kl).mean().item()
+            items = [it for it in items if keep[it["sample"]]]
+        # ---- advantages ---------------------------------------------------------------------------
+        params: dict[str, Any] = {}
+        if cfg.estimator == "grpo":
+            params["std"] = cfg.std
+        if cfg.estimator == "remax":  # the greedy completion's reward, not KL-shaped
+            greedy = self._generate(model, trainer.tokenizer, prompts, 1, greedy=True, batch_size=cfg.generation_batch_size or len(prompts) * g)
+            greedy_context = {k: [e[k] for e in examples] for k in context}
+            params["baseline"] = self.reward_source.score(prompts, [s.completion for s in greedy], **greedy_context).float().cpu()
+            stats["greedy_reward"] = params["baseline"].mean().item()
+        if cfg.estimator == "reinforce" and cfg.moving_baseline:
+            params["baseline"] = self._moving_baseline(rewards)
+        advantages = None
+        if cfg.estimator not in ("ppo", "p3o", "copg"):
+            advantages = outcome_advantages(cfg.estimator, rewards, g, **params)
+        for it in items:
+            it["reward"] = rewards[it["sample"]].item()
+            if advantages is not None:
+                it["advantage"] = advantages[it["sample"]].item()
         stats["kept"] = len(items) / max(1, len(samples))
         if not items:
             return [], stats
@@ -343,9 +363,9 @@ class OnlineRL(Algorithm):
         # old log-probs are needed for more than one update per rollout, and for KL-shaped rewards; with a
         # single on-policy update they equal the update's own log-probs (detached), so that pass is skipped.
         shaped_kl = self.reference is not None and cfg.estimator in ("ppo", "p3o") and cfg.kl_in == "reward"
-        if self.updates_per_step() > 1 or shaped_kl:
+        if (self.updates_per_step() > 1 or shaped_kl) and "old_logp" not in items[0]:
             self._annotate(trainer, items, "old_logp", TargetLogProbs(model, cfg.temperature), _null)
-        if self.reference is not None:
+        if self.reference is not None and "ref_logp" not in items[0]:
             self._annotate(trainer, items, "ref_logp", self.reference, self.reference_context)
         if shaped_kl:
             kl = [sum(a - b for a, b in zip(it["old_logp"], it["ref_logp"])) for it in items]
