@@ -69,3 +69,44 @@ def test_curry_dpo_orders_pairs_easy_to_hard(tiny_dir):
 def test_curry_dpo_runs_from_task_rankings(tmp_path, tiny_dir):
     rows = run(tmp_path, tiny_dir, "dpo", "curry", ["dpo.curriculum=true", "data.kind=ranked", "train.eval_every=null"])
     assert rows[0]["loss"] == pytest.approx(math.log(2.0), abs=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["kto", "bco"])
+def test_unpaired_micro_batches_give_the_full_batch_update(tmp_path, tiny_dir, loss):
+    """KTO's z0 and BCO's shift are step-level quantities: splitting the step into micro-batches changes
+    nothing (with per-micro-batch statistics the two runs differ)."""
+    from safetensors.torch import load_file
+
+    run(tmp_path, tiny_dir, "kto", "full", [f"unpaired.loss={loss}"])
+    run(tmp_path, tiny_dir, "kto", "micro", [f"unpaired.loss={loss}", "train.micro_batch_size=2"])
+    full, micro = (load_file(str(tmp_path / name / "final" / "model.safetensors")) for name in ("full", "micro"))
+    assert max((full[k] - micro[k]).abs().max().item() for k in full) < 2e-6
+
+
+def test_bco_shift_survives_resume(tmp_path, tiny_dir):
+    from safetensors.torch import load_file
+    import shutil
+
+    extra = ["unpaired.loss=bco", "train.max_steps=6", "train.save_every=3"]
+    run(tmp_path, tiny_dir, "kto", "whole", extra)
+    (tmp_path / "again").mkdir()
+    shutil.copytree(tmp_path / "whole" / "checkpoint-3", tmp_path / "again" / "checkpoint-3")
+    shift = load_file(str(tmp_path / "again" / "checkpoint-3" / "bco_shift.safetensors"))
+    assert int(shift["count"]) == 3 * 8 and float(shift["mean"]) != 0.0  # 3 steps of 8 rewards folded in
+    run(tmp_path, tiny_dir, "kto", "again", [*extra, "train.resume=true"])
+    a, b = (load_file(str(tmp_path / name / "final" / "model.safetensors")) for name in ("whole", "again"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+def test_kto_takes_the_step_level_z0():
+    """Hand-worked KTO with an explicit z0 = 0.5, beta = 1: r = (1.0, -1.0) for (desirable, undesirable)."""
+    import torch
+
+    from alignkit.objectives.preference import UnpairedLogps, unpaired_loss
+
+    lp = UnpairedLogps(logp=torch.tensor([1.0, -1.0]), ref_logp=torch.zeros(2), label=torch.tensor([True, False]))
+    losses = unpaired_loss("kto", lp, beta=1.0, z0=0.5)
+    expected = [1 - 1 / (1 + math.exp(-(1.0 - 0.5))), 1 - 1 / (1 + math.exp(-(0.5 + 1.0)))]
+    assert losses.tolist() == pytest.approx(expected, abs=1e-6)
+    clamped = unpaired_loss("kto", lp, beta=1.0, z0=-3.0)  # z0 = max(0, .)
+    assert clamped.tolist() == pytest.approx(unpaired_loss("kto", lp, beta=1.0, z0=0.0).tolist(), abs=1e-7)

@@ -79,6 +79,10 @@ class Algorithm:
         """Optimizer updates per training step (more than one for multi-epoch online RL)."""
         return 1
 
+    def before_update(self, trainer: "Trainer", policy: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> None:
+        """Work over every micro-batch of one optimizer step (or evaluation pass) before their losses, on
+        all processes: e.g. a step-level statistic that each micro-batch's loss then reads (KTO's z0)."""
+
     def after_step(self, trainer: "Trainer", step: int) -> None:
         """Work after optimizer step ``step`` (1-based), e.g. refreshing a reference model."""
 

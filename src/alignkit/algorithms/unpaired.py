@@ -5,9 +5,12 @@ Rows are ``prompt`` + ``completion`` + ``label``. ``unpaired.loss`` names an ent
 
 * ``kto`` (Ethayarajh et al. 2024): the reference point z0 is estimated from *mismatched* pairs — each
   prompt with the completion of the next example (fixed once, as a data-level shift) — as the clamped,
-  detached mean of their policy/reference log-ratios over the micro-batch; ``desirable_weight`` and
-  ``undesirable_weight`` balance the two labels.
-* ``bco`` (Jung et al. 2024): the reward shift δ is the running mean of past rewards, kept across steps.
+  detached mean of their policy/reference log-ratios over the whole optimizer step (every micro-batch,
+  every process: one no-grad pass before the step's losses), so micro-batching and the number of
+  processes do not change it; ``desirable_weight`` and ``undesirable_weight`` balance the two labels.
+* ``bco`` (Jung et al. 2024): the reward shift δ is the running mean of past rewards, updated once after
+  each step with the rewards of all its micro-batches and processes (so every micro-batch of a step sees
+  the same δ), and saved in checkpoints (``bco_shift.safetensors``) so a resumed run continues it.
 * ``apo_zero_unpaired`` (D'Oosterlinck et al. 2024).
 
 Reference log-probs (of the completions and of the mismatched pairs) are cached before training, like DPO's.
@@ -16,6 +19,7 @@ Reference log-probs (of the completions and of the mismatched pairs) are cached 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ..data.collate import collate_sequences
 from ..objectives.preference import RunningMean, UnpairedLogps, unpaired_loss
@@ -32,13 +36,48 @@ class Unpaired(Algorithm):
         self.name = self.cfg.loss
         self.mismatched = self.cfg.loss == "kto"
         self.shift = RunningMean(self.cfg.bco_momentum) if self.cfg.loss == "bco" else None
+        self.shift_state = ShiftState()  # the shift's checkpointed copy
+        self._step_rewards = torch.zeros(2, dtype=torch.float64)  # (sum, count) of this step's rewards
 
-    def _params(self) -> dict:
+    def _params(self, batch) -> dict:
         if self.cfg.loss == "kto":
-            return {"desirable_weight": self.cfg.desirable_weight, "undesirable_weight": self.cfg.undesirable_weight}
+            return {"desirable_weight": self.cfg.desirable_weight, "undesirable_weight": self.cfg.undesirable_weight, "z0": batch["z0"]}
         if self.cfg.loss == "bco":
             return {"delta": self.shift.mean}
         return {}
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        return {"bco_shift": self.shift_state} if self.shift is not None else {}
+
+    def before_update(self, trainer, policy, batches) -> None:
+        """KTO: z0 over every micro-batch and process of the step (a no-grad pass over the mismatched rows).
+        BCO: the shift restored from a checkpoint, once, before the first step."""
+        if self.shift is not None and self.shift.count == 0 and int(self.shift_state.count) > 0:
+            self.shift.load_state_dict({"mean": float(self.shift_state.mean), "count": int(self.shift_state.count), "momentum": self.cfg.bco_momentum})
+        if not self.mismatched:
+            return
+        total = torch.zeros(2, dtype=torch.float64, device=trainer.device)
+        with torch.no_grad(), trainer.autocast():
+            for batch in batches:
+                kl_logp = policy(batch["kl_input_ids"], batch["kl_attention_mask"], batch["kl_loss_mask"]).sum(-1).float()
+                ratios = kl_logp - batch["kl_ref_logp"]
+                batch["kl_sum"] = ratios.sum()
+                total += torch.stack([ratios.sum().double(), torch.tensor(float(ratios.numel()), dtype=torch.float64, device=trainer.device)])
+        total = trainer.dist.sum(total)
+        z0 = (total[0] / total[1].clamp(min=1)).clamp(min=0).float()
+        for batch in batches:
+            batch["z0"] = z0
+
+    def after_step(self, trainer, step: int) -> None:
+        """BCO: fold the step's rewards (all micro-batches and processes) into the shift."""
+        if self.shift is None:
+            return
+        total = trainer.dist.sum(self._step_rewards.to(trainer.device)).cpu()
+        self._step_rewards = torch.zeros(2, dtype=torch.float64)
+        if total[1] > 0:
+            self.shift.update_mean(float(total[0] / total[1]), int(total[1]))
+        self.shift_state.mean.fill_(self.shift.mean)
+        self.shift_state.count.fill_(self.shift.count)
 
     def setup(self, trainer) -> None:
         for examples in (trainer.train_examples, trainer.eval_examples):
@@ -52,10 +91,9 @@ class Unpaired(Algorithm):
         module, context = starting_reference(trainer, keep=False)
 
         def reference(batch):
+            rows = ("", "kl_") if self.mismatched else ("",)
             with context():
-                logps = module(batch["input_ids"], batch["attention_mask"], batch["loss_mask"]).sum(-1)
-            b = batch["label"].numel()
-            return logps.view(-1, b).T if self.mismatched else logps.view(b, 1)
+                return torch.stack([module(batch[f"{r}input_ids"], batch[f"{r}attention_mask"], batch[f"{r}loss_mask"]).sum(-1) for r in rows], dim=1)
 
         keys = ("ref_logp", "kl_ref_logp") if self.mismatched else ("ref_logp",)
         for examples in (trainer.train_examples, trainer.eval_examples):
@@ -63,12 +101,10 @@ class Unpaired(Algorithm):
                 cache_per_example(trainer, examples, reference, keys)
 
     def collate(self, examples, pad_id):
-        ids = [e["input_ids"] for e in examples]
-        masks = [e["loss_mask"] for e in examples]
+        batch = collate_sequences([e["input_ids"] for e in examples], [e["loss_mask"] for e in examples], pad_id)
         if self.mismatched:
-            ids += [e["kl_ids"] for e in examples]
-            masks += [e["kl_mask"] for e in examples]
-        batch = collate_sequences(ids, masks, pad_id)
+            kl = collate_sequences([e["kl_ids"] for e in examples], [e["kl_mask"] for e in examples], pad_id)
+            batch.update({f"kl_{k}": v for k, v in kl.items()})
         batch["label"] = torch.tensor([e["label"] for e in examples], dtype=torch.bool)
         for key in ("ref_logp", "kl_ref_logp"):
             if key in examples[0]:
@@ -81,16 +117,11 @@ class Unpaired(Algorithm):
     def loss(self, policy, batch) -> tuple[torch.Tensor, Metrics]:
         b = batch["label"].numel()
         sums = policy(batch["input_ids"], batch["attention_mask"], batch["loss_mask"]).sum(-1)
-        logps = UnpairedLogps(
-            logp=sums[:b], ref_logp=batch["ref_logp"], label=batch["label"],
-            tokens=batch["loss_mask"][:b, 1:].sum(-1).float(),
-            kl_logp=sums[b:] if self.mismatched else None,
-            kl_ref_logp=batch.get("kl_ref_logp") if self.mismatched else None,
-        )
-        losses = unpaired_loss(self.cfg.loss, logps, beta=self.cfg.beta, **self._params())
+        logps = UnpairedLogps(logp=sums, ref_logp=batch["ref_logp"], label=batch["label"], tokens=batch["loss_mask"][:, 1:].sum(-1).float())
+        losses = unpaired_loss(self.cfg.loss, logps, beta=self.cfg.beta, **self._params(batch))
         rewards = (self.cfg.beta * (logps.logp - logps.ref_logp)).detach()
         if self.shift is not None and torch.is_grad_enabled():
-            self.shift.update(rewards)
+            self._step_rewards += torch.tensor([float(rewards.double().sum()), float(b)], dtype=torch.float64)
         good, bad = batch["label"], ~batch["label"]
         metrics: Metrics = {
             "rewards/desirable": (rewards[good].sum(), float(good.sum())),
@@ -99,5 +130,14 @@ class Unpaired(Algorithm):
             "logps/undesirable": (logps.logp.detach()[bad].sum(), float(bad.sum())),
         }
         if self.mismatched:
-            metrics["kl"] = ((logps.kl_logp - logps.kl_ref_logp).detach().sum(), float(b))
+            metrics["kl"] = (batch["kl_sum"], float(b))
         return losses.sum(), metrics
+
+
+class ShiftState(nn.Module):
+    """BCO's running reward shift as buffers, so checkpoints carry it (``extra_modules``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.int64))

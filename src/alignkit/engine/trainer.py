@@ -300,6 +300,7 @@ class Trainer:
     def run_batches(self, policy, batches, train: bool) -> tuple[torch.Tensor, dict[str, list[float]]]:
         """Forward (and backward when ``train``) over micro-batches that make one step; returns the
         global mean loss and the globally reduced metrics."""
+        self.algorithm.before_update(self, policy, batches)
         weights = torch.tensor([float(sum(self.algorithm.weight(b) for b in batches))], device=self.device)
         total_weight = self.dist.sum(weights).item()
         if total_weight <= 0:

@@ -567,10 +567,12 @@ class RunningMean:
     def update(self, values: Tensor) -> float:
         """Fold a tensor of values (any shape) into the mean and return the new mean."""
         values = values.detach().double().reshape(-1)
-        n = values.numel()
+        return self.update_mean(float(values.mean()) if values.numel() else 0.0, values.numel())
+
+    def update_mean(self, batch_mean: float, n: int) -> float:
+        """Fold a batch of ``n`` values whose mean is ``batch_mean`` into the mean and return the new mean."""
         if n == 0:
             return self.mean
-        batch_mean = float(values.mean())
         if self.momentum is None:
             self.mean += (batch_mean - self.mean) * n / (self.count + n)
         elif self.count == 0:
@@ -600,16 +602,19 @@ def unpaired_loss(name: str, logps: UnpairedLogps, beta: float = 0.1, **params: 
 
 
 @register_unpaired("kto")
-def kto(lp: UnpairedLogps, beta: float, desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> Tensor:
+def kto(lp: UnpairedLogps, beta: float, desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
+        z0: float | Tensor | None = None) -> Tensor:
     """KTO (Ethayarajh et al., 2024, "KTO: Model Alignment as Prospect Theoretic Optimization").
 
-    ``r = Δ(y)``, ``z0 = max(0, mean(log πθ(y'|x) − log π_ref(y'|x)))`` over mismatched pairs, detached
-    (``z0 = 0`` if no KL tensors are given). Desirable: ``λ_D·(1 − σ(β·(r − z0)))``;
-    undesirable: ``λ_U·(1 − σ(β·(z0 − r)))``. z0 is the mean over this batch only (TRL additionally
-    gathers it across processes).
+    ``r = Δ(y)``, ``z0 = max(0, mean(log πθ(y'|x) − log π_ref(y'|x)))`` over mismatched pairs, detached.
+    Desirable: ``λ_D·(1 − σ(β·(r − z0)))``; undesirable: ``λ_U·(1 − σ(β·(z0 − r)))``. The mean is the one
+    over this batch's KL tensors, unless ``z0`` is given (the trainer passes the mean over every micro-batch
+    and process of the step, so splitting a batch does not change it); no KL tensors and no ``z0``: 0.
     """
     r = lp.logp - lp.ref_logp
-    if lp.kl_logp is None:
+    if z0 is not None:
+        z0 = torch.as_tensor(z0, dtype=r.dtype, device=r.device).clamp(min=0).detach()
+    elif lp.kl_logp is None:
         z0 = torch.zeros((), dtype=r.dtype, device=r.device)
     else:
         z0 = (lp.kl_logp - lp.kl_ref_logp).mean().clamp(min=0).detach()  # type: ignore[operator]
