@@ -139,16 +139,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(tmp_path, tiny_dir, name, extra=()):
+def torchrun(tmp_path, tiny_dir, name, extra=(), algorithm="dpo"):
     overrides = [
         f"train.output_dir={tmp_path / name}", f"model.path={tiny_dir}", "task.n_train=64", "task.n_eval=0",
         "train.batch_size=8", "train.max_steps=4", "train.lr=1e-3", "train.progress=false", "train.warmup_steps=1",
         "data.max_length=64", *extra,
     ]
-    (tmp_path / "dpo.yaml").write_text("algorithm: dpo\n")
+    (tmp_path / f"{algorithm}.yaml").write_text(f"algorithm: {algorithm}\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
-           "-m", "alignkit.cli", "train", str(tmp_path / "dpo.yaml"), *overrides]
+           "-m", "alignkit.cli", "train", str(tmp_path / f"{algorithm}.yaml"), *overrides]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert {r["processes"] for r in metric_rows(tmp_path / name)} == {2}
@@ -164,6 +164,15 @@ def test_two_processes_match_one(tmp_path, tiny_dir):
     one_losses = [r["loss"] for r in metric_rows(tmp_path / "one")]
     two_losses = [r["loss"] for r in metric_rows(tmp_path / "two")]
     assert one_losses == pytest.approx(two_losses, abs=1e-5)
+
+
+@pytest.mark.distributed
+def test_kto_two_processes_match_one(tmp_path, tiny_dir):
+    """KTO's z0 is reduced over both processes' mismatched pairs: 2 processes give the 1-process update."""
+    one = train(recipe(tmp_path, tiny_dir, "kto", "one"))
+    two = torchrun(tmp_path, tiny_dir, "two", algorithm="kto")
+    assert_same_weights(one, two, atol=2e-6)
+    assert [r["kl"] for r in metric_rows(tmp_path / "one")] == pytest.approx([r["kl"] for r in metric_rows(tmp_path / "two")], abs=1e-5)
 
 
 @pytest.mark.distributed
