@@ -10,7 +10,7 @@ from alignkit.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["demo"], ["generate"], ["eval"], ["tiny"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["demo"], ["generate"], ["eval"], ["tiny"], ["options"]])
 def test_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
@@ -60,3 +60,27 @@ def test_train_generate_eval(tmp_path, tiny_dir):
     evaluation = json.loads((tmp_path / "sft" / "eval.json").read_text())
     assert evaluation["n"] == 8 and evaluation["kl"] is not None and -2.0 <= evaluation["gold_reward"] <= 1.0
     assert (tmp_path / "sft" / "report.html").exists()
+
+
+def test_options_list_keys_types_defaults_and_meanings():
+    result = runner.invoke(app, ["options", "rl"])
+    assert result.exit_code == 0
+    assert "| `skip_zero_advantage` | bool | `True` | leave samples whose advantage is exactly 0" in result.output
+    assert "| `kl_in` | `loss` \\| `reward` | `loss` |" in result.output
+    assert "## `rl.vllm`" in result.output and "## `dpo`" not in result.output
+    bad = runner.invoke(app, ["options", "rll"])
+    assert bad.exit_code == 2 and "did you mean 'rl'" in bad.output
+
+
+def test_options_doc_is_current_and_complete():
+    """docs/options.md is `alignkit options` as it is now, and every option says what it does."""
+    from pathlib import Path
+
+    from alignkit.config import Recipe, _sections, options_reference
+
+    text = options_reference()
+    doc = Path(__file__).parents[1] / "docs" / "options.md"
+    assert doc.read_text() == text + "\n", "docs/options.md is stale: run `alignkit options > docs/options.md`"
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(rows) == sum(len(model.model_fields) for _, model in _sections(Recipe, ""))
+    assert not [row for row in rows if row.endswith("|  |")], "options without a description"

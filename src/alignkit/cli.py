@@ -231,6 +231,19 @@ def bench(
 
 
 @app.command()
+def options(
+    section: Optional[str] = typer.Argument(None, help="A recipe section (model, data, train, dpo, rl, rl.vllm, ...); all when omitted."),
+) -> None:
+    """List recipe options: key, type, default and meaning (the text of docs/options.md)."""
+    from .config import ConfigError, options_reference
+
+    try:
+        typer.echo(options_reference(section))
+    except ConfigError as e:
+        _fail(str(e))
+
+
+@app.command()
 def tiny(
     out: Path = typer.Argument(..., help="Folder for the tokenizer and model."),
     arch: str = typer.Option("llama", help="llama or qwen2"),

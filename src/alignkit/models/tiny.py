@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 PAD, EOS, BOS = "<|pad|>", "<|endoftext|>", "<|startoftext|>"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -33,14 +33,14 @@ class TinyModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    arch: Literal["llama", "qwen2"] = "llama"
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int = 256
-    vocab_size: int = 512
-    max_position_embeddings: int = 256
-    seed: int = 0
+    arch: Literal["llama", "qwen2"] = Field("llama", description="transformers architecture: llama (LlamaConfig) or qwen2 (Qwen2Config)")
+    hidden_size: int = Field(64, description="width of the hidden states and token embeddings (tied with the output head)")
+    num_layers: int = Field(2, description="number of decoder layers")
+    num_heads: int = Field(4, description="attention heads, as many key/value heads (no grouped-query attention)")
+    intermediate_size: int = Field(256, description="inner width of each layer's MLP")
+    vocab_size: int = Field(512, description="target vocabulary size of the byte-level BPE tokenizer trained on the task's text; the model's embeddings match the tokenizer")
+    max_position_embeddings: int = Field(256, description="longest sequence in tokens the model config allows (vLLM's default max_model_len)")
+    seed: int = Field(0, description="torch seed of the random weight initialisation")
 
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 512):
