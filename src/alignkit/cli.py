@@ -265,8 +265,22 @@ def tiny(
 def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    app()
+    try:
+        app()
+    except SystemExit as done:
+        code = done.code
+    else:
+        code = 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Under torchrun the work is finished (files written and closed, process group destroyed), but
+        # interpreter finalization can still race torch's gloo / autograd worker threads and abort with
+        # "terminate called without an active exception" (now and then here; pytorch/pytorch#190489).
+        # Leave without finalization so a finished run exits with its own status.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
