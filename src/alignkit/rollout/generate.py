@@ -46,6 +46,7 @@ Backends (``generate(..., backend=...)``):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -258,9 +259,18 @@ class _Sampler:
         return out
 
 
+@functools.lru_cache(maxsize=None)
+def _cache_argument(model_class: type) -> str:
+    """The name a model class's ``forward`` takes its KV cache under: ``cache`` in recent transformers
+    releases (5.24 warns about ``past_key_values``), ``past_key_values`` in earlier ones (5.19)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
 def _forward_last(model, input_ids, attention_mask, position_ids, cache):
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                **{_cache_argument(type(model)): cache}, use_cache=True, logits_to_keep=1)
     return out.logits[:, -1]
 
 
