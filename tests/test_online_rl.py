@@ -246,25 +246,25 @@ def test_zero_advantage_samples_leave_the_batches_but_not_the_denominator(tmp_pa
     assert update[0]["skipped_weight"] >= 4 * n_soup  # at least one completion token per left-out sample
 
 
-@pytest.mark.parametrize("kl_estimator", ["k1", "k3"])
-def test_kl_in_the_reward_of_an_outcome_estimator(tmp_path, tiny_dir, kl_estimator):
-    """rl.kl_in=reward with REINFORCE (no baseline): A_i = r_i - beta * sum_t KL_t(pi_old || pi_ref), worked out
-    here from the trainer's log-probs of the policy and of a reference that differs from it."""
+def perturbed_reference_rollout(tmp_path, tiny_dir, estimator, kl_estimator, beta):
+    """One rollout with rl.kl_in=reward against a reference that differs from the policy, unpacked and
+    unskipped; returns the update's batch, the per-token KL worked out here from the trainer's log-probs
+    of both models, the completion mask, the raw rewards and the rollout's stats."""
     from alignkit.models.logprobs import TargetLogProbs
+    from reward_fns import soup_is_constant
 
-    beta = 0.5
     recipe = load_recipe({"algorithm": "rl"}, [
         f"train.output_dir={tmp_path / 'klr'}", f"model.path={tiny_dir}", "task.n_train=16", "task.n_eval=0",
         "train.batch_size=4", "train.max_steps=1", "train.progress=false", "rl.group_size=2", "rl.max_new_tokens=6",
-        "rl.estimator=reinforce", "rl.moving_baseline=false", "rl.reward=reward_fns:soup_is_constant", f"rl.beta={beta}",
+        f"rl.estimator={estimator}", "rl.moving_baseline=false", "rl.reward=reward_fns:soup_is_constant", f"rl.beta={beta}",
         "rl.kl_in=reward", f"rl.kl_estimator={kl_estimator}", "rl.share_prompts=false", "rl.skip_zero_advantage=false",
     ])
     trainer = ready_trainer(recipe)
     with torch.no_grad():  # a reference that is not the policy, so the KL is not 0
         for p in trainer.algorithm.reference.model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    examples = trainer.train_examples[:4]
-    (update,), stats = trainer.algorithm.rollout(trainer, examples)
+    distinct = list({e["prompt"]: e for e in trainer.train_examples}.values())[:4]  # a prompt names its group
+    (update,), stats = trainer.algorithm.rollout(trainer, distinct)
     batch = update[0]
     with torch.no_grad():
         logp = TargetLogProbs(trainer.model)(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
@@ -273,14 +273,38 @@ def test_kl_in_the_reward_of_an_outcome_estimator(tmp_path, tiny_dir, kl_estimat
     target[:, 0] = False
     diff = logp - ref
     per_token = diff if kl_estimator == "k1" else torch.exp(-diff) - 1 + diff  # k3: r - 1 - log r, r = pi_ref / pi
-    kl = torch.where(target, per_token, torch.zeros_like(per_token)).sum(-1)
-    assert kl.abs().max() > 1e-3
-    from reward_fns import soup_is_constant
-
+    kl = torch.where(target, per_token, torch.zeros_like(per_token))
     texts = []
     for ids, mask in zip(batch["input_ids"].tolist(), batch["loss_mask"].tolist()):
         start, end = mask.index(1), len(mask) - mask[::-1].index(1)
         texts.append((trainer.tokenizer.decode(ids[:start]), trainer.tokenizer.decode(ids[start:end], skip_special_tokens=True)))
     raw = torch.tensor(soup_is_constant([p for p, _ in texts], [c for _, c in texts]))
-    assert batch["advantage"] == pytest.approx((raw - beta * kl).tolist(), abs=1e-4)
-    assert stats["kl_penalty"] == pytest.approx(beta * kl.mean().item(), abs=1e-4)  # every sample has tokens here
+    assert kl.sum(-1).abs().max() > 1e-3
+    return batch, kl, target, raw, stats
+
+
+@pytest.mark.parametrize("kl_estimator", ["k1", "k3"])
+def test_kl_in_the_reward_of_an_outcome_estimator(tmp_path, tiny_dir, kl_estimator):
+    """rl.kl_in=reward with REINFORCE (no baseline): A_i = r_i - beta * sum_t KL_t(pi_old || pi_ref)."""
+    beta = 0.5
+    batch, kl, _, raw, stats = perturbed_reference_rollout(tmp_path, tiny_dir, "reinforce", kl_estimator, beta)
+    assert batch["advantage"] == pytest.approx((raw - beta * kl.sum(-1)).tolist(), abs=1e-4)
+    assert stats["kl_penalty"] == pytest.approx(beta * kl.sum(-1).mean().item(), abs=1e-4)  # every sample has tokens here
+
+
+def test_reinforce_pp_with_kl_in_the_reward_uses_token_returns(tmp_path, tiny_dir):
+    """REINFORCE++ (KL in the reward): A_t = whiten(r - beta * sum_{s>=t} KL_s) over the rollout's tokens,
+    worked out here; REINFORCE++-baseline subtracts the group mean of r first (groups of 2, consecutive)."""
+    beta = 0.5
+    for estimator in ("reinforce_pp", "reinforce_pp_baseline"):
+        batch, kl, target, raw, _ = perturbed_reference_rollout(tmp_path / estimator, tiny_dir, estimator, "k1", beta)
+        assert "advantage" not in batch
+        score = raw
+        if estimator == "reinforce_pp_baseline":  # rows are shuffled: find each row's group by its prompt
+            prompts = [tuple(ids[: mask.index(1)]) for ids, mask in zip(batch["input_ids"].tolist(), batch["loss_mask"].tolist())]
+            score = torch.tensor([raw[i] - raw[[j for j, q in enumerate(prompts) if q == p]].mean() for i, p in enumerate(prompts)])
+        to_go = kl.flip(-1).cumsum(-1).flip(-1)  # sum over s >= t
+        returns = torch.where(target, score[:, None] - beta * to_go, torch.zeros_like(kl))
+        expected = (returns[target] - returns[target].mean()) / (returns[target].std() + 1e-8)
+        assert batch["token_adv"][target].tolist() == pytest.approx(expected.tolist(), abs=1e-4)
+        assert (batch["token_adv"][~target] == 0).all()

@@ -233,11 +233,17 @@ class OnlineRL(Algorithm):
         """KL in the reward (``rl.kl_in: reward``, ``rl.beta > 0``) for an outcome estimator (GRPO, RLOO, ...)."""
         return self.cfg.beta > 0 and self.cfg.kl_in == "reward" and self.cfg.estimator not in ("ppo", "p3o", "copg")
 
+    def token_level_returns(self) -> bool:
+        """REINFORCE++ with the KL in the reward: per-token returns ``r - beta * sum_{s>=t} KL_s`` whitened over
+        the rollout's tokens (the REINFORCE++ paper, OpenRLHF), instead of one shaped reward per sample."""
+        return self.shapes_outcome_rewards() and self.cfg.estimator in ("reinforce_pp", "reinforce_pp_baseline")
+
     def skips_zero_advantage(self) -> bool:
         """Whether a sample with advantage exactly 0 contributes exactly nothing to the update: true for the
         outcome estimators when no KL term sits in the loss (every policy loss is then ``A * f(ratio)``)."""
         kl_loss = self.cfg.beta > 0 and self.cfg.kl_in == "loss"
-        return self.cfg.skip_zero_advantage and self.cfg.estimator not in ("ppo", "p3o", "copg") and not kl_loss
+        outcome = self.cfg.estimator not in ("ppo", "p3o", "copg") and not self.token_level_returns()
+        return self.cfg.skip_zero_advantage and outcome and not kl_loss
 
     def _skip_zero_advantage(self, chunk: list[list[dict]]) -> tuple[list[list[dict]], float, int]:
         """The units of one optimizer step without their zero-advantage samples, the weight those samples
@@ -318,8 +324,9 @@ class OnlineRL(Algorithm):
             for it in items:
                 logp, ref = torch.tensor(it["old_logp"]), torch.tensor(it["ref_logp"])
                 kl[it["sample"]] = kl_penalty(cfg.kl_estimator, logp, ref)[it["prompt_len"] :].sum()
-            rewards = rewards - cfg.beta * kl
             stats["kl_penalty"] = (cfg.beta * kl).mean().item()
+            if not self.token_level_returns():  # REINFORCE++ puts the KL on each token below instead
+                rewards = rewards - cfg.beta * kl
             items = [it for it in items if keep[it["sample"]]]
         # ---- advantages ---------------------------------------------------------------------------
         params: dict[str, Any] = {}
@@ -333,12 +340,16 @@ class OnlineRL(Algorithm):
         if cfg.estimator == "reinforce" and cfg.moving_baseline:
             params["baseline"] = self._moving_baseline(rewards)
         advantages = None
-        if cfg.estimator not in ("ppo", "p3o", "copg"):
+        if cfg.estimator not in ("ppo", "p3o", "copg") and not self.token_level_returns():
             advantages = outcome_advantages(cfg.estimator, rewards, g, **params)
         for it in items:
             it["reward"] = rewards[it["sample"]].item()
             if advantages is not None:
                 it["advantage"] = advantages[it["sample"]].item()
+        if self.token_level_returns() and items:
+            # the sequence score sits on the last token (REINFORCE++-baseline: minus its group's mean first)
+            scores = outcome_advantages("dr_grpo", rewards, g) if cfg.estimator == "reinforce_pp_baseline" else rewards
+            self._token_returns(items, scores[[it["sample"] for it in items]])
         stats["kept"] = len(items) / max(1, len(samples))
         if not items:
             return [], stats
@@ -399,36 +410,51 @@ class OnlineRL(Algorithm):
             for item, row in zip(chunk, out.float().cpu().tolist()):
                 item[key] = row[: len(item["ids"])]
 
+    @staticmethod
+    def _token_tensors(items, *keys) -> tuple[torch.Tensor, ...]:
+        """The completion mask and each per-token annotation in ``keys`` as padded ``[N, T]`` tensors (zeros
+        where an item lacks the annotation)."""
+        mask = pad([it["mask"] for it in items], 0).float()
+        out = [torch.zeros_like(mask) for _ in keys]
+        for i, it in enumerate(items):
+            for tensor, key in zip(out, keys):
+                if key in it:
+                    tensor[i, : len(it["ids"])] = torch.tensor(it[key])
+        return (mask, *out)
+
+    @staticmethod
+    def _whiten(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Token advantages normalised to mean 0, std 1 over the valid tokens (0 elsewhere)."""
+        valid = mask > 0
+        mean, std = adv[valid].mean(), adv[valid].std()
+        return torch.where(valid, (adv - mean) / (std + 1e-8), torch.zeros_like(adv))
+
+    def _token_returns(self, items, scores: torch.Tensor) -> None:
+        """REINFORCE++: ``G_t = score - beta * sum_{s>=t} KL_s`` (token rewards ``-beta KL_t`` plus the score on the
+        last token, summed to the end: GAE with gamma = lambda = 1 and no critic), whitened over the rollout."""
+        mask, logp, ref = self._token_tensors(items, "old_logp", "ref_logp")
+        token_rewards = kl_in_reward(scores, logp, ref, mask, self.cfg.beta, kind=self.cfg.kl_estimator)
+        returns, _ = gae(token_rewards, torch.zeros_like(mask), mask, gamma=1.0, lam=1.0)
+        adv = self._whiten(returns, mask)
+        for i, it in enumerate(items):
+            it["token_adv"] = adv[i, : len(it["ids"])].tolist()
+
     def _ppo_advantages(self, items) -> None:
         cfg = self.cfg
-        batch_mask = pad([it["mask"] for it in items], 0).float()
-        values = torch.zeros_like(batch_mask)
-        logp = torch.zeros_like(batch_mask)
-        ref = torch.zeros_like(batch_mask)
-        for i, it in enumerate(items):
-            n = len(it["ids"])
-            values[i, :n] = torch.tensor(it["old_values"])
-            if "old_logp" in it:  # present whenever the KL is shaped into the reward
-                logp[i, :n] = torch.tensor(it["old_logp"])
-            if "ref_logp" in it:
-                ref[i, :n] = torch.tensor(it["ref_logp"])
+        # old_logp is present whenever the KL is shaped into the reward, dense_logp with RTO
+        batch_mask, values, logp, ref, dense = self._token_tensors(items, "old_values", "old_logp", "ref_logp", "dense_logp")
         scores = torch.tensor([it["reward"] for it in items])
         beta = cfg.beta if (self.reference is not None and cfg.kl_in == "reward") else 0.0
         token_rewards = kl_in_reward(scores, logp, ref, batch_mask, beta, kind=cfg.kl_estimator)
         if self.dense_reward is not None:
             # RTO: r_t += beta_d * (log pi_dpo(a_t) - log pi_ref(a_t)) on every completion token.
-            dense = torch.zeros_like(batch_mask)
-            for i, it in enumerate(items):
-                dense[i, : len(it["ids"])] = torch.tensor(it["dense_logp"])
             token_rewards = token_rewards + cfg.dense_reward_beta * (dense - ref) * batch_mask
         if cfg.macro_len:
             adv, returns = macro_gae(token_rewards, values, batch_mask, cfg.macro_len, gamma=cfg.gamma, lam=cfg.lam)
         else:
             adv, returns = gae(token_rewards, values, batch_mask, gamma=cfg.gamma, lam=cfg.lam)
         if cfg.whiten_advantages:
-            valid = batch_mask > 0
-            mean, std = adv[valid].mean(), adv[valid].std()
-            adv = torch.where(valid, (adv - mean) / (std + 1e-8), torch.zeros_like(adv))
+            adv = self._whiten(adv, batch_mask)
         for i, it in enumerate(items):
             n = len(it["ids"])
             it["token_adv"] = adv[i, :n].tolist()
@@ -457,7 +483,7 @@ class OnlineRL(Algorithm):
             per_pair = copg_loss(seq, ref, batch["reward"], cfg.beta)
             n_pairs = float(per_pair.numel())
             return per_pair.sum(), {"policy/copg_loss": (per_pair.detach().sum(), n_pairs)}
-        advantages = batch["token_adv"] if cfg.estimator == "ppo" else batch["advantage"]
+        advantages = batch["token_adv"] if "token_adv" in batch else batch["advantage"]
         params: dict[str, Any] = {}
         if cfg.policy_loss in ("ppo_clip", "cispo", "p3o"):
             params["clip_high"] = cfg.clip_high
