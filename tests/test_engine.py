@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,7 +147,8 @@ def torchrun(tmp_path, tiny_dir, name, extra=(), algorithm="dpo"):
         "data.max_length=64", *extra,
     ]
     (tmp_path / f"{algorithm}.yaml").write_text(f"algorithm: {algorithm}\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    tests = str(Path(__file__).parent)  # reward functions of tests/reward_fns.py load by module:function
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
            "-m", "alignkit.cli", "train", str(tmp_path / f"{algorithm}.yaml"), *overrides]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -177,6 +179,20 @@ def test_kto_two_processes_match_one(tmp_path, tiny_dir):
     one_rows, two_rows = metric_rows(tmp_path / "one"), metric_rows(tmp_path / "two")
     assert max(r["kl"] for r in one_rows) > 0.1
     assert [r["loss"] for r in one_rows] == pytest.approx([r["loss"] for r in two_rows], abs=1e-5)
+
+
+@pytest.mark.distributed
+def test_grpo_two_processes_match_one(tmp_path, tiny_dir):
+    """Online RL under torchrun: each process samples its share of the prompts with the streams their
+    global indices name, so 2 processes draw the 1-process completions and make the same update."""
+    extra = ["rl.group_size=4", "rl.max_new_tokens=8", "train.lr=3e-3", "rl.reward=reward_fns:soup_is_constant"]
+    one = train(recipe(tmp_path, tiny_dir, "rl", "one", extra))
+    two = torchrun(tmp_path, tiny_dir, "two", extra, algorithm="rl")
+    assert_same_weights(one, two, atol=1e-5)
+    one_rows, two_rows = metric_rows(tmp_path / "one"), metric_rows(tmp_path / "two")
+    for key in ("reward", "completion_length", "loss"):
+        assert [r[key] for r in one_rows] == pytest.approx([r[key] for r in two_rows], abs=1e-5), key
+    assert max(r["reward_std"] for r in one_rows) > 0  # the rewards varied, so the updates did something
 
 
 @pytest.mark.distributed

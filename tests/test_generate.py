@@ -147,6 +147,38 @@ def test_same_seed_same_samples(trained, tokenizer):
     assert [s.completion_ids for s in a] != [s.completion_ids for s in c]
 
 
+def test_samples_do_not_depend_on_batching(trained, tokenizer):
+    """A job's draws depend on (seed, job id, step) only: other batch sizes, or the job decoded alone under
+    its id, give the same completions (this is what makes N-process rollouts equal 1-process ones)."""
+    whole = generate(trained, tokenizer, PROMPTS, n=4, max_new_tokens=16, seed=3, batch_size=4 * len(PROMPTS))
+    small = generate(trained, tokenizer, PROMPTS, n=4, max_new_tokens=16, seed=3, batch_size=3)
+    assert [s.completion_ids for s in small] == [s.completion_ids for s in whole]
+    alone = generate(trained, tokenizer, PROMPTS[1:2], n=4, max_new_tokens=16, seed=3, job_ids=[4, 5, 6, 7])
+    assert [s.completion_ids for s in alone] == [s.completion_ids for s in whole[4:8]]
+    assert len({tuple(s.completion_ids) for s in whole}) > len(PROMPTS)  # the group's samples differ
+
+
+def test_splitmix64_matches_the_reference_generator():
+    """splitmix64 on int64 tensors equals the reference algorithm in Python integers (mod 2^64)."""
+    import importlib
+
+    module = importlib.import_module("alignkit.rollout.generate")
+    mask = 2**64 - 1
+
+    def reference(x):
+        x = (x + 0x9E3779B97F4A7C15) & mask
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+        return x ^ (x >> 31)
+
+    values = [0, 1, 12345, 2**62 + 7, -(2**63), -1]
+    got = [v & mask for v in module.splitmix64(torch.tensor(values, dtype=torch.int64)).tolist()]
+    assert got == [reference(v & mask) for v in values]
+    assert got[0] == 0xE220A8397B1DCDAF  # the generator's first output from state 0
+    u = module.uniform_stream(torch.arange(64), 4096)
+    assert 0 < u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.005 and abs(u.var().item() - 1 / 12) < 0.002
+
+
 def test_group_sharing_greedy_equals_single(trained, tokenizer):
     single = generate(trained, tokenizer, PROMPTS, n=1, max_new_tokens=20, greedy=True)
     with ForwardSpy(trained) as spy:

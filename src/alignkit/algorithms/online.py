@@ -124,7 +124,7 @@ class OnlineRL(Algorithm):
             return {}
         prompts = [e["prompt"] for e in examples]
         n = self.cfg.eval_samples
-        samples = self._generate(trainer.model, trainer.tokenizer, prompts, n, seed=12345)
+        samples = self._generate(trainer.model, trainer.tokenizer, prompts, n, seed=12345, job_ids=_job_ids(examples, n))
         context = {k: [e[k] for e in examples for _ in range(n)] for k in examples[0] if k not in ("prompt", "prompt_ids", "row", "index")}
         rewards = self.reward_source.score([s.prompt for s in samples], [s.completion for s in samples], **context)
         out = {"reward": rewards.float().mean().item(), "completion_length": statistics.fmean(len(s.completion_ids) for s in samples)}
@@ -270,12 +270,14 @@ class OnlineRL(Algorithm):
         model = trainer.model
         prompts = [e["prompt"] for e in examples]
         g = cfg.group_size
-        seed = trainer.cfg.seed * 100003 + trainer.current_step * 101 + trainer.dist.rank
+        # the same seed on every process: a sample's random stream is named by its example's global index
+        # (job ids), so 1 process and N processes draw the same completions for the same prompts
+        seed = trainer.cfg.seed * 100003 + trainer.current_step * 101
         sampler, sampler_context = model, _null
         if cfg.behavior == "reference":  # off-policy rollouts from the frozen starting policy
             sampler, sampler_context = self.reference.model, self.reference_context
         with sampler_context():
-            samples = self._generate(sampler, trainer.tokenizer, prompts, g, seed=seed)
+            samples = self._generate(sampler, trainer.tokenizer, prompts, g, seed=seed, job_ids=_job_ids(examples, g))
         sample_prompts = [s.prompt for s in samples]
         completions = [s.completion for s in samples]
         context = {k: [e[k] for e in examples for _ in range(g)] for k in examples[0] if k not in ("prompt", "prompt_ids", "row", "index")}
@@ -510,6 +512,11 @@ class OnlineRL(Algorithm):
             total = total + cfg.vf_coef * vf
             metrics["critic/value_loss"] = (vf.detach() * weight, weight)
         return total * weight, metrics
+
+
+def _job_ids(examples, n: int) -> list[int]:
+    """Global ids of the ``n`` samples of each example (its index in the data set, whichever process has it)."""
+    return [e["index"] * n + j for e in examples for j in range(n)]
 
 
 def _null():

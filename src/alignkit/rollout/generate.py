@@ -27,8 +27,11 @@ Backends (``generate(..., backend=...)``):
     scores); pass ``truncated_logprobs=True`` for the log-probs of the truncated, renormalised
     distribution the token was actually drawn from. With ``greedy=True`` the log-probs are those of the
     chosen (argmax) tokens under ``softmax(logits / temperature)``.
-  - Deterministic by ``seed``: draws come from a private ``torch.Generator`` seeded with ``seed`` (the
-    global RNG is not touched); ``seed=None`` uses the global RNG.
+  - Deterministic by ``seed``, and **independent of batching**: the random numbers of job ``j`` (the
+    ``j``-th of ``len(prompts) * n``, or ``job_ids[j]``) at decode step ``t`` are the splitmix64 stream of
+    a key made from ``(seed, j, t)``, so a sample is the same whatever ``batch_size`` is, whichever other
+    jobs share its batch and however many processes split the prompts (online RL passes global job
+    ids). The global RNG is not touched; ``seed=None`` draws from the global RNG instead.
 
 * ``"hf"``: ``model.generate`` (the previous implementation, kept as a fallback and as the reference of
   the tests). ``Sample.logprobs`` is ``None``.
@@ -94,13 +97,15 @@ def generate(
     backend: str = "alignkit",
     truncated_logprobs: bool = False,
     vllm_options=None,
+    job_ids: list[int] | None = None,
 ) -> list[Sample]:
     """``n`` samples for each prompt, grouped by prompt (sample ``i*n + j`` is prompt ``i``'s j-th).
 
     ``batch_size`` is the number of samples decoded together (``"vllm"`` schedules its own batches).
     ``backend``: ``"alignkit"`` (default), ``"hf"`` (``model.generate``), ``"vllm"`` or ``"auto"``; see
     the module docstring. ``vllm_options``: :class:`~alignkit.config.VLLMConfig` for the
-    engine's first start.
+    engine's first start. ``job_ids``: one id per job (``len(prompts) * n``) naming its random stream
+    (``alignkit`` backend; default ``0 .. len(jobs) - 1``).
     """
     backend = resolve_backend(backend, model)
     if not greedy and temperature <= 0:
@@ -112,6 +117,10 @@ def generate(
     jobs = [(p, encoder.prompt_ids(p)) for p in prompts for _ in range(n)]
     if any(not ids for _, ids in jobs):
         raise ValueError("generate: a prompt encodes to no tokens")
+    if job_ids is None:
+        job_ids = list(range(len(jobs)))
+    if len(job_ids) != len(jobs):
+        raise ValueError(f"generate: job_ids has {len(job_ids)} ids for {len(jobs)} jobs (prompts x n)")
     was_training = model.training
     model.eval()
     samples: list[Sample] = []
@@ -128,15 +137,11 @@ def generate(
                 run = lambda chunk: _hf_chunk(model, tokenizer, chunk, stops, max_new_tokens, temperature, top_p, top_k, greedy)  # noqa: E731
             else:
                 device = next(model.parameters()).device
-                generator = None
-                if seed is not None:
-                    generator = torch.Generator(device=device)
-                    generator.manual_seed(seed)
-                sampler = _Sampler(temperature, top_p, top_k, greedy, truncated_logprobs, generator)
-                run = lambda chunk: _alignkit_chunk(model, tokenizer, chunk, stops, max_new_tokens, sampler, device)  # noqa: E731
+                sampler = _Sampler(temperature, top_p, top_k, greedy, truncated_logprobs, seed)
+                run = lambda chunk, ids: _alignkit_chunk(model, tokenizer, chunk, stops, max_new_tokens, sampler, device, ids)  # noqa: E731
             for start in range(0, len(jobs), batch_size):
                 chunk = jobs[start : start + batch_size]
-                samples.extend(run(chunk))
+                samples.extend(run(chunk, job_ids[start : start + batch_size]) if backend == "alignkit" else run(chunk))
                 bar_progress.update(bar, advance=len(chunk))
     finally:
         model.train(was_training)
@@ -215,16 +220,67 @@ def _vllm_chunk(model, tokenizer, chunk, n, stops, max_new_tokens, temperature, 
 # --------------------------------------------------------------------------------------------------
 # backend "alignkit": shared-prefix prefill + compacting KV-cache decode
 # --------------------------------------------------------------------------------------------------
-class _Sampler:
-    """Picks the next token of every row from last-position logits; returns (tokens, log-probs)."""
+# splitmix64 (Steele, Lea & Flood 2014) on int64 tensors: additions and products wrap modulo 2^64 as in C;
+# the constants are the usual unsigned ones written as signed 64-bit integers.
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15
+_MIX1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
+_MIX2 = -7723592293110705685  # 0x94D049BB133111EB
 
-    def __init__(self, temperature, top_p, top_k, greedy, truncated_logprobs, generator):
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical (unsigned) right shift of int64 values."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """The splitmix64 output function of the int64 states ``x`` (elementwise; a bijection of 64-bit words)."""
+    x = x + _GOLDEN
+    x = (x ^ _shift_right(x, 30)) * _MIX1
+    x = (x ^ _shift_right(x, 27)) * _MIX2
+    return x ^ _shift_right(x, 31)
+
+
+def uniform_stream(keys: torch.Tensor, n: int) -> torch.Tensor:
+    """``[len(keys), n]`` uniforms in (0, 1): the first ``n`` outputs of the splitmix64 generator started at each
+    key (state ``key + i * golden``), from their top 24 bits (float32's resolution), never 0 or 1."""
+    steps = torch.arange(n, dtype=torch.int64, device=keys.device) * _GOLDEN
+    bits = _shift_right(splitmix64(keys[:, None] + steps[None, :]), 40)
+    return (bits.to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+
+
+class _Sampler:
+    """Picks the next token of every row from last-position logits; returns (tokens, log-probs).
+
+    With a ``seed``, row ``r``'s draws at decode step ``step`` come from the key ``(seed, job id, step)`` alone
+    (:func:`uniform_stream`), so they do not depend on which rows share the batch; ``seed=None`` uses the
+    global RNG."""
+
+    def __init__(self, temperature, top_p, top_k, greedy, truncated_logprobs, seed: int | None):
         self.temperature = temperature if temperature > 0 else 1.0
         self.top_p, self.top_k, self.greedy = top_p, top_k, greedy
         self.truncated = truncated_logprobs
-        self.generator = generator
+        self.seed = seed
 
-    def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def job_keys(self, job_ids: list[int], device) -> torch.Tensor | None:
+        """Per-job stream keys (None without a seed)."""
+        if self.seed is None:
+            return None
+        seed = splitmix64(torch.tensor([self.seed], dtype=torch.int64, device=device))
+        return splitmix64(seed ^ torch.tensor(job_ids, dtype=torch.int64, device=device))
+
+    def _draw(self, filtered: torch.Tensor, keys: torch.Tensor | None, step: int) -> torch.Tensor:
+        """One token per row by inverse-CDF sampling from ``exp(filtered)``: the first token whose cumulative
+        probability exceeds ``U * total`` with one ``U ~ Uniform(0, 1)`` per row. Scaling by the row's total
+        renormalises after truncation and absorbs cumsum rounding; a token of probability 0 is never picked
+        (the cumulative sum does not rise there)."""
+        if keys is None:
+            u = torch.rand(filtered.shape[0], device=filtered.device)
+        else:
+            u = uniform_stream(splitmix64(keys + step), 1)[:, 0]
+        cumulative = filtered.exp().cumsum(-1)
+        return torch.searchsorted(cumulative, (u * cumulative[:, -1])[:, None], right=True).squeeze(-1)
+
+    def __call__(self, logits: torch.Tensor, keys: torch.Tensor | None = None, step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         logits = logits.float()
         if self.temperature != 1.0:
             logits = logits / self.temperature
@@ -233,11 +289,7 @@ class _Sampler:
             tokens = logits.argmax(-1)
             return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
         filtered = self._truncate(logp)
-        # exponential race (Gumbel-max in another form): argmax_i p_i / E_i with E_i ~ Exp(1) draws i with
-        # probability p_i, exactly. E = -log U with U ~ Uniform[0, 1) (U = 0 gives E = inf: never chosen);
-        # on CPU this is 2.4x cheaper than Tensor.exponential_ and torch.multinomial for a [64, 443] batch.
-        race = torch.empty_like(filtered).uniform_(generator=self.generator).log_().neg_()
-        tokens = (filtered.exp() / race).argmax(-1)
+        tokens = self._draw(filtered, keys, step)
         source = torch.log_softmax(filtered, dim=-1) if self.truncated and filtered is not logp else logp
         return tokens, source.gather(-1, tokens[:, None]).squeeze(-1)
 
@@ -291,7 +343,7 @@ def _trim_left(cache, attention: torch.Tensor) -> torch.Tensor:
     return attention[:, first:]
 
 
-def _alignkit_chunk(model, tokenizer, chunk, stops, max_new_tokens, sampler: _Sampler, device) -> list[Sample]:
+def _alignkit_chunk(model, tokenizer, chunk, stops, max_new_tokens, sampler: _Sampler, device, job_ids: list[int]) -> list[Sample]:
     from transformers import DynamicCache
 
     # ---- unique prompts of the chunk (the n samples of a prompt, and identical prompts, share one prefill)
@@ -320,8 +372,9 @@ def _alignkit_chunk(model, tokenizer, chunk, stops, max_new_tokens, sampler: _Sa
     finished_rows = torch.zeros(rows, dtype=torch.bool, device=device)
     active = torch.arange(rows, device=device)  # job index of every row still decoding
     stop_ids = torch.tensor(stops, dtype=torch.long, device=device)
+    keys = sampler.job_keys(job_ids, device)  # the random stream of every row (follows compaction)
     for step in range(max_new_tokens):
-        tokens, logps = sampler(logits)
+        tokens, logps = sampler(logits, keys, step)
         tokens_out[active, step] = tokens
         logps_out[active, step] = logps
         lengths[active] = step + 1
@@ -335,6 +388,7 @@ def _alignkit_chunk(model, tokenizer, chunk, stops, max_new_tokens, sampler: _Sa
             if keep.numel() == 0:
                 break
             active, tokens, attention, next_pos = active[keep], tokens[keep], attention[keep], next_pos[keep]
+            keys = keys[keep] if keys is not None else None
             cache.batch_select_indices(keep)
             attention = _trim_left(cache, attention)
         attention = torch.cat([attention, attention.new_ones(attention.shape[0], 1)], dim=1)
