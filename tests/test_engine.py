@@ -182,10 +182,16 @@ def test_kto_two_processes_match_one(tmp_path, tiny_dir):
 
 
 @pytest.mark.distributed
-def test_grpo_two_processes_match_one(tmp_path, tiny_dir):
+@pytest.mark.parametrize("variant", [
+    [],  # GRPO, group statistics
+    ["rl.estimator=reinforce_pp_baseline", "rl.reward_transforms=[{name: whiten}]"],  # rollout-wide statistics
+    ["rl.estimator=ppo", "rl.reward_transforms=[{name: clip, low: 0.0, high: 3.0}]"],  # critic, token whitening
+], ids=["grpo", "batch-statistics", "ppo"])
+def test_online_rl_two_processes_match_one(tmp_path, tiny_dir, variant):
     """Online RL under torchrun: each process samples its share of the prompts with the streams their
-    global indices name, so 2 processes draw the 1-process completions and make the same update."""
-    extra = ["rl.group_size=4", "rl.max_new_tokens=8", "train.lr=3e-3", "rl.reward=reward_fns:soup_is_constant"]
+    global indices name, and rollout-wide statistics span both processes, so 2 processes draw the
+    1-process completions and make the same update."""
+    extra = ["rl.group_size=4", "rl.max_new_tokens=8", "train.lr=3e-3", "rl.reward=reward_fns:soup_is_constant", *variant]
     one = train(recipe(tmp_path, tiny_dir, "rl", "one", extra))
     two = torchrun(tmp_path, tiny_dir, "two", extra, algorithm="rl")
     assert_same_weights(one, two, atol=1e-5)

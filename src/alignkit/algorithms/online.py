@@ -160,6 +160,7 @@ class OnlineRL(Algorithm):
         if self.share_prompts and not supports_packing(trainer.model):
             self.share_prompts = False  # e.g. flash-attention takes no custom 4-D mask
 
+        self.dist = trainer.dist
         spec = self.cfg.reward if self.cfg.reward != "gold" else f"gold:{self.recipe.task.name}"
         self.reward_source = build_reward_source(spec)
         if self.cfg.dense_reward_model:
@@ -283,8 +284,14 @@ class OnlineRL(Algorithm):
         context = {k: [e[k] for e in examples for _ in range(g)] for k in examples[0] if k not in ("prompt", "prompt_ids", "row", "index")}
         rewards = self.reward_source.score(sample_prompts, completions, **context).float().cpu()
         raw_rewards = rewards.clone()
-        for transform in cfg.reward_transforms:  # e.g. PPO-max's reward clipping and normalisation
-            rewards = apply_transform(transform["name"], rewards, **{k: v for k, v in transform.items() if k != "name"}).float()
+        # statistics over the rollout (reward whitening, batch std, moving baselines) span every process's
+        # samples: the step's rewards in process order are the 1-process rollout's, in its order
+        dist, own = trainer.dist, slice(trainer.dist.rank * len(samples), (trainer.dist.rank + 1) * len(samples))
+        if cfg.reward_transforms:
+            everyone = dist.gather(rewards)
+            for transform in cfg.reward_transforms:  # e.g. PPO-max's reward clipping and normalisation
+                everyone = apply_transform(transform["name"], everyone, **{k: v for k, v in transform.items() if k != "name"}).float()
+            rewards = everyone[own]
         finished = torch.tensor([s.finished for s in samples])
         if cfg.overlong == "shape":
             # DAPO soft overlong punishment over the last `overlong_buffer` tokens of the budget.
@@ -339,11 +346,12 @@ class OnlineRL(Algorithm):
             greedy_context = {k: [e[k] for e in examples] for k in context}
             params["baseline"] = self.reward_source.score(prompts, [s.completion for s in greedy], **greedy_context).float().cpu()
             stats["greedy_reward"] = params["baseline"].mean().item()
+            params["baseline"] = dist.gather(params["baseline"])
         if cfg.estimator == "reinforce" and cfg.moving_baseline:
-            params["baseline"] = self._moving_baseline(rewards)
+            params["baseline"] = self._moving_baseline(dist.gather(rewards))
         advantages = None
         if cfg.estimator not in ("ppo", "p3o", "copg") and not self.token_level_returns():
-            advantages = outcome_advantages(cfg.estimator, rewards, g, **params)
+            advantages = outcome_advantages(cfg.estimator, dist.gather(rewards), g, **params)[own]
         for it in items:
             it["reward"] = rewards[it["sample"]].item()
             if advantages is not None:
@@ -354,6 +362,8 @@ class OnlineRL(Algorithm):
             self._token_returns(items, scores[[it["sample"] for it in items]])
         stats["kept"] = len(items) / max(1, len(samples))
         if not items:
+            if self._whitens_tokens():  # take part in the other processes' whitening all-reduce
+                self.dist.sum(torch.zeros(3, dtype=torch.float64, device=self.dist.device))
             return [], stats
         # ---- optimizer steps: units (pairs / groups stay whole) shuffled into mini-batches ----------
         units: list[list[dict]] = []
@@ -424,12 +434,18 @@ class OnlineRL(Algorithm):
                     tensor[i, : len(it["ids"])] = torch.tensor(it[key])
         return (mask, *out)
 
-    @staticmethod
-    def _whiten(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Token advantages normalised to mean 0, std 1 over the valid tokens (0 elsewhere)."""
+    def _whitens_tokens(self) -> bool:
+        return (self.cfg.estimator == "ppo" and self.cfg.whiten_advantages) or self.token_level_returns()
+
+    def _whiten(self, adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Token advantages normalised to mean 0, std 1 (unbiased) over the valid tokens of every process's
+        rollout (0 elsewhere)."""
         valid = mask > 0
-        mean, std = adv[valid].mean(), adv[valid].std()
-        return torch.where(valid, (adv - mean) / (std + 1e-8), torch.zeros_like(adv))
+        x = adv[valid].double()
+        n, total, squares = self.dist.sum(torch.stack([torch.tensor(float(x.numel()), dtype=torch.float64), x.sum(), (x * x).sum()]).to(self.dist.device)).cpu()
+        mean = total / n.clamp(min=1)
+        std = ((squares - n * mean * mean).clamp(min=0) / (n - 1).clamp(min=1)).sqrt()
+        return torch.where(valid, (adv - mean.float()) / (std.float() + 1e-8), torch.zeros_like(adv))
 
     def _token_returns(self, items, scores: torch.Tensor) -> None:
         """REINFORCE++: ``G_t = score - beta * sum_{s>=t} KL_s`` (token rewards ``-beta KL_t`` plus the score on the

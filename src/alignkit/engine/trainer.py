@@ -61,6 +61,14 @@ class Distributed:
             torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
         return values
 
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """Every process's ``values`` (the same shape on each) concatenated along dim 0 in process order."""
+        if self.world == 1:
+            return values
+        parts = [torch.empty_like(values) for _ in range(self.world)]
+        torch.distributed.all_gather(parts, values.contiguous())
+        return torch.cat(parts)
+
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()
