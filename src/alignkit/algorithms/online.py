@@ -100,6 +100,7 @@ class OnlineRL(Algorithm):
         self.reward_source = None
         self.dense_reward: TargetLogProbs | None = None
         self.pairwise = self.cfg.estimator in ("p3o", "copg")
+        self.outcome = self.cfg.estimator not in ("ppo", "p3o", "copg")  # advantages from sequence rewards
         # GRPO-style groups share their prompt's forward in the update (packed rows); PPO's critic is padded
         self.share_prompts = self.cfg.share_prompts and self.cfg.estimator != "ppo"
         if self.cfg.estimator == "p3o":  # trajectory-level ratio, mean over sequences
@@ -232,7 +233,7 @@ class OnlineRL(Algorithm):
 
     def shapes_outcome_rewards(self) -> bool:
         """KL in the reward (``rl.kl_in: reward``, ``rl.beta > 0``) for an outcome estimator (GRPO, RLOO, ...)."""
-        return self.cfg.beta > 0 and self.cfg.kl_in == "reward" and self.cfg.estimator not in ("ppo", "p3o", "copg")
+        return self.cfg.beta > 0 and self.cfg.kl_in == "reward" and self.outcome
 
     def token_level_returns(self) -> bool:
         """REINFORCE++ with the KL in the reward: per-token returns ``r - beta * sum_{s>=t} KL_s`` whitened over
@@ -243,8 +244,7 @@ class OnlineRL(Algorithm):
         """Whether a sample with advantage exactly 0 contributes exactly nothing to the update: true for the
         outcome estimators when no KL term sits in the loss (every policy loss is then ``A * f(ratio)``)."""
         kl_loss = self.cfg.beta > 0 and self.cfg.kl_in == "loss"
-        outcome = self.cfg.estimator not in ("ppo", "p3o", "copg") and not self.token_level_returns()
-        return self.cfg.skip_zero_advantage and outcome and not kl_loss
+        return self.cfg.skip_zero_advantage and self.outcome and not self.token_level_returns() and not kl_loss
 
     def _skip_zero_advantage(self, chunk: list[list[dict]]) -> tuple[list[list[dict]], float, int]:
         """The units of one optimizer step without their zero-advantage samples, the weight those samples
@@ -259,7 +259,8 @@ class OnlineRL(Algorithm):
         if not any(trained):
             smallest = min(range(len(chunk)), key=lambda u: sum(len(it["ids"]) for it in chunk[u]))
             trained[smallest] = chunk[smallest]
-        left_out = [it for unit, kept in zip(chunk, trained) for it in unit if not any(it is k for k in kept)]
+        kept = {id(it) for unit in trained for it in unit}
+        left_out = [it for unit in chunk for it in unit if id(it) not in kept]
         return [u for u in trained if u], sum(self._item_weight(it) for it in left_out), len(left_out)
 
     # ----------------------------------------------------------------------------------------------
@@ -350,7 +351,7 @@ class OnlineRL(Algorithm):
         if cfg.estimator == "reinforce" and cfg.moving_baseline:
             params["baseline"] = self._moving_baseline(dist.gather(rewards))
         advantages = None
-        if cfg.estimator not in ("ppo", "p3o", "copg") and not self.token_level_returns():
+        if self.outcome and not self.token_level_returns():
             advantages = outcome_advantages(cfg.estimator, dist.gather(rewards), g, **params)[own]
         for it in items:
             it["reward"] = rewards[it["sample"]].item()

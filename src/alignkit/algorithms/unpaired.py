@@ -35,25 +35,21 @@ class Unpaired(Algorithm):
         self.cfg = recipe.unpaired
         self.name = self.cfg.loss
         self.mismatched = self.cfg.loss == "kto"
-        self.shift = RunningMean(self.cfg.bco_momentum) if self.cfg.loss == "bco" else None
-        self.shift_state = ShiftState()  # the shift's checkpointed copy
+        self.shift = ShiftState() if self.cfg.loss == "bco" else None  # BCO's δ, saved in checkpoints
         self._step_rewards = torch.zeros(2, dtype=torch.float64)  # (sum, count) of this step's rewards
 
     def _params(self, batch) -> dict:
         if self.cfg.loss == "kto":
             return {"desirable_weight": self.cfg.desirable_weight, "undesirable_weight": self.cfg.undesirable_weight, "z0": batch["z0"]}
         if self.cfg.loss == "bco":
-            return {"delta": self.shift.mean}
+            return {"delta": float(self.shift.mean)}
         return {}
 
     def extra_modules(self) -> dict[str, nn.Module]:
-        return {"bco_shift": self.shift_state} if self.shift is not None else {}
+        return {"bco_shift": self.shift} if self.shift is not None else {}
 
     def before_update(self, trainer, policy, batches) -> None:
-        """KTO: z0 over every micro-batch and process of the step (a no-grad pass over the mismatched rows).
-        BCO: the shift restored from a checkpoint, once, before the first step."""
-        if self.shift is not None and self.shift.count == 0 and int(self.shift_state.count) > 0:
-            self.shift.load_state_dict({"mean": float(self.shift_state.mean), "count": int(self.shift_state.count), "momentum": self.cfg.bco_momentum})
+        """KTO: z0 over every micro-batch and process of the step (a no-grad pass over the mismatched rows)."""
         if not self.mismatched:
             return
         total = torch.zeros(2, dtype=torch.float64, device=trainer.device)
@@ -75,9 +71,11 @@ class Unpaired(Algorithm):
         total = trainer.dist.sum(self._step_rewards.to(trainer.device)).cpu()
         self._step_rewards = torch.zeros(2, dtype=torch.float64)
         if total[1] > 0:
-            self.shift.update_mean(float(total[0] / total[1]), int(total[1]))
-        self.shift_state.mean.fill_(self.shift.mean)
-        self.shift_state.count.fill_(self.shift.count)
+            running = RunningMean(self.cfg.bco_momentum, initial=float(self.shift.mean))
+            running.count = int(self.shift.count)
+            running.update_mean(float(total[0] / total[1]), int(total[1]))
+            self.shift.mean.fill_(running.mean)
+            self.shift.count.fill_(running.count)
 
     def setup(self, trainer) -> None:
         for examples in (trainer.train_examples, trainer.eval_examples):

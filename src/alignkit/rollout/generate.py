@@ -129,19 +129,19 @@ def generate(
             bar = bar_progress.add_task("generate", total=len(jobs), info="")
             if backend == "vllm":
                 batch_size = max(1, len(jobs))
-                run = lambda chunk: _vllm_chunk(model, tokenizer, chunk, n, stops, max_new_tokens, temperature, top_p, top_k, greedy, seed,  # noqa: E731
+                run = lambda chunk, ids: _vllm_chunk(model, tokenizer, chunk, n, stops, max_new_tokens, temperature, top_p, top_k, greedy, seed,  # noqa: E731
                                                 truncated_logprobs, vllm_options)
             elif backend == "hf":
                 if seed is not None:
                     torch.manual_seed(seed)
-                run = lambda chunk: _hf_chunk(model, tokenizer, chunk, stops, max_new_tokens, temperature, top_p, top_k, greedy)  # noqa: E731
+                run = lambda chunk, ids: _hf_chunk(model, tokenizer, chunk, stops, max_new_tokens, temperature, top_p, top_k, greedy)  # noqa: E731
             else:
                 device = next(model.parameters()).device
                 sampler = _Sampler(temperature, top_p, top_k, greedy, truncated_logprobs, seed)
                 run = lambda chunk, ids: _alignkit_chunk(model, tokenizer, chunk, stops, max_new_tokens, sampler, device, ids)  # noqa: E731
             for start in range(0, len(jobs), batch_size):
                 chunk = jobs[start : start + batch_size]
-                samples.extend(run(chunk, job_ids[start : start + batch_size]) if backend == "alignkit" else run(chunk))
+                samples.extend(run(chunk, job_ids[start : start + batch_size]))  # job ids name the alignkit backend's streams
                 bar_progress.update(bar, advance=len(chunk))
     finally:
         model.train(was_training)
