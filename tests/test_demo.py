@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from alignkit.demo import run_demo
+from alignkit.pipelines.demo import run_demo
 
 
 @pytest.mark.slow

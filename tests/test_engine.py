@@ -65,8 +65,6 @@ def test_sft_loss_is_token_mean_over_the_whole_batch(tmp_path, tiny_dir):
 
     r = recipe(tmp_path, tiny_dir, "sft", "tm", ["train.micro_batch_size=1", "train.batch_size=4"])
     trainer = Trainer(r, SFT(r))
-    trainer._seed()
-    trainer.model = trainer._load_model(None)
     examples = trainer.load_examples(None, "train")
     policy = trainer.algorithm.module(trainer.model)
     batches = trainer.micro_batches(examples, [0, 1, 2, 3])

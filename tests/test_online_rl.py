@@ -29,9 +29,7 @@ def ready_trainer(recipe):
     from alignkit.engine.trainer import Trainer
 
     trainer = Trainer(recipe, OnlineRL(recipe))
-    trainer.model = trainer._load_model(None)
-    trainer.train_examples = trainer.load_examples(None, "train")
-    trainer.algorithm.setup(trainer)
+    trainer.ctx = trainer.prepare(trainer.load_examples(None, "train"))[0]
     return trainer
 
 
@@ -186,7 +184,7 @@ def test_reward_transforms_shape_the_rollout_rewards(tmp_path, tiny_dir):
         "rl.reward_transforms=[{name: clip, low: 0.0, high: 3.0}, {name: whiten}]",
     ])
     trainer = ready_trainer(recipe)
-    steps, stats = trainer.algorithm.rollout(trainer, trainer.train_examples[:4])
+    steps, stats = trainer.algorithm.rollout(trainer.ctx, trainer.train_examples[:4])
     advantages = torch.cat([b["advantage"] for update in steps for b in update])  # reinforce, no baseline: A = r~
     assert advantages.std() > 0
     assert advantages.mean().abs() < 1e-5 and (advantages.std(unbiased=False) - 1).abs() < 1e-3
@@ -235,7 +233,7 @@ def test_zero_advantage_samples_leave_the_batches_but_not_the_denominator(tmp_pa
     examples = trainer.train_examples[:8]
     n_soup = sum("soup" in e["prompt"] for e in examples)
     assert 0 < n_soup < 8
-    (update,), stats = trainer.algorithm.rollout(trainer, examples)
+    (update,), stats = trainer.algorithm.rollout(trainer.ctx, examples)
     trained_rows = sum(b["input_ids"].shape[0] for b in update)
     assert all((b["advantage"] != 0).all() for b in update)
     assert stats["zero_advantage_skipped"] * 32 == pytest.approx(32 - trained_rows)
@@ -264,7 +262,7 @@ def perturbed_reference_rollout(tmp_path, tiny_dir, estimator, kl_estimator, bet
         for p in trainer.algorithm.reference.model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     distinct = list({e["prompt"]: e for e in trainer.train_examples}.values())[:4]  # a prompt names its group
-    (update,), stats = trainer.algorithm.rollout(trainer, distinct)
+    (update,), stats = trainer.algorithm.rollout(trainer.ctx, distinct)
     batch = update[0]
     with torch.no_grad():
         logp = TargetLogProbs(trainer.model)(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])

@@ -21,7 +21,7 @@ from alignkit.rewards import (
     TaskGoldSource,
     build_reward_source,
 )
-from alignkit.rewards.evaluate import evaluate_pairs, expected_calibration_error
+from alignkit.evaluation.reward_model import evaluate_pairs, expected_calibration_error
 from alignkit.tasks import get_task, task_rows
 
 TEMPERATURE = 0.25
@@ -240,7 +240,7 @@ def test_multi_objective_heads_learn_their_attributes(tmp_path, tiny_dir):
     from transformers import AutoModelForSequenceClassification
 
     from alignkit.rewards import MultiObjectiveRewardSource
-    from alignkit.rewards.evaluate import pearson
+    from alignkit.evaluation.reward_model import pearson
     from alignkit.rewards.models import GATING_FILE
     from alignkit.rewards.task_data import attribute_values
 

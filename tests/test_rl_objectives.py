@@ -1,4 +1,4 @@
-"""Tests for alignkit.objectives.policy_gradient.
+"""Tests for the online-RL objectives (alignkit.objectives.advantages, .kl, .aggregation, .policy, .value).
 
 Every expected value is worked out by hand in the test from the formula, with
 plain Python numbers and ``math``; the code under test is never used to make
@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from alignkit.objectives.policy_gradient import (
+from alignkit.objectives import (
     MovingBaseline,
     aggregate,
     gae,
@@ -495,7 +495,7 @@ def test_macro_gae_two_blocks():
 # P3O and CoPG (pairwise online objectives), hand-worked
 # ---------------------------------------------------------------------------------------------
 def test_pairwise_advantages_hand_worked():
-    from alignkit.objectives.policy_gradient import pairwise_advantages
+    from alignkit.objectives import pairwise_advantages
 
     out = pairwise_advantages(torch.tensor([1.0, 0.0, 0.5, 2.5]))
     assert out.tolist() == pytest.approx([0.5, -0.5, -1.0, 1.0])
@@ -504,7 +504,7 @@ def test_pairwise_advantages_hand_worked():
 
 
 def test_p3o_trajectory_ratio_clip_hand_worked():
-    from alignkit.objectives.policy_gradient import policy_loss
+    from alignkit.objectives import policy_loss
 
     # Sequence 0: tokens log-ratios 0.1, 0.2 -> rho = e^0.3 = 1.34986 > 1.2 (clipped), A = +1.
     # Sequence 1: one token, log-ratio -0.05 -> rho = e^-0.05 = 0.95123, A = -1 (unclipped side: min(-0.951, -0.951)).
@@ -525,7 +525,7 @@ def test_p3o_trajectory_ratio_clip_hand_worked():
 
 
 def test_copg_hand_worked_and_gradient():
-    from alignkit.objectives.policy_gradient import copg_loss
+    from alignkit.objectives import copg_loss
 
     beta = 0.5
     logp = torch.tensor([-3.0, -4.0], requires_grad=True)

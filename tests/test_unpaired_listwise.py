@@ -102,7 +102,7 @@ def test_kto_takes_the_step_level_z0():
     """Hand-worked KTO with an explicit z0 = 0.5, beta = 1: r = (1.0, -1.0) for (desirable, undesirable)."""
     import torch
 
-    from alignkit.objectives.preference import UnpairedLogps, unpaired_loss
+    from alignkit.objectives.unpaired import UnpairedLogps, unpaired_loss
 
     lp = UnpairedLogps(logp=torch.tensor([1.0, -1.0]), ref_logp=torch.zeros(2), label=torch.tensor([True, False]))
     losses = unpaired_loss("kto", lp, beta=1.0, z0=0.5)

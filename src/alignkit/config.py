@@ -14,11 +14,24 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .models.tiny import TinyModelConfig
-
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(BaseModel):
+    """Shape of a tiny model built from scratch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    arch: Literal["llama", "qwen2"] = Field("llama", description="transformers architecture: llama (LlamaConfig) or qwen2 (Qwen2Config)")
+    hidden_size: int = Field(64, description="width of the hidden states and token embeddings (tied with the output head)")
+    num_layers: int = Field(2, description="number of decoder layers")
+    num_heads: int = Field(4, description="attention heads, as many key/value heads (no grouped-query attention)")
+    intermediate_size: int = Field(256, description="inner width of each layer's MLP")
+    vocab_size: int = Field(512, description="target vocabulary size of the byte-level BPE tokenizer trained on the task's text; the model's embeddings match the tokenizer")
+    max_position_embeddings: int = Field(256, description="longest sequence in tokens the model config allows (vLLM's default max_model_len)")
+    seed: int = Field(0, description="torch seed of the random weight initialisation")
 
 
 class LoraConfig(Section):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import Recipe
-from .base import Algorithm
+from ..engine.contract import Algorithm
 from .dpo import DPO
 from .listwise import Listwise
 from .online import OnlineRL

@@ -18,15 +18,14 @@ Logged: ``rewards/chosen`` and ``rewards/rejected`` (β·log π/π_ref), ``rewar
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from ..data.collate import REJECTED, collate_pairs, collate_pairs_packed
 from ..models.loading import is_peft
 from ..models.logprobs import TargetLogProbs, mask_for, supports_packing
-from ..objectives.preference import PairLogps, combine, ld_dpo_logps, pairwise_loss, tdpo_loss, wpo_weights
-from .base import Algorithm, Metrics, cache_per_example, starting_reference
+from ..objectives.pairwise import PairLogps, combine, ld_dpo_logps, pairwise_loss, tdpo_loss, wpo_weights
+from ..engine.contract import Algorithm, Metrics
+from ..models.reference import Reference
 
 TDPO = ("tdpo1", "tdpo2")
 
@@ -78,13 +77,12 @@ class DPO(Algorithm):
         self.token_level = self.cfg.wpo or self.cfg.ld_alpha is not None or self.cfg.loss in TDPO
         self.packing = self.cfg.packing and not self.token_level  # token-level options use the padded layout
         self.pack_tokens = self.cfg.pack_tokens
-        self.reference: TargetLogProbs | None = None
-        self.reference_context = contextlib.nullcontext
+        self.reference: Reference | None = None
         self.needs_reference = self._needs_reference()
         self.shuffle = not self.cfg.curriculum
 
     def _needs_reference(self) -> bool:
-        from ..objectives.preference import PAIRWISE_LOSSES
+        from ..objectives.pairwise import PAIRWISE_LOSSES
 
         names = [item["loss"] for item in self.cfg.mix] or [self.cfg.loss]
         for name in names:
@@ -100,7 +98,7 @@ class DPO(Algorithm):
             return examples
         if kind != "ranked":
             raise ValueError(f"algorithm 'dpo' trains on pair or ranked data, not data.kind={kind}")
-        from ..objectives.preference import curriculum_pairs
+        from ..objectives.listwise import curriculum_pairs
 
         stages: list[list[dict]] = []
         for e in examples:
@@ -128,8 +126,8 @@ class DPO(Algorithm):
         return float(batch["index"].numel())
 
     # ----------------------------------------------------------------------------------------------
-    def setup(self, trainer) -> None:
-        model = trainer.model
+    def setup(self, ctx) -> None:
+        model = ctx.model
         if self.packing and not supports_packing(model):
             self.packing = False  # e.g. flash-attention takes no custom 4-D mask
         if not self.needs_reference:
@@ -137,16 +135,17 @@ class DPO(Algorithm):
         if self.cfg.reference_update != "none" and is_peft(model):
             raise ValueError("dpo.reference_update (TR-DPO) needs a full model: with LoRA the reference is the base weights")
         keep = self.cfg.reference == "model"
-        module, self.reference_context = starting_reference(trainer, keep)
-        if self.cfg.reference == "cache":
-            for examples in (trainer.train_examples, trainer.eval_examples):
-                if examples:
-                    cache_per_example(trainer, examples, lambda batch: torch.stack(self._reference_logps(module, batch), -1), ("ref_chosen", "ref_rejected"))
-        self.reference = module if keep else None
+        reference = ctx.reference(keep)
+        if self.cfg.reference == "cache":  # the starting policy's log-probs, for the examples this fit reads
+            compute = lambda batch: torch.stack(self._reference_logps(reference, batch), -1)  # noqa: E731
+            ctx.cache(ctx.train_examples, compute, ("ref_chosen", "ref_rejected"), only=ctx.used_indices())
+            if ctx.eval_examples:
+                ctx.cache(ctx.eval_examples, compute, ("ref_chosen", "ref_rejected"))
+        self.reference = reference if keep else None
 
     def _reference_logps(self, module, batch):
         """(chosen, rejected) summed log-probs under the reference ``module``, without gradient."""
-        with torch.no_grad(), self.reference_context():
+        with torch.no_grad():
             if self.token_level:
                 chosen, rejected = token_pair_logps(module, batch, self.cfg.ld_alpha)[:2]
             else:
@@ -157,15 +156,13 @@ class DPO(Algorithm):
         # TR-DPO's reference changes during training, so checkpoints carry it.
         return {"reference": self.reference.model} if self.cfg.reference_update != "none" else {}
 
-    def after_step(self, trainer, step: int) -> None:
+    def after_step(self, ctx, step: int) -> None:
         """TR-DPO (Gorbatovski et al. 2024): refresh the reference every ``reference_update_every`` steps,
         softly (ref <- a * policy + (1 - a) * ref) or by copying the policy."""
         if self.cfg.reference_update == "none" or step % self.cfg.reference_update_every:
             return
         a = 1.0 if self.cfg.reference_update == "hard" else self.cfg.reference_update_alpha
-        with torch.no_grad():
-            for ref, cur in zip(self.reference.model.parameters(), trainer.model.parameters()):
-                ref.mul_(1 - a).add_(cur.detach(), alpha=a)
+        self.reference.refresh(ctx.model, a)
 
     # ----------------------------------------------------------------------------------------------
     def loss(self, policy, batch) -> tuple[torch.Tensor, Metrics]:
@@ -218,7 +215,7 @@ class DPO(Algorithm):
 
     def _sequential_kl(self, batch, policy_logits, positions) -> torch.Tensor:
         """TDPO's SeqKL per sequence [2B]: sum over completion tokens of KL(pi_ref(.|s_t) || pi(.|s_t))."""
-        with torch.no_grad(), self.reference_context():
+        with torch.no_grad():
             _, ref_logits, _ = self.reference(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], return_logits=True)
         ref_logp = ref_logits.log_softmax(-1)
         per_token = (ref_logp.exp() * (ref_logp - policy_logits.log_softmax(-1))).sum(-1)

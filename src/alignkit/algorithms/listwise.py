@@ -13,8 +13,8 @@ import torch
 
 from ..data.collate import collate_sequences
 from ..data.records import DataError
-from ..objectives.preference import listwise_loss
-from .base import Algorithm, Metrics
+from ..objectives.listwise import listwise_loss
+from ..engine.contract import Algorithm, Metrics
 
 
 def ranked_order(example: dict) -> list[int]:
@@ -32,8 +32,8 @@ class Listwise(Algorithm):
         self.cfg = recipe.listwise
         self.name = self.cfg.loss
 
-    def setup(self, trainer) -> None:
-        for examples in (trainer.train_examples, trainer.eval_examples):
+    def setup(self, ctx) -> None:
+        for examples in (ctx.train_examples, ctx.eval_examples):
             if not examples:
                 continue
             k = len(examples[0]["completion_ids"])

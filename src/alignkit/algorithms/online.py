@@ -36,7 +36,7 @@ from torch import nn
 
 from ..data.collate import collate_shared_prefix, pad
 from ..models.logprobs import TargetLogProbs, _unwrap, mask_for
-from ..objectives.policy_gradient import (
+from ..objectives import (
     aggregate,
     copg_loss,
     gae,
@@ -50,7 +50,8 @@ from ..objectives.policy_gradient import (
 )
 from ..rewards.transforms import apply_transform
 from ..rollout.generate import generate
-from .base import Algorithm, Metrics, starting_reference
+from ..engine.contract import Algorithm, Metrics
+from ..models.reference import Reference
 
 
 class TargetValues(nn.Module):
@@ -94,8 +95,7 @@ class OnlineRL(Algorithm):
         super().__init__(recipe)
         self.cfg = recipe.rl
         self.name = self.cfg.estimator
-        self.reference: TargetLogProbs | None = None
-        self.reference_context = _null
+        self.reference: Reference | None = None
         self.critic: TargetValues | None = None
         self.reward_source = None
         self.dense_reward: TargetLogProbs | None = None
@@ -119,13 +119,13 @@ class OnlineRL(Algorithm):
         return self.cfg.epochs * self.cfg.mini_batches
 
     @torch.no_grad()
-    def evaluate(self, trainer, examples) -> dict[str, float]:
+    def evaluate(self, ctx, examples) -> dict[str, float]:
         """Mean reward (and, on a built-in task, gold reward) of samples on held-out prompts."""
         if not examples:
             return {}
         prompts = [e["prompt"] for e in examples]
         n = self.cfg.eval_samples
-        samples = self._generate(trainer.model, trainer.tokenizer, prompts, n, seed=12345, job_ids=_job_ids(examples, n))
+        samples = self._generate(ctx.model, ctx.tokenizer, prompts, n, seed=12345, job_ids=_job_ids(examples, n))
         context = {k: [e[k] for e in examples for _ in range(n)] for k in examples[0] if k not in ("prompt", "prompt_ids", "row", "index")}
         rewards = self.reward_source.score([s.prompt for s in samples], [s.completion for s in samples], **context)
         out = {"reward": rewards.float().mean().item(), "completion_length": statistics.fmean(len(s.completion_ids) for s in samples)}
@@ -154,25 +154,24 @@ class OnlineRL(Algorithm):
             return [unit[0]["prompt_len"] + sum(len(e["ids"]) - e["prompt_len"] for e in unit)]
         return super().unit_rows(unit)
 
-    def setup(self, trainer) -> None:
+    def setup(self, ctx) -> None:
         from ..models.logprobs import supports_packing
         from ..rewards.sources import build_reward_source
 
-        if self.share_prompts and not supports_packing(trainer.model):
+        if self.share_prompts and not supports_packing(ctx.model):
             self.share_prompts = False  # e.g. flash-attention takes no custom 4-D mask
 
-        self.dist = trainer.dist
+        self.dist = ctx.strategy
         spec = self.cfg.reward if self.cfg.reward != "gold" else f"gold:{self.recipe.task.name}"
         self.reward_source = build_reward_source(spec)
         if self.cfg.dense_reward_model:
             from ..models.loading import load_policy_for_inference
 
-            dense = load_policy_for_inference(self.cfg.dense_reward_model).to(trainer.device)
+            dense = load_policy_for_inference(self.cfg.dense_reward_model).to(ctx.device)
             dense.requires_grad_(False)
             self.dense_reward = TargetLogProbs(dense, self.cfg.temperature)
         if self.cfg.beta > 0 or self.cfg.dense_reward_model or self.cfg.behavior == "reference":
-            self.reference, self.reference_context = starting_reference(trainer, keep=True)
-            self.reference.temperature = self.cfg.temperature
+            self.reference = ctx.reference(keep=True, temperature=self.cfg.temperature)
 
     def collate(self, examples, pad_id):
         batch = {
@@ -267,19 +266,19 @@ class OnlineRL(Algorithm):
     # rollout
     # ----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def rollout(self, trainer, examples: list[dict[str, Any]]) -> tuple[list[list[dict]], dict[str, float]]:
+    def rollout(self, ctx, examples: list[dict[str, Any]]) -> tuple[list[list[dict]], dict[str, float]]:
         cfg = self.cfg
-        model = trainer.model
+        model = ctx.model
         prompts = [e["prompt"] for e in examples]
         g = cfg.group_size
         # the same seed on every process: a sample's random stream is named by its example's global index
         # (job ids), so 1 process and N processes draw the same completions for the same prompts
-        seed = trainer.cfg.seed * 100003 + trainer.current_step * 101
+        seed = ctx.seed * 100003 + ctx.step * 101
         sampler, sampler_context = model, _null
         if cfg.behavior == "reference":  # off-policy rollouts from the frozen starting policy
-            sampler, sampler_context = self.reference.model, self.reference_context
+            sampler, sampler_context = self.reference.model, self.reference.context
         with sampler_context():
-            samples = self._generate(sampler, trainer.tokenizer, prompts, g, seed=seed, job_ids=_job_ids(examples, g))
+            samples = self._generate(sampler, ctx.tokenizer, prompts, g, seed=seed, job_ids=_job_ids(examples, g))
         sample_prompts = [s.prompt for s in samples]
         completions = [s.completion for s in samples]
         context = {k: [e[k] for e in examples for _ in range(g)] for k in examples[0] if k not in ("prompt", "prompt_ids", "row", "index")}
@@ -287,7 +286,7 @@ class OnlineRL(Algorithm):
         raw_rewards = rewards.clone()
         # statistics over the rollout (reward whitening, batch std, moving baselines) span every process's
         # samples: the step's rewards in process order are the 1-process rollout's, in its order
-        dist, own = trainer.dist, slice(trainer.dist.rank * len(samples), (trainer.dist.rank + 1) * len(samples))
+        dist, own = ctx.strategy, slice(ctx.strategy.rank * len(samples), (ctx.strategy.rank + 1) * len(samples))
         if cfg.reward_transforms:
             everyone = dist.gather(rewards)
             for transform in cfg.reward_transforms:  # e.g. PPO-max's reward clipping and normalisation
@@ -328,8 +327,8 @@ class OnlineRL(Algorithm):
         if self.shapes_outcome_rewards():
             # KL in the reward for an outcome estimator: r_i - beta * sum_t KL_t(pi_old || pi_ref) on the sample's
             # tokens (verl's use_kl_in_reward), before the group statistics; samples with no token keep r_i.
-            self._annotate(trainer, items, "old_logp", TargetLogProbs(model, cfg.temperature), _null)
-            self._annotate(trainer, items, "ref_logp", self.reference, self.reference_context)
+            self._annotate(ctx, items, "old_logp", TargetLogProbs(model, cfg.temperature), _null)
+            self._annotate(ctx, items, "ref_logp", self.reference, _null)
             kl = torch.zeros_like(rewards)
             for it in items:
                 logp, ref = torch.tensor(it["old_logp"]), torch.tensor(it["ref_logp"])
@@ -343,7 +342,7 @@ class OnlineRL(Algorithm):
         if cfg.estimator == "grpo":
             params["std"] = cfg.std
         if cfg.estimator == "remax":  # the greedy completion's reward, not KL-shaped
-            greedy = self._generate(model, trainer.tokenizer, prompts, 1, greedy=True, batch_size=cfg.generation_batch_size or len(prompts) * g)
+            greedy = self._generate(model, ctx.tokenizer, prompts, 1, greedy=True, batch_size=cfg.generation_batch_size or len(prompts) * g)
             greedy_context = {k: [e[k] for e in examples] for k in context}
             params["baseline"] = self.reward_source.score(prompts, [s.completion for s in greedy], **greedy_context).float().cpu()
             stats["greedy_reward"] = params["baseline"].mean().item()
@@ -388,9 +387,9 @@ class OnlineRL(Algorithm):
         # single on-policy update they equal the update's own log-probs (detached), so that pass is skipped.
         shaped_kl = self.reference is not None and cfg.estimator in ("ppo", "p3o") and cfg.kl_in == "reward"
         if (self.updates_per_step() > 1 or shaped_kl) and "old_logp" not in items[0]:
-            self._annotate(trainer, items, "old_logp", TargetLogProbs(model, cfg.temperature), _null)
+            self._annotate(ctx, items, "old_logp", TargetLogProbs(model, cfg.temperature), _null)
         if self.reference is not None and "ref_logp" not in items[0]:
-            self._annotate(trainer, items, "ref_logp", self.reference, self.reference_context)
+            self._annotate(ctx, items, "ref_logp", self.reference, _null)
         if shaped_kl:
             kl = [sum(a - b for a, b in zip(it["old_logp"], it["ref_logp"])) for it in items]
         if cfg.estimator == "p3o":
@@ -399,26 +398,26 @@ class OnlineRL(Algorithm):
             for it, a in zip(items, pairwise_advantages(shaped).tolist()):
                 it["advantage"] = a
         if self.dense_reward is not None:
-            self._annotate(trainer, items, "dense_logp", self.dense_reward, _null)
+            self._annotate(ctx, items, "dense_logp", self.dense_reward, _null)
         if cfg.estimator == "ppo":
-            self._annotate(trainer, items, "old_values", self.critic, _null)
+            self._annotate(ctx, items, "old_values", self.critic, _null)
             self._ppo_advantages(items)
         updates = []
         for _ in range(cfg.epochs):
             for chunk, weight in zip(chunks, skipped_weights):
                 flat = [it for unit in chunk for it in unit]
-                batches = trainer.micro_batches(flat, list(range(len(flat))))
+                batches = ctx.micro_batches(flat, list(range(len(flat))))
                 batches[0]["skipped_weight"] = weight
                 updates.append(batches)
         return updates, stats
 
-    def _annotate(self, trainer, items, key, module, context) -> None:
+    def _annotate(self, ctx, items, key, module, context) -> None:
         """Per-token values of ``module`` (log-probs or critic values) for every item, without grad."""
-        size = trainer.cfg.micro_batch_size or 64
+        size = ctx.micro_batch_size or 64
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
-            batch = trainer.collate(chunk)
-            with context(), trainer.autocast():
+            batch = ctx.collate(chunk)
+            with context(), ctx.autocast():
                 out = module(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
             for item, row in zip(chunk, out.float().cpu().tolist()):
                 item[key] = row[: len(item["ids"])]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..data.collate import collate_sft
-from .base import Algorithm, Metrics
+from ..engine.contract import Algorithm, Metrics
 
 
 class SFT(Algorithm):

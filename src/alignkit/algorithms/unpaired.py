@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from ..data.collate import collate_sequences
-from ..objectives.preference import RunningMean, UnpairedLogps, unpaired_loss
-from .base import Algorithm, Metrics, cache_per_example, starting_reference
+from ..objectives.unpaired import RunningMean, UnpairedLogps, unpaired_loss
+from ..engine.contract import Algorithm, Metrics
 
 
 class Unpaired(Algorithm):
@@ -48,27 +48,27 @@ class Unpaired(Algorithm):
     def extra_modules(self) -> dict[str, nn.Module]:
         return {"bco_shift": self.shift} if self.shift is not None else {}
 
-    def before_update(self, trainer, policy, batches) -> None:
+    def before_update(self, ctx, policy, batches) -> None:
         """KTO: z0 over every micro-batch and process of the step (a no-grad pass over the mismatched rows)."""
         if not self.mismatched:
             return
-        total = torch.zeros(2, dtype=torch.float64, device=trainer.device)
-        with torch.no_grad(), trainer.autocast():
+        total = torch.zeros(2, dtype=torch.float64, device=ctx.device)
+        with torch.no_grad(), ctx.autocast():
             for batch in batches:
                 kl_logp = policy(batch["kl_input_ids"], batch["kl_attention_mask"], batch["kl_loss_mask"]).sum(-1).float()
                 ratios = kl_logp - batch["kl_ref_logp"]
                 batch["kl_sum"] = ratios.sum()
-                total += torch.stack([ratios.sum().double(), torch.tensor(float(ratios.numel()), dtype=torch.float64, device=trainer.device)])
-        total = trainer.dist.sum(total)
+                total += torch.stack([ratios.sum().double(), torch.tensor(float(ratios.numel()), dtype=torch.float64, device=ctx.device)])
+        total = ctx.strategy.sum(total)
         z0 = (total[0] / total[1].clamp(min=1)).clamp(min=0).float()
         for batch in batches:
             batch["z0"] = z0
 
-    def after_step(self, trainer, step: int) -> None:
+    def after_step(self, ctx, step: int) -> None:
         """BCO: fold the step's rewards (all micro-batches and processes) into the shift."""
         if self.shift is None:
             return
-        total = trainer.dist.sum(self._step_rewards.to(trainer.device)).cpu()
+        total = ctx.strategy.sum(self._step_rewards.to(ctx.device)).cpu()
         self._step_rewards = torch.zeros(2, dtype=torch.float64)
         if total[1] > 0:
             running = RunningMean(self.cfg.bco_momentum, initial=float(self.shift.mean))
@@ -77,8 +77,8 @@ class Unpaired(Algorithm):
             self.shift.mean.fill_(running.mean)
             self.shift.count.fill_(running.count)
 
-    def setup(self, trainer) -> None:
-        for examples in (trainer.train_examples, trainer.eval_examples):
+    def setup(self, ctx) -> None:
+        for examples in (ctx.train_examples, ctx.eval_examples):
             if not examples:
                 continue
             for i, e in enumerate(examples):
@@ -86,17 +86,16 @@ class Unpaired(Algorithm):
                 completion = partner["input_ids"][len(partner["prompt_ids"]) :]
                 e["kl_ids"] = e["prompt_ids"] + completion
                 e["kl_mask"] = [0] * len(e["prompt_ids"]) + [1] * len(completion)
-        module, context = starting_reference(trainer, keep=False)
+        module = ctx.reference(keep=False)
 
         def reference(batch):
             rows = ("", "kl_") if self.mismatched else ("",)
-            with context():
-                return torch.stack([module(batch[f"{r}input_ids"], batch[f"{r}attention_mask"], batch[f"{r}loss_mask"]).sum(-1) for r in rows], dim=1)
+            return torch.stack([module(batch[f"{r}input_ids"], batch[f"{r}attention_mask"], batch[f"{r}loss_mask"]).sum(-1) for r in rows], dim=1)
 
         keys = ("ref_logp", "kl_ref_logp") if self.mismatched else ("ref_logp",)
-        for examples in (trainer.train_examples, trainer.eval_examples):
-            if examples:
-                cache_per_example(trainer, examples, reference, keys)
+        ctx.cache(ctx.train_examples, reference, keys, only=ctx.used_indices())
+        if ctx.eval_examples:
+            ctx.cache(ctx.eval_examples, reference, keys)
 
     def collate(self, examples, pad_id):
         batch = collate_sequences([e["input_ids"] for e in examples], [e["loss_mask"] for e in examples], pad_id)

@@ -17,9 +17,17 @@ Preference pairs have two layouts:
   The first rejected token is predicted by the hidden state of the last prompt token, so each target
   carries an explicit ``source_index`` (the position whose hidden state predicts it). With ``row_tokens``
   several pairs share a row (block-diagonal attention: a pair never sees another pair).
+
+Metadata: examples that carry a ``"meta"`` dict (a row's fields outside its kind's schema, see
+:mod:`alignkit.data.kinds`) give the batch a ``"meta"`` entry, one value per example in batch order (per
+pair, not per sequence): a CPU tensor when every value is a number or a bool, else a list (``None`` where an
+example lacks the field). :func:`collate_sft`, :func:`collate_pairs` and :func:`collate_pairs_packed` add
+it; other collate functions call :func:`attach_meta`. A batch without metadata has no ``"meta"`` key.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -35,6 +43,29 @@ def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
     return out
 
 
+def collate_meta(examples: list[dict]) -> dict[str, Any] | None:
+    """The examples' metadata, one value per example for every key any of them has (None if none has any)."""
+    keys: dict[str, None] = {}
+    for e in examples:
+        keys.update(dict.fromkeys(e.get("meta") or {}))
+    if not keys:
+        return None
+    out: dict[str, Any] = {}
+    for key in keys:
+        values = [(e.get("meta") or {}).get(key) for e in examples]
+        numeric = all(isinstance(v, (bool, int, float)) for v in values)
+        out[key] = torch.tensor(values) if numeric else values
+    return out
+
+
+def attach_meta(batch: dict[str, Any], examples: list[dict]) -> dict[str, Any]:
+    """Add ``batch["meta"]`` (:func:`collate_meta`) when the examples carry metadata; returns ``batch``."""
+    meta = collate_meta(examples)
+    if meta is not None:
+        batch["meta"] = meta
+    return batch
+
+
 def collate_sequences(ids: list[list[int]], masks: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     input_ids = pad(ids, pad_id)
     return {
@@ -45,7 +76,7 @@ def collate_sequences(ids: list[list[int]], masks: list[list[int]], pad_id: int)
 
 
 def collate_sft(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    return collate_sequences([e["input_ids"] for e in examples], [e["loss_mask"] for e in examples], pad_id)
+    return attach_meta(collate_sequences([e["input_ids"] for e in examples], [e["loss_mask"] for e in examples], pad_id), examples)
 
 
 def collate_pairs(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -56,7 +87,7 @@ def collate_pairs(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
             masks.append([0] * len(e["prompt_ids"]) + [1] * len(e[key]))
     batch = collate_sequences(ids, masks, pad_id)
     batch["index"] = torch.tensor([e["index"] for e in examples], dtype=torch.long)
-    return batch
+    return attach_meta(batch, examples)
 
 
 def _packed_tensors(shape: tuple[int, int], pad_id: int) -> tuple[torch.Tensor, ...]:
@@ -135,7 +166,7 @@ def collate_pairs_packed(examples: list[dict], pad_id: int, row_tokens: int | No
                 target_pair[r, positions] = i
                 counts[i, side] = int(keep.sum())
             start = end
-    return {
+    batch = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "position_ids": position_ids,
@@ -148,6 +179,7 @@ def collate_pairs_packed(examples: list[dict], pad_id: int, row_tokens: int | No
         "rejected_tokens": counts[:, 1].float(),
         "index": torch.tensor([e["index"] for e in examples], dtype=torch.long),
     }
+    return attach_meta(batch, examples)
 
 
 def collate_shared_prefix(groups: list[tuple[list[int], list[list[int]]]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -10,6 +10,8 @@ Conventions:
   whose rendering of a longer conversation does not start with the rendering of the shorter one is
   reported, not guessed around.
 * Only completion (assistant) tokens are trained: ``loss_mask[i] == 1`` marks token ``i`` as a target.
+* How each record kind becomes an example is its registration's ``encode`` (:mod:`alignkit.data.kinds`);
+  a record's metadata (fields outside its kind's schema) is copied to the example's ``"meta"``.
 
 Truncation policy for a row longer than ``max_length`` tokens (``truncation``):
 ``error`` (default) raises a :class:`DataError` naming the row; ``left`` drops tokens from the start of the
@@ -22,13 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .records import DataError, SkipSummary
+from .errors import DataError, RowTooLong, SkipSummary
+from .kinds import get_kind
+
+__all__ = ["Encoder", "RowTooLong", "TRUNCATION_POLICIES", "encode_records"]
 
 TRUNCATION_POLICIES = ("error", "left", "right", "skip")
-
-
-class RowTooLong(DataError):
-    """A row longer than ``max_length`` under the ``error``/``skip`` policies."""
 
 
 @dataclass
@@ -118,45 +119,14 @@ class Encoder:
     # records -> examples
     # ----------------------------------------------------------------------------------------------
     def encode(self, record: dict[str, Any], kind: str) -> dict[str, Any]:
-        row = record.get("_row", 0)
-        if kind == "sft" and "messages" in record:
-            ids, mask = self.conversation(record["messages"], row)
-            if len(ids) > self.max_length:
-                if self.truncation in ("error", "skip"):
-                    raise RowTooLong(self.source, row, "messages", f"{len(ids)} tokens is longer than max_length={self.max_length}")
-                ids, mask = (ids[-self.max_length :], mask[-self.max_length :]) if self.truncation == "left" else (ids[: self.max_length], mask[: self.max_length])
-            return {"input_ids": ids, "loss_mask": mask, "row": row}
-        prompt = self.prompt_ids(record["prompt"])
-        if kind == "prompt":
-            if len(prompt) > self.max_length:
-                if self.truncation in ("error", "skip"):
-                    raise RowTooLong(self.source, row, "prompt", f"{len(prompt)} tokens is longer than max_length={self.max_length}")
-                prompt = prompt[-self.max_length :]
-            extra = {k: v for k, v in record.items() if k not in ("_row", "prompt_ids")}
-            return {**extra, "prompt_ids": prompt, "row": row}
-        fields = {"sft": ["completion"], "unpaired": ["completion"], "pair": ["chosen", "rejected"]}.get(kind)
-        if kind == "ranked":
-            fields = None
-            completions = [self.completion_ids(record["prompt"], prompt, c, row, f"completions[{j}]") for j, c in enumerate(record["completions"])]
-        elif fields is None:
-            raise ValueError(f"cannot encode kind '{kind}'")
-        else:
-            completions = [self.completion_ids(record["prompt"], prompt, record[f], row, f) for f in fields]
-        prompt, completions = self.fit(prompt, completions, row)
-        out: dict[str, Any] = {"prompt_ids": prompt, "row": row}
-        if kind in ("sft", "unpaired"):
-            out["input_ids"] = prompt + completions[0]
-            out["loss_mask"] = [0] * len(prompt) + [1] * len(completions[0])
-            if kind == "unpaired":
-                out["label"] = record["label"]
-        elif kind == "pair":
-            out["chosen_ids"], out["rejected_ids"] = completions
-            if "margin" in record:
-                out["margin"] = record["margin"]
-        else:
-            out["completion_ids"] = completions
-            out["scores"] = record["scores"]
-        return out
+        """One checked record of ``kind`` as an example (the kind's registered encoder); the record's
+        metadata travels along under ``"meta"``."""
+        spec = get_kind(kind)
+        example = spec.encode(self, record)
+        example.setdefault("row", record.get("_row", 0))
+        if not spec.meta_at_top and record.get("meta"):
+            example["meta"] = record["meta"]
+        return example
 
 
 def encode_records(records: list[dict], kind: str, encoder: Encoder, summary: SkipSummary | None = None) -> list[dict]:

@@ -3,18 +3,9 @@
 Sources: JSON Lines (``.jsonl``), a JSON array (``.json``), Parquet, CSV, a dataset saved with
 ``datasets.Dataset.save_to_disk`` (a folder), or a list of dicts from Python.
 
-Record kinds and their fields (a prompt or completion is a string, or a list of chat messages
-``{"role": ..., "content": ...}`` rendered with the tokenizer's chat template):
-
-============  ======================================================================
-kind          fields
-============  ======================================================================
-``sft``       ``prompt`` + ``completion``, or ``messages`` (assistant turns are trained)
-``pair``      ``prompt`` + ``chosen`` + ``rejected``
-``unpaired``  ``prompt`` + ``completion`` + ``label`` (bool: thumbs up / down)
-``ranked``    ``prompt`` + ``completions`` (list) + ``scores`` or ``ranks`` (list, same length)
-``prompt``    ``prompt`` only
-============  ======================================================================
+Each row is checked against a record kind (:mod:`alignkit.data.kinds` lists them: ``sft``, ``pair``,
+``unpaired``, ``ranked``, ``prompt``, ``ratings``, ``steps``; adding one is one registration). A row's
+fields outside its kind's schema are kept as metadata (``record["meta"]``) and travel to the batch.
 
 Every problem is reported as a :class:`DataError` whose message names the file, the row (1-based; the
 line number for JSON Lines) and the field. Nothing is dropped silently: rows are skipped only when the
@@ -25,32 +16,23 @@ from __future__ import annotations
 
 import csv
 import json
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-KIND_FIELDS: dict[str, tuple[str, ...]] = {
-    "sft": ("prompt", "completion"),
-    "pair": ("prompt", "chosen", "rejected"),
-    "unpaired": ("prompt", "completion", "label"),
-    "ranked": ("prompt", "completions"),
-    "prompt": ("prompt",),
-}
-KINDS = tuple(KIND_FIELDS)
+from .errors import DataError, SkipSummary, check_text, number_field
+from .kinds import RECORD_KINDS, check_row, infer_kind, kind_names
+
+__all__ = ["DataError", "Row", "SkipSummary", "check_row", "check_text", "infer_kind", "load_records", "number_field", "read_rows", "write_jsonl"]
 
 
-class DataError(ValueError):
-    """A problem with one row of a data source; the message names source, row and field."""
-
-    def __init__(self, source: str, row: int | None, field: str | None, problem: str):
-        self.source, self.row, self.field, self.problem = source, row, field, problem
-        where = source
-        if row is not None:
-            where += f": row {row}"
-        if field is not None:
-            where += f": field '{field}'"
-        super().__init__(f"{where}: {problem}")
+def __getattr__(name: str) -> Any:
+    # ``KINDS`` / ``KIND_FIELDS`` are read from the kind registry (kinds registered later included)
+    if name == "KINDS":
+        return tuple(kind_names())
+    if name == "KIND_FIELDS":
+        return {n: k.required for n, k in RECORD_KINDS.items()}
+    raise AttributeError(name)
 
 
 @dataclass
@@ -59,33 +41,6 @@ class Row:
 
     number: int
     data: dict[str, Any]
-
-
-@dataclass
-class SkipSummary:
-    """Rows left out on the user's request (``skip_invalid``), by reason."""
-
-    source: str
-    total: int = 0
-    skipped: Counter = field(default_factory=Counter)
-    examples: dict[str, int] = field(default_factory=dict)
-
-    def add(self, error: DataError) -> None:
-        key = f"{error.field or 'row'}: {error.problem}"
-        self.skipped[key] += 1
-        self.examples.setdefault(key, error.row or 0)
-
-    @property
-    def n_skipped(self) -> int:
-        return sum(self.skipped.values())
-
-    def __str__(self) -> str:
-        if not self.skipped:
-            return f"{self.source}: {self.total} rows, none skipped"
-        lines = [f"{self.source}: skipped {self.n_skipped} of {self.total} rows"]
-        for key, count in self.skipped.most_common():
-            lines.append(f"  {count} x {key} (first at row {self.examples[key]})")
-        return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -194,123 +149,22 @@ def _read_saved_dataset(path: Path) -> list[Row]:
 # --------------------------------------------------------------------------------------------------
 # checking
 # --------------------------------------------------------------------------------------------------
-def infer_kind(data: dict[str, Any]) -> str:
-    """The record kind a row's fields describe."""
-    if "messages" in data:
-        return "sft"
-    if "chosen" in data or "rejected" in data:
-        return "pair"
-    if "completions" in data:
-        return "ranked"
-    if "label" in data:
-        return "unpaired"
-    if "completion" in data:
-        return "sft"
-    return "prompt"
-
-
-def _check_text(value: Any, source: str, row: int, name: str, allow_empty: bool = False) -> None:
-    """A field holding text: a string, or a list of chat messages."""
-    if isinstance(value, str):
-        if not allow_empty and not value.strip():
-            raise DataError(source, row, name, "is empty")
-        return
-    if isinstance(value, list):
-        if not value:
-            raise DataError(source, row, name, "is an empty list of messages")
-        for j, message in enumerate(value):
-            if not isinstance(message, dict) or "role" not in message or "content" not in message:
-                raise DataError(source, row, f"{name}[{j}]", "each message needs 'role' and 'content'")
-            if not isinstance(message["content"], str):
-                raise DataError(source, row, f"{name}[{j}].content", f"expected a string, got {type(message['content']).__name__}")
-        if not allow_empty and not any(m["content"].strip() for m in value):
-            raise DataError(source, row, name, "every message is empty")
-        return
-    got = "null" if value is None else type(value).__name__
-    raise DataError(source, row, name, f"expected a string or a list of messages, got {got}")
-
-
-def check_row(data: dict[str, Any], kind: str, source: str, row: int) -> dict[str, Any]:
-    """Check one row against ``kind``; returns the fields alignkit uses. Raises :class:`DataError`."""
-    if kind == "sft" and "messages" in data:
-        _check_text(data["messages"], source, row, "messages")
-        if not any(m["role"] == "assistant" for m in data["messages"]):
-            raise DataError(source, row, "messages", "has no assistant turn to train on")
-        return {"messages": data["messages"]}
-    for name in KIND_FIELDS[kind]:
-        if name not in data or data[name] is None:
-            present = ", ".join(sorted(data)) or "none"
-            raise DataError(source, row, name, f"missing (fields present: {present})")
-    out: dict[str, Any] = {}
-    if kind == "prompt":  # other fields (e.g. a reference answer) travel to the reward function
-        out.update({k: v for k, v in data.items() if k != "prompt"})
-    _check_text(data["prompt"], source, row, "prompt", allow_empty=kind != "prompt")
-    out["prompt"] = data["prompt"]
-    if kind in ("sft", "unpaired"):
-        _check_text(data["completion"], source, row, "completion")
-        out["completion"] = data["completion"]
-    if kind == "unpaired":
-        label = data["label"]
-        if isinstance(label, str) and label.lower() in ("true", "false", "1", "0"):
-            label = label.lower() in ("true", "1")
-        if isinstance(label, int) and not isinstance(label, bool) and label in (0, 1):
-            label = bool(label)
-        if not isinstance(label, bool):
-            raise DataError(source, row, "label", f"expected true/false, got {data['label']!r}")
-        out["label"] = label
-    if kind == "pair":
-        _check_text(data["chosen"], source, row, "chosen")
-        _check_text(data["rejected"], source, row, "rejected")
-        if data["chosen"] == data["rejected"]:
-            raise DataError(source, row, "rejected", "is identical to 'chosen' (the pair carries no preference)")
-        out["chosen"], out["rejected"] = data["chosen"], data["rejected"]
-        if "margin" in data and data["margin"] is not None:
-            out["margin"] = number_field(data["margin"], source, row, "margin")
-    if kind == "ranked":
-        completions = data["completions"]
-        if not isinstance(completions, list) or len(completions) < 2:
-            raise DataError(source, row, "completions", "expected a list of at least two completions")
-        for j, c in enumerate(completions):
-            _check_text(c, source, row, f"completions[{j}]")
-        key = "scores" if "scores" in data else "ranks" if "ranks" in data else None
-        if key is None:
-            raise DataError(source, row, "scores", "missing (a ranked row needs 'scores' or 'ranks')")
-        values = data[key]
-        if not isinstance(values, list) or len(values) != len(completions):
-            raise DataError(source, row, key, f"expected a list of {len(completions)} numbers, one per completion")
-        values = [number_field(v, source, row, f"{key}[{j}]") for j, v in enumerate(values)]
-        # Normalise to scores (higher is better).
-        out["completions"] = completions
-        out["scores"] = values if key == "scores" else [-v for v in values]
-    return out
-
-
-def number_field(value: Any, source: str, row: int, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise DataError(source, row, name, f"expected a number, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise DataError(source, row, name, f"expected a number, got {value!r}") from None
-    if number != number:
-        raise DataError(source, row, name, "is NaN")
-    return number
-
-
 def load_records(
     source: str | Path | list[dict],
     kind: str = "auto",
     skip_invalid: bool = False,
+    **options: Any,
 ) -> tuple[list[dict[str, Any]], SkipSummary]:
     """Read and check every row of ``source``.
 
     ``kind="auto"`` takes the kind from the first row's fields. With ``skip_invalid=False`` (the default)
     the first bad row raises :class:`DataError`; with ``True`` bad rows are left out and counted in the
-    returned :class:`SkipSummary`. Each record keeps its row number under ``"_row"``.
+    returned :class:`SkipSummary`. Each record keeps its row number under ``"_row"`` and the row's fields
+    outside the kind's schema under ``"meta"``. ``options`` go to the kind's check (e.g. ``attributes``).
     """
     name, rows = read_rows(source)
-    if kind != "auto" and kind not in KIND_FIELDS:
-        raise ValueError(f"unknown data kind '{kind}'; allowed: auto, {', '.join(KINDS)}")
+    if kind != "auto" and kind not in RECORD_KINDS:
+        raise ValueError(f"{RECORD_KINDS.unknown(kind).replace('; allowed: ', '; allowed: auto, ')}")
     if not rows:
         raise DataError(name, None, None, "has no rows")
     if kind == "auto":
@@ -319,7 +173,7 @@ def load_records(
     records = []
     for row in rows:
         try:
-            record = check_row(row.data, kind, name, row.number)
+            record = check_row(row.data, kind, name, row.number, **options)
         except DataError as e:
             if not skip_invalid:
                 raise

@@ -1,21 +1,21 @@
-"""One training loop for every algorithm.
+"""The long-lived trainer: one live policy, optimizer and strategy, and a ``fit`` that can be called again.
 
-AdamW with warmup + linear/cosine decay, gradient accumulation whose loss scale does not depend on how a
-batch is split (micro-batches or processes), gradient clipping, bf16 autocast or fp32, deterministic data
-order, periodic evaluation, atomic checkpoints and exact resume. Runs unchanged in one process or under
-``torchrun``/``accelerate launch`` (DDP; gloo on CPU, NCCL on GPU).
+``Trainer(recipe, algorithm)`` loads the tokenizer and the policy (from the recipe's model, or from the
+checkpoint it resumes) and picks the distribution strategy. ``fit(train_examples, ...)`` runs optimizer
+steps over examples; it can be called repeatedly in one process — the model, optimizer, scheduler and
+step counter carry over — which is what an iterative method does once per round. ``train()`` is the
+front door of ``alignkit train``: load the recipe's data, resume, fit, save the final model.
 
-Data order: the examples of epoch ``e`` are a permutation drawn from a generator seeded with
-``seed + e``; step ``s`` takes the ``s``-th slice of ``batch_size`` examples of that epoch, each process
-takes its own contiguous share of the slice and splits it into micro-batches. The order depends only on
-(seed, step), which is what makes a resumed run and a 2-process run identical to an uninterrupted
-1-process run.
+Every step: AdamW with warmup + linear/cosine decay, gradient accumulation whose loss scale does not depend
+on how a batch is split (micro-batches or processes), gradient clipping, bf16 autocast or fp32, the
+deterministic data order of :mod:`alignkit.engine.loop`, periodic evaluation, atomic checkpoints and
+exact resume. Algorithm hooks receive a :class:`~alignkit.engine.contract.Context`, never the trainer.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
+import json
 import math
 import random
 import time
@@ -23,72 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..algorithms.base import Algorithm
 from ..config import Recipe, dump_recipe
+from ..core.progress import make_progress, say
 from ..data.encode import Encoder, encode_records
 from ..data.records import load_records
-from ..models.weights import mark_updated
 from ..models.loading import is_peft, load_tokenizer, save_policy
+from ..models.reference import Reference, starting_reference
+from ..models.weights import mark_updated
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from .contract import Algorithm, Context
+from .loop import DataOrder, check_layout, lr_lambda, split_micro_batches
+from .strategies import Strategy, build_strategy
 from .tracking import MetricsLog
-
-
-class Distributed:
-    """Process layout from the launcher's environment (``torchrun`` / ``accelerate launch`` set RANK,
-    WORLD_SIZE, LOCAL_RANK): NCCL on GPUs, gloo on CPUs; one process when WORLD_SIZE is unset."""
-
-    def __init__(self) -> None:
-        import os
-
-        import torch.distributed as dist
-
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = torch.cuda.is_available()
-        if self.world > 1 and not dist.is_initialized():
-            if cuda:
-                torch.cuda.set_device(local_rank)
-            dist.init_process_group(backend="nccl" if cuda else "gloo")
-        self.rank = dist.get_rank() if self.world > 1 else 0
-        self.device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-        self.is_main = self.rank == 0
-
-    def sum(self, values: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            values = values.clone()
-            torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
-        return values
-
-    def gather(self, values: torch.Tensor) -> torch.Tensor:
-        """Every process's ``values`` (the same shape on each) concatenated along dim 0 in process order."""
-        if self.world == 1:
-            return values
-        parts = [torch.empty_like(values) for _ in range(self.world)]
-        torch.distributed.all_gather(parts, values.contiguous())
-        return torch.cat(parts)
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def close(self) -> None:
-        if self.world > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-
-def make_progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=False,
-    )
 
 
 def train_state_mb(params: list[torch.Tensor], optimizer) -> float:
@@ -99,52 +46,50 @@ def train_state_mb(params: list[torch.Tensor], optimizer) -> float:
     return total / 2**20
 
 
-def lr_lambda(kind: str, warmup: int, total: int):
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if kind == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        if kind == "linear":
-            return max(0.0, 1.0 - progress)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
 
-    return f
+        np.random.seed(seed)
+    except ImportError:
+        pass
 
 
 class Trainer:
-    """``Trainer(recipe, algorithm).train()`` runs the loop and returns the final model's folder."""
+    """The live policy of a run and everything needed to take optimizer steps on it."""
 
-    def __init__(self, recipe: Recipe, algorithm: Algorithm):
+    def __init__(self, recipe: Recipe, algorithm: Algorithm, strategy: Strategy | None = None):
         self.recipe = recipe
         self.algorithm = algorithm
         self.cfg = recipe.train
-        self.dist = Distributed()
-        self.device = self.dist.device
+        self.strategy = strategy or build_strategy(self.cfg.distributed)
+        self.device = self.strategy.device
         self.run_dir = recipe.output_dir
         self.autocast_dtype = torch.bfloat16 if self.cfg.precision == "bf16" else None
-        self.current_step = 0
-        self.resumed_from: Path | None = None
+        self.step = 0  # optimizer steps taken by this trainer (over every fit)
+        seed_everything(self.cfg.seed)
+        if self.strategy.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            dump_recipe(self.recipe, self.run_dir / "config.yaml")
+        self.strategy.barrier()
+        self.resumed_from = self._resume_from()
+        self.model = self._load_model(self.resumed_from)
+        self.policy: torch.nn.Module | None = None  # the engine module, wrapped by the strategy (first fit)
+        self.optimizer = None
+        self.scheduler = None
+        self.log: MetricsLog | None = None
+        self.train_examples: list[dict] | None = None
+        self.eval_examples: list[dict] | None = None
 
     # ----------------------------------------------------------------------------------------------
-    # set-up
+    # loading
     # ----------------------------------------------------------------------------------------------
     def autocast(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-    def _seed(self) -> None:
-        seed = self.cfg.seed
-        random.seed(seed)
-        torch.manual_seed(seed)
-        try:
-            import numpy as np
-
-            np.random.seed(seed)
-        except ImportError:
-            pass
 
     def _resume_from(self) -> Path | None:
         resume = self.cfg.resume
@@ -152,8 +97,8 @@ class Trainer:
             return None
         if resume is True:
             found = latest_checkpoint(self.run_dir)
-            if found is None and self.dist.is_main:
-                print(f"[alignkit] resume: no checkpoint in {self.run_dir}, starting from scratch")
+            if found is None:
+                say(f"resume: no checkpoint in {self.run_dir}, starting from scratch", self.strategy.is_main)
             return found
         path = Path(resume)
         if not (path / "state.json").exists():
@@ -163,13 +108,13 @@ class Trainer:
     def _base_model_path(self) -> Path:
         if self.recipe.model.path:
             return Path(self.recipe.model.path)
-        from ..tasks import get_task
         from ..models.tiny import build_tiny
+        from ..tasks import get_task
 
         path = self.run_dir / "initial-model"
-        if self.dist.is_main and not (path / "config.json").exists():
+        if self.strategy.is_main and not (path / "config.json").exists():
             build_tiny(path, get_task(self.recipe.task).corpus(), self.recipe.model.tiny)
-        self.dist.barrier()
+        self.strategy.barrier()
         return path
 
     def _load_model(self, checkpoint: Path | None):
@@ -185,18 +130,18 @@ class Trainer:
             model = load(checkpoint / "model", model_cfg)
         return model.to(self.device)
 
-    def frozen_reference(self) -> torch.nn.Module:
-        """A frozen copy of the *starting* policy (on resume, loaded again from the starting weights,
-        not copied from the resumed policy). LoRA runs use the policy with its adapter disabled instead."""
-        if self.resumed_from is None:
-            reference = copy.deepcopy(self.model)
-        else:
-            reference = self.algorithm.load_model(self._base_model_path(), self.recipe.model.model_copy(update={"lora": None})).to(self.device)
-        reference.eval()
-        reference.requires_grad_(False)
+    def _load_start(self) -> torch.nn.Module:
+        """The starting weights again (a reference on resume), without LoRA."""
+        return self.algorithm.load_model(self._base_model_path(), self.recipe.model.model_copy(update={"lora": None})).to(self.device)
+
+    def reference(self, keep: bool = True, temperature: float = 1.0) -> Reference:
+        """The starting policy as a :class:`Reference` (see :func:`starting_reference`)."""
+        reference = starting_reference(self.model, keep, self.resumed_from is not None, self._load_start)
+        reference.temperature = temperature
         return reference
 
-    def load_examples(self, source: str | None, split: str) -> list[dict[str, Any]] | None:
+    def load_examples(self, source: str | list | None, split: str) -> list[dict[str, Any]] | None:
+        """Encoded examples of ``source`` (a data file, rows, or None: the recipe's task split)."""
         from ..tasks import get_task, task_rows
 
         data = self.recipe.data
@@ -208,20 +153,20 @@ class Trainer:
             rows = task_rows(get_task(self.recipe.task), kind, n, split, self.recipe.task)
             name = f"<task {self.recipe.task.name}:{split}>"
         else:
-            rows, name = source, source
+            rows, name = source, source if isinstance(source, str) else f"<{split} rows>"
         records, summary = load_records(rows, kind=kind, skip_invalid=data.skip_invalid)
         encoder = Encoder(self.tokenizer, data.max_length, data.truncation, source=name)
         examples = self.algorithm.prepare_examples(encode_records(records, kind, encoder, summary), kind)
-        if summary.n_skipped and self.dist.is_main:
-            print(f"[alignkit] {summary}")
+        if summary.n_skipped and self.strategy.is_main:
+            say(str(summary))
             (self.run_dir / f"skipped-{split}.txt").write_text(str(summary) + "\n")
         for i, e in enumerate(examples):
             e["index"] = i
         return examples
 
-    def _optimizer(self, model: torch.nn.Module):
+    def _optimizer(self, module: torch.nn.Module):
         decay, no_decay = [], []
-        for name, p in model.named_parameters():
+        for _, p in module.named_parameters():
             if not p.requires_grad:
                 continue
             (no_decay if p.ndim < 2 else decay).append(p)
@@ -234,95 +179,82 @@ class Trainer:
         return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.adam_betas, eps=self.cfg.adam_eps, fused=fused or None)
 
     # ----------------------------------------------------------------------------------------------
-    # batches
+    # batches and caches (what the context hands to algorithms)
     # ----------------------------------------------------------------------------------------------
-    def step_indices(self, step: int, n: int) -> list[int]:
-        """This process's example indices for optimizer step ``step``."""
-        bs = self.cfg.batch_size
-        per_epoch = n // bs
-        epoch, pos = divmod(step, per_epoch)
-        if self.algorithm.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
-        else:  # the algorithm's own order (e.g. a curriculum)
-            order = torch.arange(n)
-        perm = order[pos * bs : (pos + 1) * bs].tolist()
-        share = bs // self.dist.world
-        return perm[self.dist.rank * share : (self.dist.rank + 1) * share]
-
     def collate(self, chunk: list[dict]) -> dict[str, torch.Tensor]:
         """One batch of ``chunk`` on the run's device."""
         batch = self.algorithm.collate(chunk, self.tokenizer.pad_token_id)
         return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     def micro_batches(self, examples: list[dict], indices: list[int]) -> list[dict[str, torch.Tensor]]:
-        """This process's share of a step, split by ``train.micro_batch_size`` (in order) or, with
-        ``train.micro_batch_tokens``, into length buckets: examples sorted by length and grouped so that a
-        micro-batch's padded size (rows x longest) stays within the budget. The engine's loss scaling makes
-        every split give the same update; bucketing only removes padding work."""
-        units: list[list[int]] = []  # examples that must share a micro-batch (a pair, a group)
-        for i in indices:
-            key = self.algorithm.unit_key(examples[i])
-            if units and key is not None and self.algorithm.unit_key(examples[units[-1][-1]]) == key:
-                units[-1].append(i)
-            else:
-                units.append([i])
-        budget = self.cfg.micro_batch_tokens
-        if budget is None:
-            size = self.cfg.micro_batch_size or len(indices)
-            out, current = [], []
-            for u in units:
-                current += u
-                if len(current) >= size:
-                    out.append(self.collate([examples[i] for i in current]))
-                    current = []
-            if current:
-                out.append(self.collate([examples[i] for i in current]))
-            return out
-        rows_of = {id(u): self.algorithm.unit_rows([examples[i] for i in u]) for u in units}
-        units.sort(key=lambda u: max(rows_of[id(u)]))
-        out, current, n_rows, longest = [], [], 0, 0
-        for u in units:
-            rows = rows_of[id(u)]
-            if current and (n_rows + len(rows)) * max(longest, max(rows)) > budget:
-                out.append(self.collate([examples[i] for i in current]))
-                current, n_rows, longest = [], 0, 0
-            current += u
-            n_rows += len(rows)
-            longest = max(longest, max(rows))
-        if current:
-            out.append(self.collate([examples[i] for i in current]))
-        return out
+        """This process's share of a step split into micro-batches (:func:`split_micro_batches`)."""
+        return split_micro_batches(self.algorithm, examples, indices, self.collate, self.cfg.micro_batch_size, self.cfg.micro_batch_tokens)
 
-    def _check_layout(self, n: int) -> None:
-        bs, world, mbs = self.cfg.batch_size, self.dist.world, self.cfg.micro_batch_size
-        if n < bs:
-            raise ValueError(f"the training data has {n} examples, fewer than train.batch_size={bs}")
-        if bs % world:
-            raise ValueError(f"train.batch_size={bs} must be divisible by the number of processes ({world})")
-        if mbs is not None and (bs // world) % mbs:
-            raise ValueError(f"train.batch_size / processes = {bs // world} must be a multiple of train.micro_batch_size={mbs}")
+    def cache(self, examples: list[dict[str, Any]], compute, keys: tuple[str, ...], label: str = "reference log-probs",
+              only: list[int] | None = None) -> None:
+        """Evaluate ``compute(batch) -> [B, len(keys)]`` without gradient, in the run's precision, and store
+        the values on the examples under ``keys``; split over processes and summed back.
+
+        ``only``: the indices that need values (e.g. those the remaining steps read). Examples are batched
+        in the same fixed chunks either way (each process's strided share, ``micro_batch_size`` at a time)
+        and a chunk is computed when it holds a needed index, so a value never depends on which others
+        were needed: a resumed or shortened run caches exactly the numbers of the full one."""
+        strategy = self.strategy
+        values = torch.zeros(len(examples), len(keys), dtype=torch.float64)
+        mine = list(range(strategy.rank, len(examples), strategy.world))
+        size = self.cfg.micro_batch_size or max(1, self.cfg.batch_size // strategy.world)
+        chunks = [mine[s : s + size] for s in range(0, len(mine), size)]
+        if only is not None:
+            needed = set(only)
+            chunks = [c for c in chunks if needed.intersection(c)]
+        with make_progress(self.cfg.progress and strategy.is_main) as progress:
+            bar = progress.add_task(label, total=sum(map(len, chunks)), info="")
+            for idx in chunks:
+                batch = self.collate([examples[i] for i in idx])
+                with torch.no_grad(), self.autocast():
+                    values[idx] = compute(batch).double().cpu()
+                progress.update(bar, advance=len(idx))
+        values = strategy.sum(values.to(self.device)).cpu()
+        computed = sorted({i for c in chunks for i in c}) if only is not None else range(len(examples))
+        if only is not None:  # other processes' chunks count too
+            flags = torch.zeros(len(examples), dtype=torch.float64)
+            flags[list(computed)] = 1.0
+            computed = strategy.sum(flags.to(self.device)).cpu().nonzero().flatten().tolist()
+        rows = values.tolist()
+        for i in computed:
+            examples[i].update(zip(keys, rows[i]))
+
+    def context(self, order: DataOrder | None = None, start: int = 0, stop: int = 0) -> Context:
+        """The narrow view of this trainer that algorithm hooks get."""
+        return Context(
+            model=self.model, tokenizer=self.tokenizer, device=self.device, strategy=self.strategy, seed=self.cfg.seed,
+            step=self.step, batch_size=self.cfg.batch_size, micro_batch_size=self.cfg.micro_batch_size, progress=self.cfg.progress,
+            train_examples=self.train_examples, eval_examples=self.eval_examples, resumed=self.resumed_from is not None,
+            autocast=self.autocast, collate=self.collate, micro_batches=self.micro_batches, reference=self.reference, cache=self.cache,
+            used_indices=(lambda: order.used(start, stop)) if order is not None else (lambda: list(range(len(self.train_examples or [])))),
+        )
 
     # ----------------------------------------------------------------------------------------------
-    # the loop
+    # one step
     # ----------------------------------------------------------------------------------------------
-    def run_batches(self, policy, batches, train: bool) -> tuple[torch.Tensor, dict[str, list[float]]]:
+    def run_batches(self, policy, batches, train: bool, ctx: Context | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Forward (and backward when ``train``) over micro-batches that make one step; returns the
         global mean loss and the globally reduced metrics."""
-        self.algorithm.before_update(self, policy, batches)
+        self.algorithm.before_update(ctx or self.context(), policy, batches)
         weights = torch.tensor([float(sum(self.algorithm.weight(b) for b in batches))], device=self.device)
-        total_weight = self.dist.sum(weights).item()
+        total_weight = self.strategy.sum(weights).item()
         if total_weight <= 0:
             raise ValueError("a batch with nothing to train on (no completion tokens)")
         loss_total = torch.zeros((), device=self.device)
         sums: dict[str, list[float]] = {}
         for i, batch in enumerate(batches):
             sync = (not train) or i == len(batches) - 1 or not hasattr(policy, "no_sync")
-            ctx = contextlib.nullcontext() if sync else policy.no_sync()
-            with ctx, (contextlib.nullcontext() if train else torch.no_grad()):
+            ctx_sync = contextlib.nullcontext() if sync else policy.no_sync()
+            with ctx_sync, (contextlib.nullcontext() if train else torch.no_grad()):
                 with self.autocast():
                     loss_sum, metrics = self.algorithm.loss(policy, batch)
                 if train:
-                    (loss_sum * (self.dist.world / total_weight)).backward()
+                    (loss_sum * (self.strategy.world / total_weight)).backward()
             loss_total += loss_sum.detach().float()
             for name, (value, count) in metrics.items():
                 acc = sums.setdefault(name, [0.0, 0.0])
@@ -330,168 +262,164 @@ class Trainer:
                 acc[1] += float(count)
         names = sorted(sums)
         packed = torch.tensor([loss_total.item()] + [v for n in names for v in sums[n]], device=self.device, dtype=torch.float64)
-        packed = self.dist.sum(packed).tolist()
+        packed = self.strategy.sum(packed).tolist()
         metrics_out = {n: packed[1 + 2 * j] / max(packed[2 + 2 * j], 1e-12) for j, n in enumerate(names)}
         return torch.tensor(packed[0] / total_weight), metrics_out
 
-    def _fully_shard(self, model, policy):
-        """FSDP2 (``torch.distributed.fsdp.fully_shard``): each decoder layer is its own shard group, the
-        rest of the model goes with the engine module. Gradients are averaged over processes, as DDP's."""
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-
-        from ..models.logprobs import _unwrap
-
-        mesh = init_device_mesh(self.device.type, (self.dist.world,))
-        core = _unwrap(model)
-        decoder = core.get_decoder() if hasattr(core, "get_decoder") else getattr(core, "model", None)
-        for layer in getattr(decoder, "layers", []):
-            fully_shard(layer, mesh=mesh)
-        return fully_shard(policy, mesh=mesh)
-
-    def _full_states(self, model, policy, optimizer) -> tuple[dict, dict]:
-        """Full model and optimizer state dicts gathered from the FSDP2 shards (a collective; the main
-        process receives them, the others get empty dicts)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
-
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(model, options=options), get_optimizer_state_dict(policy, optimizer, options=options)
-
-    def optimize(self, policy, steps: list[list[dict]], params, optimizer, scheduler):
+    def optimize(self, steps: list[list[dict]], ctx: Context):
         """One optimizer update per list of micro-batches; returns (losses, last metrics, grad norm, lr used)."""
-        losses, metrics, grad_norm, lr = [], {}, None, scheduler.get_last_lr()[0]
-        for batches in self.all_processes_have(steps):
-            loss, metrics = self.run_batches(policy, batches, train=True)
+        losses, metrics, grad_norm, lr = [], {}, None, self.scheduler.get_last_lr()[0]
+        params = self._params
+        for batches in steps[: self.strategy.min_count(len(steps))]:  # updates every process takes part in
+            loss, metrics = self.run_batches(self.policy, batches, train=True, ctx=ctx)
             losses.append(loss.item())
             if self.cfg.max_grad_norm is not None:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm).item()
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
+            lr = self.scheduler.get_last_lr()[0]
+            self.optimizer.step()
             mark_updated(self.model)  # fused optimizers do not bump parameter versions; samplers mirroring the weights look here
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
         return losses, metrics, grad_norm, lr
 
-    def mean_over_processes(self, stats: dict[str, float]) -> dict[str, float]:
-        if self.dist.world == 1 or not stats:
-            return stats
-        names = sorted(stats)
-        values = self.dist.sum(torch.tensor([stats[n] for n in names], dtype=torch.float64, device=self.device))
-        return {n: v / self.dist.world for n, v in zip(names, values.tolist())}
-
-    def all_processes_have(self, steps: list) -> list:
-        """Optimizer steps every process takes part in (a process whose rollout kept fewer samples
-        must not leave the others waiting in an all-reduce)."""
-        if self.dist.world == 1:
-            return steps
-        counts = torch.tensor([len(steps)], device=self.device)
-        torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.MIN)
-        return steps[: int(counts.item())]
-
-    def evaluate(self, policy, examples: list[dict]) -> dict[str, float]:
+    def evaluate(self, examples: list[dict], ctx: Context) -> dict[str, float]:
+        strategy = self.strategy
         if hasattr(self.algorithm, "evaluate"):
-            mine = [examples[i] for i in range(self.dist.rank, len(examples), self.dist.world)]
-            return {f"eval/{k}": v for k, v in self.mean_over_processes(self.algorithm.evaluate(self, mine)).items()}
-        policy.eval()
-        mine = list(range(self.dist.rank, len(examples), self.dist.world))
+            mine = [examples[i] for i in range(strategy.rank, len(examples), strategy.world)]
+            return {f"eval/{k}": v for k, v in strategy.mean(self.algorithm.evaluate(ctx, mine)).items()}
+        self.policy.eval()
+        mine = list(range(strategy.rank, len(examples), strategy.world))
         batches = self.micro_batches(examples, mine) if mine else []
-        loss, metrics = self.run_batches(policy, batches, train=False)
-        policy.train()
+        loss, metrics = self.run_batches(self.policy, batches, train=False, ctx=ctx)
+        self.policy.train()
         return {"eval/loss": loss.item(), **{f"eval/{k}": v for k, v in metrics.items()}}
 
-    def train(self) -> Path:
-        self._seed()
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            dump_recipe(self.recipe, self.run_dir / "config.yaml")
-        self.dist.barrier()
-        checkpoint = self._resume_from()
-        self.resumed_from = checkpoint
-        model = self._load_model(checkpoint)
-        self.model = model
-        train_examples = self.load_examples(self.recipe.data.train, "train")
-        eval_examples = self.load_examples(self.recipe.data.eval, "eval")
-        self.train_examples, self.eval_examples = train_examples, eval_examples
-        self._check_layout(len(train_examples))
-        self.algorithm.setup(self)
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """A resumable checkpoint at the current step (a collective under a sharding strategy)."""
+        full_states = self.strategy.full_states(self.model, self.policy, self.optimizer)
+        if self.strategy.is_main:
+            save_checkpoint(self.run_dir, self.step, self.model, self.tokenizer, self.optimizer, self.scheduler, state,
+                            self.cfg.save_total_limit, self.algorithm.extra_modules(), full_states)
+        self.strategy.barrier()
 
-        policy: torch.nn.Module = self.algorithm.module(model)
-        self.fsdp = self.dist.world > 1 and self.cfg.distributed == "fsdp2"
-        if self.fsdp:
-            policy = self._fully_shard(model, policy)
-        elif self.dist.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
+    def save(self, out_dir: Path) -> Path:
+        """The live policy as a ``save_pretrained`` folder (LoRA: the adapter, plus ``<out_dir>-merged``)."""
+        full_states = self.strategy.full_states(self.model, self.policy, self.optimizer) if self.policy is not None else None
+        if self.strategy.is_main:
+            save_policy(self.model, self.tokenizer, out_dir, state_dict=full_states[0] if full_states else None)
+            if is_peft(self.model):
+                save_policy(self.model, self.tokenizer, out_dir.parent / f"{out_dir.name}-merged", merge_lora=True)
+        self.strategy.barrier()
+        return out_dir
 
-            policy = DistributedDataParallel(policy, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        optimizer = self._optimizer(policy)
-        per_epoch = len(train_examples) // self.cfg.batch_size
-        total = self.cfg.max_steps or max(1, math.ceil(self.cfg.epochs * per_epoch))
+    # ----------------------------------------------------------------------------------------------
+    # fit
+    # ----------------------------------------------------------------------------------------------
+    def _first_fit(self, total: int, start: int) -> None:
+        """Wrap the engine module, build the optimizer and scheduler, restore a checkpoint's state."""
+        self.policy = self.strategy.wrap(self.model, self.algorithm.module(self.model))
+        self.optimizer = self._optimizer(self.policy)
         updates = self.algorithm.updates_per_step()
         warmup = self.cfg.warmup_steps if self.cfg.warmup_steps is not None else int(self.cfg.warmup_ratio * total * updates)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.cfg.scheduler, warmup, total * updates))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.cfg.scheduler, warmup, total * updates))
+        self._params = [p for p in self.policy.parameters() if p.requires_grad]
+        if self.resumed_from is not None:
+            sharded = self.policy if self.strategy.sharded else None
+            self.step = load_training_state(self.resumed_from, self.optimizer, self.scheduler, self.algorithm.extra_modules(), sharded)["step"]
+            say(f"resumed from {self.resumed_from} at step {self.step}", self.strategy.is_main)
+        self.log = MetricsLog(self.run_dir, self.cfg.report_to, self.recipe.model_dump(mode="json"), enabled=self.strategy.is_main)
+        if self.resumed_from is None and self.strategy.is_main and self.log.path.exists():
+            self.log.path.unlink()  # a fresh run replaces the old metrics
+
+    def prepare(self, train_examples: list[dict], eval_examples: list[dict] | None = None, steps: int | None = None) -> tuple[Context, DataOrder, int, int]:
+        """Set up a fit over ``train_examples``: the algorithm's ``setup`` (e.g. reference caches for the
+        examples the fit will read), and on the first fit the wrapped module, optimizer and scheduler.
+        Returns (context, data order, first local step, number of local steps)."""
+        self.train_examples, self.eval_examples = train_examples, eval_examples
+        check_layout(len(train_examples), self.cfg.batch_size, self.strategy.world, self.cfg.micro_batch_size)
+        order = DataOrder(len(train_examples), self.cfg.batch_size, self.cfg.seed, self.algorithm.shuffle, self.strategy.world)
+        total = steps or self.cfg.max_steps or max(1, math.ceil(self.cfg.epochs * order.per_epoch))
+        first = self.policy is None
         start = 0
-        if checkpoint is not None:
-            start = load_training_state(checkpoint, optimizer, scheduler, self.algorithm.extra_modules(), policy if self.fsdp else None)["step"]
-            if self.dist.is_main:
-                print(f"[alignkit] resumed from {checkpoint} at step {start}")
-        log = MetricsLog(self.run_dir, self.cfg.report_to, self.recipe.model_dump(mode="json"), enabled=self.dist.is_main)
-        if checkpoint is None and self.dist.is_main and log.path.exists():
-            log.path.unlink()  # a fresh run replaces the old metrics
-        params = [p for p in policy.parameters() if p.requires_grad]
+        if first and self.resumed_from is not None:
+            start = json.loads((self.resumed_from / "state.json").read_text())["step"]
+        ctx = self.context(order, start, total)
+        self.algorithm.setup(ctx)  # before wrapping: the policy is the plain model here
+        if first:
+            self._first_fit(total, start)
+        return ctx, order, start, total
+
+    def fit(self, train_examples: list[dict], eval_examples: list[dict] | None = None, steps: int | None = None) -> dict[str, float]:
+        """Optimizer steps over ``train_examples`` (``steps``; default: ``train.max_steps`` or
+        ``train.epochs`` of the data), evaluating on ``eval_examples``; returns the last logged record.
+        Callable again: the model, optimizer, scheduler and step counter carry over."""
+        ctx, order, start, total = self.prepare(train_examples, eval_examples, steps)
+        return self._run(ctx, order, start, total)
+
+    def _run(self, ctx: Context, order: DataOrder, start: int, total: int) -> dict[str, float]:
+        cfg, strategy, policy = self.cfg, self.strategy, self.policy
+        offset = self.step - start  # global step = offset + local step
+        per_epoch = order.per_epoch
+        eval_examples = self.eval_examples
+        record: dict[str, float] = {}
         policy.train()
-        progress = make_progress(self.cfg.progress and self.dist.is_main)
-        if eval_examples and self.cfg.eval_every and start == 0:
-            log.log({"step": 0, **self.evaluate(policy, eval_examples)})  # the starting point of every eval curve
+        if eval_examples and cfg.eval_every and start == 0:
+            self.log.log({"step": offset, **self.evaluate(eval_examples, ctx)})  # the starting point of every eval curve
+        progress = make_progress(cfg.progress and strategy.is_main)
         with progress:
             bar = progress.add_task(f"{self.algorithm.name} train", total=total, completed=start, info="")
             window_t, window_ex, window_tok = time.perf_counter(), 0, 0
-            for step in range(start, total):
-                self.current_step = step
-                indices = self.step_indices(step, len(train_examples))
+            for local in range(start, total):
+                ctx.step = self.step
+                indices = order.share(local, strategy.rank)
+                examples = self.train_examples
                 if hasattr(self.algorithm, "rollout"):
                     policy.eval()
-                    steps, rollout_stats = self.algorithm.rollout(self, [train_examples[i] for i in indices])
+                    steps, rollout_stats = self.algorithm.rollout(ctx, [examples[i] for i in indices])
                     policy.train()
-                    rollout_stats = self.mean_over_processes(rollout_stats)
+                    rollout_stats = strategy.mean(rollout_stats)
                 else:
-                    steps, rollout_stats = [self.micro_batches(train_examples, indices)], {}
-                losses, metrics, grad_norm, lr = self.optimize(policy, steps, params, optimizer, scheduler)
-                loss = torch.tensor(sum(losses) / len(losses) if losses else float("nan"))
-                metrics = {**rollout_stats, **metrics}
+                    steps, rollout_stats = [self.micro_batches(examples, indices)], {}
+                losses, metrics, grad_norm, lr = self.optimize(steps, ctx)
+                loss = sum(losses) / len(losses) if losses else float("nan")
                 batches = [b for update in steps[:1] for b in update]
-                self.algorithm.after_step(self, step + 1)
-                window_ex += self.cfg.batch_size
-                window_tok += int(sum(b["attention_mask"].sum().item() for b in batches)) * self.dist.world
-                done = step + 1
-                progress.update(bar, completed=done, info=f"loss {loss.item():.4f}")
-                if done % self.cfg.log_every == 0 or done == total:
+                self.step += 1
+                done = self.step
+                self.algorithm.after_step(ctx, done)
+                window_ex += cfg.batch_size
+                window_tok += int(sum(b["attention_mask"].sum().item() for b in batches)) * strategy.world
+                progress.update(bar, completed=local + 1, info=f"loss {loss:.4f}")
+                if done % cfg.log_every == 0 or local + 1 == total:
                     elapsed = time.perf_counter() - window_t
-                    record = {"step": done, "epoch": step / per_epoch, "lr": lr, "loss": loss.item(), **metrics}
+                    record = {"step": done, "epoch": local / per_epoch, "lr": lr, "loss": loss, **rollout_stats, **metrics}
                     if grad_norm is not None:
                         record["grad_norm"] = grad_norm
                     if len(losses) > 1:
                         record["updates"] = len(losses)
-                    record["processes"] = self.dist.world
-                    record["memory/train_state_mb"] = train_state_mb(params, optimizer)
+                    record["processes"] = strategy.world
+                    record["memory/train_state_mb"] = train_state_mb(self._params, self.optimizer)
                     record["examples_per_s"] = window_ex / elapsed
                     record["tokens_per_s"] = window_tok / elapsed
-                    log.log(record)
+                    self.log.log(record)
                     window_t, window_ex, window_tok = time.perf_counter(), 0, 0
-                if eval_examples and self.cfg.eval_every and (done % self.cfg.eval_every == 0 or done == total):
-                    log.log({"step": done, **self.evaluate(policy, eval_examples)})
-                if self.cfg.save_every and done % self.cfg.save_every == 0 and done < total:
-                    full_states = self._full_states(model, policy, optimizer) if self.fsdp else None
-                    if self.dist.is_main:
-                        save_checkpoint(self.run_dir, done, model, self.tokenizer, optimizer, scheduler, {"epoch": step / per_epoch},
-                                        self.cfg.save_total_limit, self.algorithm.extra_modules(), full_states)
-                    self.dist.barrier()
-        log.close()
+                if eval_examples and cfg.eval_every and (done % cfg.eval_every == 0 or local + 1 == total):
+                    self.log.log({"step": done, **self.evaluate(eval_examples, ctx)})
+                if cfg.save_every and done % cfg.save_every == 0 and local + 1 < total:
+                    self.save_checkpoint({"epoch": local / per_epoch})
+        return record
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+        self.strategy.close()
+
+    def train(self) -> Path:
+        """``alignkit train``: the recipe's data, resume, one fit, the final model; returns its folder."""
+        train_examples = self.load_examples(self.recipe.data.train, "train")
+        eval_examples = self.load_examples(self.recipe.data.eval, "eval")
+        self.fit(train_examples, eval_examples)
         final = self.run_dir / "final"
-        full_states = self._full_states(model, policy, optimizer) if self.fsdp and self.cfg.save_final else None
-        if self.cfg.save_final and self.dist.is_main:
-            save_policy(model, self.tokenizer, final, state_dict=full_states[0] if full_states else None)
-            if is_peft(model):
-                save_policy(model, self.tokenizer, self.run_dir / "final-merged", merge_lora=True)
-        self.dist.barrier()
-        self.dist.close()
+        if self.cfg.save_final:
+            self.save(final)
+        self.close()
         return final

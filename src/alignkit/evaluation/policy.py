@@ -65,7 +65,8 @@ class ScoredSamples:
         return [{"prompt": s.prompt, "completion": s.completion, gold_key: g} for s, g in list(zip(self.samples, self.gold))[:n]]
 
 
-def sample_and_score(model, tokenizer, task, prompts: list[str], reference=None, n_samples: int = 1, max_new_tokens: int = 48, seed: int = 0) -> ScoredSamples:
+def sample_and_score(model, tokenizer, task, prompts: list[str], reference=None, n_samples: int = 1, max_new_tokens: int = 48,
+                     seed: int = 0) -> ScoredSamples:
     """``n_samples`` samples per prompt (temperature 1, seeded), scored by the task's gold reward and, given a
     reference model, by the KL estimates on their sequence log-probs under the policy and the reference."""
     samples = generate(model, tokenizer, prompts, n=n_samples, max_new_tokens=max_new_tokens, seed=seed)

@@ -104,7 +104,8 @@ def write_report(run_dir: Path, title: str, blocks: Iterable[tuple[str, Any]]) -
             columns = list(dict.fromkeys(k for row in content for k in row))
             parts.append(_table(content, columns))
         elif isinstance(content, dict):
-            parts.append(_table([{"key": k, "value": v if not isinstance(v, (dict, list)) else json.dumps(v)} for k, v in content.items()], ["key", "value"]))
+            rows = [{"key": k, "value": v if not isinstance(v, (dict, list)) else json.dumps(v)} for k, v in content.items()]
+            parts.append(_table(rows, ["key", "value"]))
         else:
             parts.append(f"<p>{html.escape(str(content))}</p>")
     parts.append("</body></html>")

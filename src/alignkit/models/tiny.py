@@ -9,9 +9,9 @@ safetensors), so every other code path loads them exactly like a real checkpoint
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Iterable
 
-from pydantic import BaseModel, ConfigDict, Field
+from ..config import TinyModelConfig
 
 PAD, EOS, BOS = "<|pad|>", "<|endoftext|>", "<|startoftext|>"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -26,21 +26,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-
-
-class TinyModelConfig(BaseModel):
-    """Shape of a tiny model built from scratch."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    arch: Literal["llama", "qwen2"] = Field("llama", description="transformers architecture: llama (LlamaConfig) or qwen2 (Qwen2Config)")
-    hidden_size: int = Field(64, description="width of the hidden states and token embeddings (tied with the output head)")
-    num_layers: int = Field(2, description="number of decoder layers")
-    num_heads: int = Field(4, description="attention heads, as many key/value heads (no grouped-query attention)")
-    intermediate_size: int = Field(256, description="inner width of each layer's MLP")
-    vocab_size: int = Field(512, description="target vocabulary size of the byte-level BPE tokenizer trained on the task's text; the model's embeddings match the tokenizer")
-    max_position_embeddings: int = Field(256, description="longest sequence in tokens the model config allows (vLLM's default max_model_len)")
-    seed: int = Field(0, description="torch seed of the random weight initialisation")
 
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 512):

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._common import Losses
+
 __all__ = [
     "REWARD_LOSSES",
     "register_reward_loss",
@@ -51,24 +53,17 @@ __all__ = [
     "pair_accuracy",
 ]
 
-REWARD_LOSSES: dict[str, Callable[..., Tensor]] = {}
+REWARD_LOSSES: Losses[Callable[..., Tensor]] = Losses("reward loss")
 
 
 def register_reward_loss(name: str) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
-    def decorator(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        if name in REWARD_LOSSES:
-            raise ValueError(f"reward loss {name!r} is already registered")
-        REWARD_LOSSES[name] = fn
-        return fn
-
-    return decorator
+    """Register ``fn(*tensors, **params) -> Tensor`` under ``name`` (``ValueError`` if taken)."""
+    return REWARD_LOSSES.register(name)
 
 
 def reward_loss(name: str, *args: Any, **params: Any) -> Tensor:
-    """Per-example loss of the registered reward loss ``name``."""
-    if name not in REWARD_LOSSES:
-        raise KeyError(f"unknown reward loss {name!r}; allowed: {', '.join(sorted(REWARD_LOSSES))}")
-    fn = REWARD_LOSSES[name]
+    """Per-example loss of the registered reward loss ``name`` (``KeyError`` naming the allowed ones)."""
+    fn = REWARD_LOSSES.get(name)
     allowed = set(inspect.signature(fn).parameters)
     unknown = sorted(set(params) - allowed)
     if unknown:

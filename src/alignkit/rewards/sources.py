@@ -78,7 +78,7 @@ class _ModelBacked(RewardSource):
     @torch.no_grad()
     def _run(self, seqs: list[list[int]], progress: bool, description: str) -> Tensor:
         """``[N, L]`` outputs of the model for token sequences (batched, longest first for less padding)."""
-        from ..engine.trainer import make_progress
+        from ..core.progress import make_progress
         from .models import RewardForward, pad_batch
 
         forward = RewardForward(self.model)
@@ -129,7 +129,7 @@ class RewardModelSource(_ModelBacked):
 
 def _batched_forward(n_items: int, lengths: list[int], batch_size: int, fn: Callable[[list[int]], Any], progress: bool, description: str) -> None:
     """Call ``fn(indices)`` on batches of item indices, longest first, with a progress bar."""
-    from ..engine.trainer import make_progress
+    from ..core.progress import make_progress
 
     order = sorted(range(n_items), key=lambda i: -lengths[i])
     with make_progress(progress) as bar_set:

@@ -1,24 +1,26 @@
-"""Built-in tasks with a known gold reward: data generators and scorers, deterministic by seed."""
+"""Built-in tasks with a known gold reward: data generators and scorers, deterministic by seed.
+
+Every task follows :class:`~alignkit.tasks.base.Task` and is registered in :data:`TASKS` (a
+:class:`~alignkit.core.registry.Registry`); preference pairs are drawn by the one helper
+:func:`~alignkit.tasks.base.label_pairs`."""
 
 from __future__ import annotations
 
 import random
 from typing import Any
 
-from ._labels import flip_labels
+from ._labels import bt_probability, flip_labels
 from .arithmetic import ArithmeticTask
+from .base import TASKS, Task, TaskBase, bradley_terry, label_pairs
 from .intransitive import IntransitiveTask
 from .multi_objective import MultiObjectiveTask
 from .pluralistic import PluralisticTask
 from .sentiment import SentimentTask
 
-TASKS = {
-    "sentiment": SentimentTask,
-    "arithmetic": ArithmeticTask,
-    "multi_objective": MultiObjectiveTask,
-    "pluralistic": PluralisticTask,
-    "intransitive": IntransitiveTask,
-}
+__all__ = [
+    "TASKS", "Task", "TaskBase", "ArithmeticTask", "IntransitiveTask", "MultiObjectiveTask", "PluralisticTask", "SentimentTask",
+    "bradley_terry", "bt_probability", "flip_labels", "get_task", "label_pairs", "task_rows",
+]
 
 
 def get_task(config: Any = None):
@@ -26,16 +28,11 @@ def get_task(config: Any = None):
     if config is None or isinstance(config, str):
         name = config or "sentiment"
         if name not in TASKS:
-            raise ValueError(f"unknown task '{name}'; allowed: {', '.join(TASKS)}")
-        return TASKS[name]()
-    if config.name == "arithmetic":
-        return ArithmeticTask(seed=config.seed, level=config.level)
-    if config.name == "multi_objective":
-        weights = getattr(config, "objective_weights", None)
-        return MultiObjectiveTask(seed=config.seed, **({"weights": tuple(weights)} if weights else {}))
-    if config.name == "pluralistic":
-        return PluralisticTask(seed=config.seed, minority_share=getattr(config, "minority_share", 0.2))
-    return TASKS[config.name](seed=config.seed)
+            raise ValueError(TASKS.unknown(name))
+        return TASKS.get(name)()
+    if config.name not in TASKS:
+        raise ValueError(TASKS.unknown(config.name))
+    return TASKS.get(config.name).from_config(config)
 
 
 def task_rows(task: Any, kind: str, n: int, split: str, config: Any = None) -> list[dict]:

@@ -21,17 +21,26 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
+from typing import Any
+
+from .base import TASKS, TaskBase
 
 LEVELS = {0: (4, "+"), 1: (9, "+"), 2: (19, "+-"), 3: (49, "+-")}
 _NUMBER = re.compile(r"^\s*(-?\d+)\s*\.\s*$")
 
 
+@TASKS.register("arithmetic")
 @dataclass
-class ArithmeticTask:
+class ArithmeticTask(TaskBase):
     seed: int = 0
     level: int = 2
     sft_error_rate: float = 0.3
     name: str = field(default="arithmetic", init=False)
+    label_salt = "arithmetic"
+
+    @classmethod
+    def from_config(cls, config: Any) -> "ArithmeticTask":
+        return cls(seed=config.seed, level=config.level)
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
@@ -75,14 +84,11 @@ class ArithmeticTask:
         value = self.parse(prompt, completion)
         return 1.0 if value is not None and value == self.answer(prompt) else 0.0
 
-    def gold_rewards(self, prompts: list[str], completions: list[str]) -> list[float]:
-        return [self.gold_reward(p, c) for p, c in zip(prompts, completions, strict=True)]
+    def pair_judge(self, temperature: float):
+        """Pairs where exactly one completion is correct (the correct one is chosen); others are left out."""
 
-    def label_pairs(self, prompts, completions_a, completions_b, temperature: float = 0.25, seed: int | None = None) -> list[dict]:
-        """Pairs where exactly one completion is correct (the correct one is chosen)."""
-        rows = []
-        for p, a, b in zip(prompts, completions_a, completions_b, strict=True):
-            ra, rb = self.gold_reward(p, a), self.gold_reward(p, b)
-            if ra != rb:
-                rows.append({"prompt": p, "chosen": a if ra > rb else b, "rejected": b if ra > rb else a})
-        return rows
+        def judge(prompt: str, a: str, b: str, rng: random.Random):
+            ra, rb = self.gold_reward(prompt, a), self.gold_reward(prompt, b)
+            return None if ra == rb else (1.0 if ra > rb else 0.0, {})
+
+        return judge

@@ -19,21 +19,24 @@ policy), which is well defined but not a reward that explains the preferences.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
-from ._labels import flip_labels
+from .base import TASKS
 from .sentiment import SentimentTask
 
 STYLES = ("single", "and", "but")
 BEATS = {"single": "and", "and": "but", "but": "single"}  # key beats value
 
 
+@TASKS.register("intransitive")
 @dataclass
 class IntransitiveTask(SentimentTask):
     margin: float = 0.3
     malformed_loss: float = 0.95
     name: str = field(default="intransitive", init=False)
+    label_salt = "intransitive"
+    reward_attributes = None
+    reward_step_split = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.margin <= 0.5:
@@ -79,16 +82,6 @@ class IntransitiveTask(SentimentTask):
         s = self.style(prompt, completion)
         return sum(p * self.style_preference(s, t) for t, p in self.base_style_distribution().items())
 
-    def gold_rewards(self, prompts: list[str], completions: list[str]) -> list[float]:
-        return [self.gold_reward(p, c) for p, c in zip(prompts, completions, strict=True)]
-
-    def label_pairs(self, prompts, completions_a, completions_b, temperature: float = 0.25, seed: int | None = None, label_noise: float = 0.0) -> list[dict]:
+    def pair_judge(self, temperature: float):
         """Pairs labelled by a draw from the oracle's P(a ≻ b) (``temperature`` is not used)."""
-        rng = random.Random(f"{self.seed if seed is None else seed}-intransitive-labels")
-        rows = []
-        for prompt, a, b in zip(prompts, completions_a, completions_b, strict=True):
-            if a == b:
-                continue
-            chosen, rejected = (a, b) if rng.random() < self.preference(prompt, a, b) else (b, a)
-            rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
-        return flip_labels(rows, label_noise, f"{self.seed if seed is None else seed}-intransitive")
+        return lambda prompt, a, b, rng: (self.preference(prompt, a, b), {})

@@ -14,21 +14,31 @@ outside the language scores ``−1 − malformed_penalty`` on both attributes.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
+from typing import Any
 
-from ._labels import bt_probability, flip_labels
+from .base import TASKS
 from .sentiment import ADJECTIVES, SentimentTask
 
 ATTRIBUTES = ("sentiment", "brevity")
 
 
+@TASKS.register("multi_objective")
 @dataclass
 class MultiObjectiveTask(SentimentTask):
-    """Sentiment vs brevity on the sentiment language. ``weights`` = (w_sentiment, w_brevity)."""
+    """Sentiment vs brevity on the sentiment language. ``weights`` = (w_sentiment, w_brevity).
+    Pairs are Bradley–Terry draws on the weighted gold reward (:class:`~alignkit.tasks.base.TaskBase`)."""
 
     weights: tuple[float, float] = (0.5, 0.5)
     name: str = field(default="multi_objective", init=False)
+    label_salt = "mo"
+    reward_attributes = None  # its gold attributes (sentiment, brevity) are not the rated reward-model data's
+    reward_step_split = None
+
+    @classmethod
+    def from_config(cls, config: Any) -> "MultiObjectiveTask":
+        weights = getattr(config, "objective_weights", None)
+        return cls(seed=config.seed, **({"weights": tuple(weights)} if weights else {}))
 
     def __post_init__(self) -> None:
         if len(self.weights) != 2 or any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
@@ -63,15 +73,3 @@ class MultiObjectiveTask(SentimentTask):
             out["brevity"].append(a["brevity"])
             out["weighted"].append(w[0] * a["sentiment"] + w[1] * a["brevity"])
         return out
-
-    def label_pairs(self, prompts, completions_a, completions_b, temperature: float = 0.25, seed: int | None = None, label_noise: float = 0.0) -> list[dict]:
-        """Bradley–Terry draws on the weighted gold reward, then flips with probability ``label_noise``."""
-        rng = random.Random(f"{self.seed if seed is None else seed}-mo-labels")
-        rows = []
-        for prompt, a, b in zip(prompts, completions_a, completions_b, strict=True):
-            if a == b:
-                continue
-            p_a = bt_probability(self.gold_reward(prompt, a), self.gold_reward(prompt, b), temperature)
-            chosen, rejected = (a, b) if rng.random() < p_a else (b, a)
-            rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
-        return flip_labels(rows, label_noise, f"{self.seed if seed is None else seed}-mo")

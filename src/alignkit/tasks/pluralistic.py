@@ -4,7 +4,7 @@ The language is the sentiment task's. By default two groups: ``majority`` (80 %)
 (its reward is the sentiment task's gold reward ``s``) and ``minority`` (20 %) likes negative ones (``−s``).
 Malformed text is bad for everyone (``−1 − malformed_penalty`` for every group). Each preference pair is
 labelled by one group drawn by its share, with a Bradley–Terry draw on that group's reward; the row
-records the group in ``group`` so group-aware methods can use it (pair readers ignore extra fields).
+records the group in ``group`` so group-aware methods can use it (it travels as metadata to the batch: ``batch["meta"]["group"]``).
 
 ``gold_reward`` is the share-weighted (utilitarian) mean of the group rewards; ``group_rewards`` gives
 each group's, so evaluations can report the worst group (egalitarian view) as well.
@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
-from ._labels import bt_probability, flip_labels
+from ._labels import bt_probability
+from .base import TASKS
 from .sentiment import SentimentTask
 
 
+@TASKS.register("pluralistic")
 @dataclass
 class PluralisticTask(SentimentTask):
     """``groups``: (name, share, sign) triples; a group's reward is ``sign · s`` for well-formed text."""
@@ -26,6 +29,13 @@ class PluralisticTask(SentimentTask):
     minority_share: float = 0.2
     groups: tuple[tuple[str, float, float], ...] | None = None
     name: str = field(default="pluralistic", init=False)
+    label_salt = "pluralistic"
+    reward_attributes = None
+    reward_step_split = None
+
+    @classmethod
+    def from_config(cls, config: Any) -> "PluralisticTask":
+        return cls(seed=config.seed, minority_share=getattr(config, "minority_share", 0.2))
 
     def __post_init__(self) -> None:
         if self.groups is None:
@@ -68,15 +78,13 @@ class PluralisticTask(SentimentTask):
                 return g
         return self.groups[-1][0]
 
-    def label_pairs(self, prompts, completions_a, completions_b, temperature: float = 0.25, seed: int | None = None, label_noise: float = 0.0) -> list[dict]:
-        """Each pair is labelled by a group drawn by its share (Bradley–Terry on that group's reward)."""
-        rng = random.Random(f"{self.seed if seed is None else seed}-pluralistic-labels")
-        rows = []
-        for prompt, a, b in zip(prompts, completions_a, completions_b, strict=True):
-            if a == b:
-                continue
+    def pair_judge(self, temperature: float):
+        """Each pair is labelled by a group drawn by its share (Bradley–Terry on that group's reward); the
+        row records the group in ``group``."""
+
+        def judge(prompt: str, a: str, b: str, rng: random.Random):
             group = self.draw_group(rng)
             p_a = bt_probability(self.group_rewards(prompt, a)[group], self.group_rewards(prompt, b)[group], temperature)
-            chosen, rejected = (a, b) if rng.random() < p_a else (b, a)
-            rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "group": group})
-        return flip_labels(rows, label_noise, f"{self.seed if seed is None else seed}-pluralistic")
+            return p_a, {"group": group}
+
+        return judge

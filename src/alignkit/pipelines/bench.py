@@ -48,69 +48,10 @@ from typing import Any
 
 import yaml
 
-from . import metrics as M
-from .policy import ReferenceEvaluator
+from ..evaluation.policy import ReferenceEvaluator
+from .pairs import sample_pairs
 
 
-# ------------------------------------------------------------------------------------------------------
-# `alignkit eval` extras
-# ------------------------------------------------------------------------------------------------------
-def preference_accuracy(model_dir: str | Path, reference_dir: str | Path, rows: list[dict], beta: float = 1.0) -> float:
-    """Held-out preference accuracy of the implicit reward β (log π − log π_ref) on pair rows."""
-    from ..models.loading import load_policy_for_inference, load_tokenizer
-    from ..rollout.generate import Sample, sample_logprobs
-    from ..data.encode import Encoder
-
-    tokenizer = load_tokenizer(model_dir)
-    encoder = Encoder(tokenizer, max_length=10**9)
-    encoded = [encoder.encode(r, "pair") for r in rows]
-    chosen = [Sample(r["prompt"], r["chosen"], e["prompt_ids"], e["chosen_ids"], True) for r, e in zip(rows, encoded)]
-    rejected = [Sample(r["prompt"], r["rejected"], e["prompt_ids"], e["rejected_ids"], True) for r, e in zip(rows, encoded)]
-    policy, reference = load_policy_for_inference(model_dir), load_policy_for_inference(reference_dir)
-    pad = tokenizer.pad_token_id
-    return M.implicit_reward_accuracy(sample_logprobs(policy, chosen, pad), sample_logprobs(policy, rejected, pad),
-                                      sample_logprobs(reference, chosen, pad), sample_logprobs(reference, rejected, pad), beta)
-
-
-def run_metrics(policy, reference, tokenizer, task, n_prompts: int, samples: int, seed: int, run_dir: Path | None, model_dir: Path,
-                reference_dir: Path | None, folder: Path) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
-    """The metrics ``alignkit eval`` adds to the basic evaluation: KL (k1, k3), win rate against the
-    reference's samples, distinct-n, self-BLEU, the implicit-reward preference accuracy on held-out task
-    pairs (when a reference is given) and the chosen/rejected log-prob curves of the run's metrics.jsonl."""
-    from ..engine.tracking import read_metrics
-    from ..tasks import task_rows
-    from .report import plot_curves
-
-    out: dict[str, Any] = {}
-    blocks: list[tuple[str, Any]] = []
-    if reference is not None:
-        evaluator = ReferenceEvaluator(task, tokenizer, reference, task.prompts(n_prompts, "test"), n_samples=samples, max_new_tokens=48, seed=seed)
-        point = evaluator.evaluate(policy, model_dir.name)
-        out = {k: v for k, v in point.items() if k not in ("name", "samples", "kl", "gold_reward", "gold_reward_se", "length", "malformed")}
-        beta = 1.0
-        if run_dir is not None and (run_dir / "config.yaml").exists():
-            beta = float((yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("dpo", {}).get("beta", 1.0))
-        try:
-            rows = task_rows(task, "pair", min(256, 2 * n_prompts), "test")
-            out["implicit_reward_accuracy"] = preference_accuracy(model_dir, reference_dir, rows, beta) if reference_dir else None
-            out["implicit_reward_beta"] = beta
-        except (ValueError, KeyError):
-            pass
-    if run_dir is not None:
-        records = read_metrics(run_dir)
-        curves = M.logprob_curves(records)
-        if curves:
-            out["logprob_curves"] = {k: v for k, v in curves.items()}
-            png = plot_curves({"run": records}, [k for k in ("logps/chosen", "logps/rejected", "eval/logps/chosen", "eval/logps/rejected") if k in curves],
-                              folder / "logprob_curves.png", "chosen / rejected log-probs")
-            if png is not None and png.is_relative_to(folder):
-                blocks.append(("Chosen / rejected log-probs", png))
-    return out, blocks
-
-
-# ------------------------------------------------------------------------------------------------------
-# suites
-# ------------------------------------------------------------------------------------------------------
 def _merge(base: dict, extra: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in (extra or {}).items():
@@ -199,9 +140,10 @@ class Bench:
         """Preference pairs (cached by their spec): two samples per prompt from ``policy_dir`` (or the
         task's base distribution), labelled by the task's oracle, with label noise."""
         from ..data.records import write_jsonl
-        from ..tasks import flip_labels, task_rows
+        from ..tasks import task_rows
 
-        spec = {"prompts": 1024, "source": "policy", "label_noise": 0.0, "temperature": self.task_config.label_temperature, "split": "train", "seed": self.seed, **spec}
+        spec = {"prompts": 1024, "source": "policy", "label_noise": 0.0, "temperature": self.task_config.label_temperature, "split": "train",
+                "seed": self.seed, **spec}
         key = hashlib.sha1(json.dumps([spec, str(policy_dir), self.task_config.model_dump(mode="json")], sort_keys=True).encode()).hexdigest()[:10]
         path = self.out / "pairs" / f"{_slug(tag)}-{key}.jsonl"
         if path.exists():
@@ -211,14 +153,11 @@ class Bench:
             rows = task_rows(task, "pair", spec["prompts"], spec["split"], self.task_config.model_copy(update={"label_noise": spec["label_noise"]}))
         else:
             from ..models.loading import load_policy_for_inference, load_tokenizer
-            from ..rollout.generate import generate
 
-            prompts = task.prompts(spec["prompts"], spec["split"])
             model, tokenizer = load_policy_for_inference(policy_dir), load_tokenizer(policy_dir)
-            samples = generate(model, tokenizer, prompts, n=2, max_new_tokens=48, seed=spec["seed"] + 17)
-            rows = task.label_pairs([s.prompt for s in samples[0::2]], [s.completion for s in samples[0::2]], [s.completion for s in samples[1::2]],
-                                    temperature=spec["temperature"], seed=spec["seed"])
-            rows = flip_labels(rows, spec["label_noise"], f"{spec['seed']}-{tag}")
+            rows = sample_pairs(model, tokenizer, task, task.prompts(spec["prompts"], spec["split"]), sample_seed=spec["seed"] + 17,
+                                label_seed=spec["seed"], temperature=spec["temperature"], label_noise=spec["label_noise"],
+                                noise_seed=f"{spec['seed']}-{tag}")
         rows = [r for r in rows if r["chosen"].strip() and r["rejected"].strip()]  # an empty sample is not a valid pair row
         path.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(path, [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
@@ -241,7 +180,8 @@ class Bench:
         sft = self.sft_dir()
         for name, spec in (self.suite.get("reward_models") or {}).items():
             pairs = self.pairs_file(_merge(self.suite.get("pairs", {}), spec.get("pairs", {})), sft, f"rm-{name}")
-            recipe = _merge({**self._common(), "algorithm": "reward", "model": {"path": str(sft)}, "data": {"train": str(pairs)}}, spec.get("recipe", {}))
+            base = {**self._common(), "algorithm": "reward", "model": {"path": str(sft)}, "data": {"train": str(pairs)}}
+            recipe = _merge(base, spec.get("recipe", {}))
             self.say(f"training reward model '{name}'")
             self.rm_dirs[name] = str(self._train(recipe, self.out / "reward-models" / _slug(name)))
         proxy_spec = self.suite.get("proxy")
@@ -257,7 +197,7 @@ class Bench:
             name = method["name"]
             pairs_spec = _merge(self.suite.get("pairs", {}), method.get("pairs", {}))
             sweep = method.get("sweep") or [{}]
-            for i, override in enumerate(sweep):
+            for override in sweep:
                 label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in override.items()) or "default"
                 run_dir = self.out / "runs" / _slug(f"{name}-{label}")
                 base = {"method": name, "run": label, "x": method.get("x"), "group": method.get("group", name)}
@@ -293,7 +233,8 @@ class Bench:
             if r:  # keep only the new prompts of this round (the first per_round*r rows were earlier rounds' prompts)
                 lines = pairs.read_text().splitlines()
                 pairs.write_text("\n".join(lines[len(lines) * r // (r + 1):]) + "\n")
-            recipe = apply_overrides(self._recipe(method, current, pairs), [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in override.items()])
+            dotted = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in override.items()]
+            recipe = apply_overrides(self._recipe(method, current, pairs), dotted)
             self.say(f"{base['method']}: round {r + 1}/{rounds} on {pairs.name}")
             current = self._train(recipe, run_dir / f"round-{r}")
             point = evaluator.evaluate(current, f"{base['method']}@round{r + 1}")
@@ -302,16 +243,19 @@ class Bench:
 
     # -- outputs -------------------------------------------------------------------------------------
     def write(self, seconds: float) -> dict[str, Any]:
-        from .report import write_report
+        from ..evaluation.report import write_report
 
         figures = draw_figures(self.points, self.out, self.name)
-        table = [{k: p.get(k) for k in ("method", "run", "step", "gold_reward", "gold_reward_se", "kl_k1", "kl_k3", "win_rate", "proxy", "length", "words", "distinct_2", "self_bleu", "malformed") if k in p}
-                 for p in self.points]
-        result = {"name": self.name, "seconds": seconds, "figures": {k: str(v) for k, v in figures.items()}, "points": self.points, "suite": self.suite}
+        columns = ("method", "run", "step", "gold_reward", "gold_reward_se", "kl_k1", "kl_k3", "win_rate", "proxy", "length", "words",
+                   "distinct_2", "self_bleu", "malformed")
+        table = [{k: p.get(k) for k in columns if k in p} for p in self.points]
+        result = {"name": self.name, "seconds": seconds, "figures": {k: str(v) for k, v in figures.items()}, "points": self.points,
+                  "suite": self.suite}
         (self.out / "points.json").write_text(json.dumps(result, indent=1, default=str))
         blocks: list[tuple[str, Any]] = [("Suite", self.suite.get("description", self.name)), ("Points", table)]
         blocks += [(title, path) for title, path in figures.items()]
-        blocks.append(("Samples (final models)", [{"method": p["method"], **s} for p in self.points if p.get("final") or p["method"] == "start" for s in p["samples"][:2]]))
+        finals = [p for p in self.points if p.get("final") or p["method"] == "start"]
+        blocks.append(("Samples (final models)", [{"method": p["method"], **s} for p in finals for s in p["samples"][:2]]))
         blocks.append(("Run time", f"{seconds:.0f} s"))
         write_report(self.out, f"alignkit bench: {self.name}", blocks)
         self.say(f"report: {self.out / 'report.html'} ({seconds:.0f} s)")
@@ -320,9 +264,9 @@ class Bench:
 
 def draw_figures(points: list[dict[str, Any]], out: Path, title: str) -> dict[str, Path]:
     """frontier.png, overoptimisation.png (if proxy scores), by_x.png (if methods have x), lengths.png."""
-    from .report import plot_frontier, save_figure
+    import matplotlib.pyplot as plt  # headless: evaluation.report sets the Agg backend
 
-    import matplotlib.pyplot as plt  # headless: .report sets the Agg backend
+    from ..evaluation.report import plot_frontier, save_figure
 
     figures: dict[str, Path] = {}
     start = next((p for p in points if p["method"] == "start"), None)

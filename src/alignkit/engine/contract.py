@@ -1,24 +1,72 @@
-"""What an algorithm gives the training engine.
+"""What an algorithm gives the training engine, and the narrow context its hooks receive.
 
 An algorithm names the kind of data it reads, how to batch it, how much each batch weighs in the loss
 average, and the summed loss of a batch. The engine divides the summed loss by the total weight of the
 whole optimizer step (over micro-batches and processes), so splitting a batch into micro-batches or
 processes never changes the gradient.
+
+Hooks (``setup``, ``before_update``, ``after_step``, ``rollout``, ``evaluate``) receive a
+:class:`Context`: the live model and tokenizer, the device, the distribution strategy (sums, gathers,
+process layout), the current step, batching and the reference factory. They never see the trainer.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from ..config import Recipe
 
 if TYPE_CHECKING:
-    from ..engine.trainer import Trainer
+    from ..models.reference import Reference
+    from .strategies import Strategy
 
 # name -> (sum over the batch, count it averages over)
 Metrics = dict[str, tuple[torch.Tensor | float, float]]
+
+
+class Context:
+    """What an algorithm's hooks may use. Built by the trainer; every attribute is documented here.
+
+    * ``model`` — the live policy model (unwrapped: no DDP/FSDP wrapper), ``tokenizer``, ``device``.
+    * ``strategy`` — the distribution strategy: ``world``, ``rank``, ``is_main``, ``sum(t)``,
+      ``gather(t)``, ``mean(stats)``, ``barrier()``.
+    * ``seed`` — the recipe's seed; ``step`` — the optimizer step being taken (0-based).
+    * ``batch_size``, ``micro_batch_size`` — the train section's values; ``progress`` — show bars.
+    * ``train_examples``, ``eval_examples`` — the encoded examples of the current fit (eval may be None).
+    * ``resumed`` — whether this fit resumed from a checkpoint.
+    * ``autocast()`` — the run's precision context; ``collate(examples)`` — one batch on the device;
+      ``micro_batches(examples, indices)`` — the engine's split of examples into micro-batches.
+    * ``reference(keep=True, temperature=1.0)`` — the starting policy as a
+      :class:`~alignkit.models.reference.Reference` (a frozen copy, the LoRA base, or with ``keep=False``
+      the live policy for work before the first update).
+    * ``cache(examples, compute, keys, label, only=None)`` — evaluate ``compute(batch) -> [B, len(keys)]``
+      once per example (no gradient, split over processes) and store the values on the examples.
+    * ``used_indices()`` — the train examples the remaining steps of this fit will read (for caches).
+    """
+
+    def __init__(self, **fields: Any):
+        self.__dict__.update(fields)
+
+    model: torch.nn.Module
+    tokenizer: Any
+    device: torch.device
+    strategy: "Strategy"
+    seed: int
+    step: int
+    batch_size: int
+    micro_batch_size: int | None
+    progress: bool
+    train_examples: list[dict[str, Any]]
+    eval_examples: list[dict[str, Any]] | None
+    resumed: bool
+    autocast: Callable[[], Any]
+    collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
+    micro_batches: Callable[[list[dict[str, Any]], list[int]], list[dict[str, torch.Tensor]]]
+    reference: Callable[..., "Reference"]
+    cache: Callable[..., None]
+    used_indices: Callable[[], list[int]]
 
 
 class Algorithm:
@@ -72,65 +120,24 @@ class Algorithm:
         return examples
 
     def extra_modules(self) -> dict[str, torch.nn.Module]:
-        """Trained modules besides the policy (saved in checkpoints, e.g. a critic)."""
+        """Trained or changing modules besides the policy (saved in checkpoints, e.g. a critic)."""
         return {}
 
     def updates_per_step(self) -> int:
         """Optimizer updates per training step (more than one for multi-epoch online RL)."""
         return 1
 
-    def before_update(self, trainer: "Trainer", policy: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> None:
+    def before_update(self, ctx: Context, policy: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> None:
         """Work over every micro-batch of one optimizer step (or evaluation pass) before their losses, on
         all processes: e.g. a step-level statistic that each micro-batch's loss then reads (KTO's z0)."""
 
-    def after_step(self, trainer: "Trainer", step: int) -> None:
+    def after_step(self, ctx: Context, step: int) -> None:
         """Work after optimizer step ``step`` (1-based), e.g. refreshing a reference model."""
 
-    def setup(self, trainer: "Trainer") -> None:
-        """Work before the first step (e.g. reference log-probs); the policy is not yet wrapped."""
+    def setup(self, ctx: Context) -> None:
+        """Work before the first step of a fit (e.g. reference log-probs); the policy is not yet wrapped."""
 
     def loss(self, policy: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
         """(summed loss of the batch, metrics); ``policy`` is :meth:`module` of the model (DDP-wrapped when
         distributed): by default it maps (input_ids, attention_mask, loss_mask) to target log-probs [B, T]."""
         raise NotImplementedError
-
-
-def cache_per_example(trainer: "Trainer", examples: list[dict[str, Any]], compute, keys: tuple[str, ...], label: str = "reference log-probs") -> None:
-    """Evaluate ``compute(batch) -> [B, len(keys)]`` once for every example (no gradient, the run's
-    precision), split over processes and summed back, and store the values on the examples under ``keys``."""
-    from ..engine.trainer import make_progress
-
-    values = torch.zeros(len(examples), len(keys), dtype=torch.float64)
-    mine = list(range(trainer.dist.rank, len(examples), trainer.dist.world))
-    size = trainer.cfg.micro_batch_size or max(1, trainer.cfg.batch_size // trainer.dist.world)
-    with make_progress(trainer.cfg.progress and trainer.dist.is_main) as progress:
-        bar = progress.add_task(label, total=len(mine), info="")
-        for start in range(0, len(mine), size):
-            idx = mine[start : start + size]
-            batch = trainer.collate([examples[i] for i in idx])
-            with torch.no_grad(), trainer.autocast():
-                values[idx] = compute(batch).double().cpu()
-            progress.update(bar, advance=len(idx))
-    values = trainer.dist.sum(values.to(trainer.device)).cpu()
-    for example, row in zip(examples, values.tolist()):
-        example.update(zip(keys, row))
-
-
-def starting_reference(trainer: "Trainer", keep: bool):
-    """(module, context) giving the *starting* policy's target log-probs.
-
-    LoRA: the policy itself with its adapter disabled. Otherwise a frozen copy when ``keep`` (it is run
-    during training) or when resuming (the starting weights are reloaded); else the policy as it is now,
-    good only for work done before the first step (e.g. a reference cache).
-    """
-    import contextlib
-
-    from ..models.loading import is_peft
-    from ..models.logprobs import TargetLogProbs
-
-    model = trainer.model
-    if is_peft(model):
-        return TargetLogProbs(model), model.disable_adapter
-    if keep or trainer.resumed_from is not None:
-        return TargetLogProbs(trainer.frozen_reference()), contextlib.nullcontext
-    return TargetLogProbs(model), contextlib.nullcontext

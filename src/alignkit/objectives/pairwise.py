@@ -1,29 +1,26 @@
-"""Pure-tensor offline preference objectives.
+"""Pairwise preference objectives: one chosen and one rejected completion per prompt.
 
-Every loss here works on sequence-level statistics that the caller has already
-computed (summed completion log-probabilities, token counts, per-token KLs), so
-the functions are independent of any model, tokenizer or trainer.
+Every loss works on sequence-level statistics that the caller has already computed (summed completion
+log-probabilities, token counts, per-token KLs), so the functions are independent of any model,
+tokenizer or trainer.
 
 Conventions
 -----------
 * Log-probabilities are **summed** over the completion tokens (the convention of
   TRL's ``DPOTrainer``).  Losses that need per-token averages (IPO,
-  ``sigmoid_norm``, SimPO, ORPO, PRO) divide by the token counts themselves.
+  ``sigmoid_norm``, SimPO, ORPO) divide by the token counts themselves.
 * ``Δ(y) = log πθ(y|x) − log π_ref(y|x)`` is the policy/reference log-ratio and
   ``h = Δ(y_w) − Δ(y_l)`` the DPO margin.
 * Every loss returns the **per-example** loss (shape ``[B]``); no reduction is
   applied, so the caller decides between mean, sum or weighted reductions.
 
-Entry points: :func:`pairwise_loss` (registry :data:`PAIRWISE_LOSSES`),
-:func:`unpaired_loss` (:data:`UNPAIRED_LOSSES`), :func:`listwise_loss`
-(:data:`LISTWISE_LOSSES`), :func:`tdpo_loss`, :func:`combine` and the helpers
-:func:`sequential_kl`, :func:`wpo_weights`, :func:`ld_dpo_logps`,
-:func:`curriculum_pairs` and :class:`RunningMean`.
+Entry points: :func:`pairwise_loss` (registry :data:`PAIRWISE_LOSSES`), :func:`combine`,
+:func:`tdpo_loss` and the token-level helpers :func:`sequential_kl`, :func:`wpo_weights` and
+:func:`ld_dpo_logps`. Unpaired (KTO/BCO) losses live in :mod:`.unpaired`, listwise ones in :mod:`.listwise`.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -32,25 +29,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._common import Losses, check_beta, checked
+
 __all__ = [
     "PairLogps",
-    "UnpairedLogps",
     "PAIRWISE_LOSSES",
-    "UNPAIRED_LOSSES",
-    "LISTWISE_LOSSES",
     "register_pairwise",
-    "register_unpaired",
-    "register_listwise",
     "pairwise_loss",
-    "unpaired_loss",
-    "listwise_loss",
+    "combine",
     "tdpo_loss",
     "sequential_kl",
     "wpo_weights",
     "ld_dpo_logps",
-    "curriculum_pairs",
-    "combine",
-    "RunningMean",
 ]
 
 
@@ -99,61 +89,11 @@ class PairLogps:
                 )
 
 
-@dataclass
-class UnpairedLogps:
-    """Sequence statistics of ``B`` unpaired, binary-labelled completions (KTO/BCO style).
-
-    Attributes:
-        logp: summed completion log-probs under the policy, ``[B]``.
-        ref_logp: summed completion log-probs under the reference, ``[B]``.
-        label: bool tensor ``[B]``; ``True`` marks a desirable completion.
-        tokens: completion token counts ``[B]`` (may be ``None``; unused by the current losses).
-        kl_logp: policy log-probs of *mismatched* prompt/completion pairs (KTO's KL estimate), or ``None``.
-        kl_ref_logp: reference log-probs of the same mismatched pairs, or ``None``.
-    """
-
-    logp: Tensor
-    ref_logp: Tensor
-    label: Tensor
-    tokens: Tensor | None = None
-    kl_logp: Tensor | None = None
-    kl_ref_logp: Tensor | None = None
-
-    def __post_init__(self) -> None:
-        if self.logp.dim() != 1 or self.logp.shape != self.ref_logp.shape:
-            raise ValueError(
-                f"logp and ref_logp must both have shape [B]; got {tuple(self.logp.shape)} "
-                f"and {tuple(self.ref_logp.shape)}"
-            )
-        if self.label.shape != self.logp.shape:
-            raise ValueError(f"label must have shape {tuple(self.logp.shape)}; got {tuple(self.label.shape)}")
-        if self.label.dtype != torch.bool:
-            raise ValueError(f"label must be a bool tensor; got dtype {self.label.dtype}")
-        if (self.kl_logp is None) != (self.kl_ref_logp is None):
-            raise ValueError("kl_logp and kl_ref_logp must be given together (or both be None)")
-
-
 # --------------------------------------------------------------------------------------
-# Registries and argument checking
+# Registry and shared checks
 # --------------------------------------------------------------------------------------
 
-PAIRWISE_LOSSES: dict[str, Callable[..., Tensor]] = {}
-UNPAIRED_LOSSES: dict[str, Callable[..., Tensor]] = {}
-LISTWISE_LOSSES: dict[str, Callable[..., Tensor]] = {}
-
-
-def _make_register(registry: dict[str, Callable[..., Tensor]], kind: str):
-    def register(name: str, *, reference: bool = True) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
-        def decorator(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-            if name in registry:
-                raise ValueError(f"{kind} loss {name!r} is already registered")
-            fn.needs_reference = reference  # type: ignore[attr-defined]
-            registry[name] = fn
-            return fn
-
-        return decorator
-
-    return register
+PAIRWISE_LOSSES: Losses[Callable[..., Tensor]] = Losses("pairwise loss")
 
 
 def register_pairwise(name: str, *, reference: bool = True):
@@ -162,45 +102,7 @@ def register_pairwise(name: str, *, reference: bool = True):
     ``reference=False`` marks a reference-free loss (``ref_chosen``/``ref_rejected`` may be ``None``).
     Keyword parameters of ``fn`` (after ``beta``) become the accepted ``**params`` of :func:`pairwise_loss`.
     """
-    return _make_register(PAIRWISE_LOSSES, "pairwise")(name, reference=reference)
-
-
-def register_unpaired(name: str, *, reference: bool = True):
-    """Register ``fn(logps: UnpairedLogps, beta: float, **params) -> Tensor[B]`` under ``name``."""
-    return _make_register(UNPAIRED_LOSSES, "unpaired")(name, reference=reference)
-
-
-def register_listwise(name: str, *, reference: bool = False):
-    """Register ``fn(logps, tokens, ref_logps, beta, **params) -> Tensor[B]`` under ``name``."""
-    return _make_register(LISTWISE_LOSSES, "listwise")(name, reference=reference)
-
-
-def _lookup(registry: dict[str, Callable[..., Tensor]], kind: str, name: str) -> Callable[..., Tensor]:
-    if name not in registry:
-        raise ValueError(f"unknown {kind} loss {name!r}; allowed names: {', '.join(sorted(registry))}")
-    return registry[name]
-
-
-def _check_params(fn: Callable[..., Tensor], kind: str, name: str, n_positional: int, params: dict[str, Any]) -> None:
-    """Raise TypeError for unknown or missing keyword parameters, naming them."""
-    sig = inspect.signature(fn)
-    accepted = list(sig.parameters)[n_positional:]
-    unknown = [p for p in params if p not in accepted]
-    if unknown:
-        raise TypeError(
-            f"{kind} loss {name!r} got unknown parameter(s) {', '.join(map(repr, unknown))}; "
-            f"accepted parameters: {', '.join(accepted) or '(none)'}"
-        )
-    missing = [
-        p for p in accepted if sig.parameters[p].default is inspect.Parameter.empty and p not in params
-    ]
-    if missing:
-        raise TypeError(f"{kind} loss {name!r} is missing required parameter(s) {', '.join(map(repr, missing))}")
-
-
-def _check_beta(beta: float) -> None:
-    if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
-        raise ValueError(f"beta must be a finite positive number; got {beta!r}")
+    return PAIRWISE_LOSSES.register(name, needs_reference=reference)
 
 
 def _logratios(lp: PairLogps, name: str) -> tuple[Tensor, Tensor]:
@@ -252,9 +154,8 @@ def pairwise_loss(name: str, logps: PairLogps, beta: float = 0.1, **params: Any)
             a reference-based loss without reference log-probs, or an invalid parameter value.
         TypeError: an unknown or missing keyword parameter (named in the message).
     """
-    fn = _lookup(PAIRWISE_LOSSES, "pairwise", name)
-    _check_params(fn, "pairwise", name, 2, params)
-    _check_beta(beta)
+    fn = checked(PAIRWISE_LOSSES, name, 2, params)
+    check_beta(beta)
     if fn.needs_reference:  # type: ignore[attr-defined]
         _logratios(logps, name)
     return fn(logps, beta, **params)
@@ -341,7 +242,7 @@ def bco_pair(lp: PairLogps, beta: float, delta: float | Tensor = 0.0) -> Tensor:
     """BCO on pairs (Jung et al., 2024, "Binary Classifier Optimization for Large Language Model Alignment").
 
     ``L = −log σ(β·Δ(y_w) − δ) − log σ(−(β·Δ(y_l) − δ))`` with δ the running reward shift
-    (see :class:`RunningMean`). δ = 0 (default) is TRL's ``bco_pair``.
+    (see :class:`~alignkit.objectives.unpaired.RunningMean`). δ = 0 (default) is TRL's ``bco_pair``.
     """
     dc, dr = _logratios(lp, "bco")
     return -F.logsigmoid(beta * dc - delta) - F.logsigmoid(-(beta * dr - delta))
@@ -546,185 +447,6 @@ def combine(weighted: list[tuple[str, float, dict[str, Any]]], logps: PairLogps,
 
 
 # --------------------------------------------------------------------------------------
-# Unpaired losses
-# --------------------------------------------------------------------------------------
-
-
-class RunningMean:
-    """Running mean of detached rewards, used as BCO's reward shift δ.
-
-    ``momentum=None`` (default) keeps the exact cumulative mean over every value seen; a float in (0, 1]
-    keeps an exponential moving average ``m ← (1 − momentum)·m + momentum·mean(batch)``.
-    """
-
-    def __init__(self, momentum: float | None = None, initial: float = 0.0) -> None:
-        if momentum is not None and not (0.0 < momentum <= 1.0):
-            raise ValueError(f"momentum must lie in (0, 1]; got {momentum!r}")
-        self.momentum = momentum
-        self.mean = float(initial)
-        self.count = 0
-
-    def update(self, values: Tensor) -> float:
-        """Fold a tensor of values (any shape) into the mean and return the new mean."""
-        values = values.detach().double().reshape(-1)
-        return self.update_mean(float(values.mean()) if values.numel() else 0.0, values.numel())
-
-    def update_mean(self, batch_mean: float, n: int) -> float:
-        """Fold a batch of ``n`` values whose mean is ``batch_mean`` into the mean and return the new mean."""
-        if n == 0:
-            return self.mean
-        if self.momentum is None:
-            self.mean += (batch_mean - self.mean) * n / (self.count + n)
-        elif self.count == 0:
-            self.mean = batch_mean
-        else:
-            self.mean = (1.0 - self.momentum) * self.mean + self.momentum * batch_mean
-        self.count += n
-        return self.mean
-
-    @property
-    def value(self) -> float:
-        return self.mean
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "count": self.count, "momentum": self.momentum}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.mean, self.count, self.momentum = float(state["mean"]), int(state["count"]), state["momentum"]
-
-
-def unpaired_loss(name: str, logps: UnpairedLogps, beta: float = 0.1, **params: Any) -> Tensor:
-    """Per-example loss ``[B]`` of the registered unpaired objective ``name`` (same errors as :func:`pairwise_loss`)."""
-    fn = _lookup(UNPAIRED_LOSSES, "unpaired", name)
-    _check_params(fn, "unpaired", name, 2, params)
-    _check_beta(beta)
-    return fn(logps, beta, **params)
-
-
-@register_unpaired("kto")
-def kto(lp: UnpairedLogps, beta: float, desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
-        z0: float | Tensor | None = None) -> Tensor:
-    """KTO (Ethayarajh et al., 2024, "KTO: Model Alignment as Prospect Theoretic Optimization").
-
-    ``r = Δ(y)``, ``z0 = max(0, mean(log πθ(y'|x) − log π_ref(y'|x)))`` over mismatched pairs, detached.
-    Desirable: ``λ_D·(1 − σ(β·(r − z0)))``; undesirable: ``λ_U·(1 − σ(β·(z0 − r)))``. The mean is the one
-    over this batch's KL tensors, unless ``z0`` is given (the trainer passes the mean over every micro-batch
-    and process of the step, so splitting a batch does not change it); no KL tensors and no ``z0``: 0.
-    """
-    r = lp.logp - lp.ref_logp
-    if z0 is not None:
-        z0 = torch.as_tensor(z0, dtype=r.dtype, device=r.device).clamp(min=0).detach()
-    elif lp.kl_logp is None:
-        z0 = torch.zeros((), dtype=r.dtype, device=r.device)
-    else:
-        z0 = (lp.kl_logp - lp.kl_ref_logp).mean().clamp(min=0).detach()  # type: ignore[operator]
-    good = desirable_weight * (1.0 - torch.sigmoid(beta * (r - z0)))
-    bad = undesirable_weight * (1.0 - torch.sigmoid(beta * (z0 - r)))
-    return torch.where(lp.label, good, bad)
-
-
-@register_unpaired("bco")
-def bco(lp: UnpairedLogps, beta: float, delta: float | Tensor = 0.0) -> Tensor:
-    """BCO (Jung et al., 2024, "Binary Classifier Optimization for Large Language Model Alignment").
-
-    ``r = β·Δ(y)``; desirable: ``−log σ(r − δ)``; undesirable: ``−log σ(−(r − δ))``, with δ the running mean of
-    past rewards (keep it with :class:`RunningMean`, updated with detached ``r`` of both labels).
-    The paper's optional density-ratio (UDM) weighting is not included.
-    """
-    z = beta * (lp.logp - lp.ref_logp) - delta
-    return torch.where(lp.label, -F.logsigmoid(z), -F.logsigmoid(-z))
-
-
-@register_unpaired("apo_zero_unpaired")
-def apo_zero_unpaired(lp: UnpairedLogps, beta: float) -> Tensor:
-    """APO-zero for unpaired data (D'Oosterlinck et al., 2024, "Anchored Preference Optimization ...").
-
-    Desirable: ``1 − σ(β·Δ(y))``; undesirable: ``σ(β·Δ(y))``.
-    """
-    z = beta * (lp.logp - lp.ref_logp)
-    return torch.where(lp.label, 1.0 - torch.sigmoid(z), torch.sigmoid(z))
-
-
-# --------------------------------------------------------------------------------------
-# Listwise losses
-# --------------------------------------------------------------------------------------
-
-
-def listwise_loss(
-    name: str,
-    logps: Tensor,
-    tokens: Tensor,
-    ref_logps: Tensor | None = None,
-    beta: float = 1.0,
-    **params: Any,
-) -> Tensor:
-    """Per-prompt loss ``[B]`` for ``K`` ranked completions per prompt, best first.
-
-    Args:
-        logps: ``[B, K]`` summed completion log-probs under the policy.
-        tokens: ``[B, K]`` completion token counts.
-        ref_logps: ``[B, K]`` reference log-probs for reference-based listwise losses, else ``None``.
-        beta: inverse temperature applied to the scores (1.0 = the paper's PRO).
-    """
-    fn = _lookup(LISTWISE_LOSSES, "listwise", name)
-    _check_params(fn, "listwise", name, 4, params)
-    _check_beta(beta)
-    if logps.dim() != 2 or logps.shape != tokens.shape:
-        raise ValueError(
-            f"logps and tokens must both have shape [B, K]; got {tuple(logps.shape)} and {tuple(tokens.shape)}"
-        )
-    if logps.shape[1] < 2:
-        raise ValueError(f"listwise losses need K >= 2 completions per prompt; got K={logps.shape[1]}")
-    if fn.needs_reference and ref_logps is None:  # type: ignore[attr-defined]
-        raise ValueError(f"listwise loss {name!r} is reference-based: ref_logps must not be None")
-    if not fn.needs_reference and ref_logps is not None:  # type: ignore[attr-defined]
-        raise ValueError(f"listwise loss {name!r} is reference-free: pass ref_logps=None")
-    if ref_logps is not None and ref_logps.shape != logps.shape:
-        raise ValueError(f"ref_logps must have shape {tuple(logps.shape)}; got {tuple(ref_logps.shape)}")
-    return fn(logps, tokens, ref_logps, beta, **params)
-
-
-def _plackett_luce_nll(scores: Tensor) -> Tensor:
-    """``−Σ_{k<K} log( e^{s_k} / Σ_{i≥k} e^{s_i} )`` for scores ``[B, K]`` ordered best first."""
-    # logcumsumexp over the reversed list gives log Σ_{i≥k} e^{s_i} at position k
-    tail_lse = torch.flip(torch.logcumsumexp(torch.flip(scores, dims=[1]), dim=1), dims=[1])
-    return (tail_lse - scores)[:, :-1].sum(dim=1)
-
-
-@register_listwise("pro")
-def pro(logps: Tensor, tokens: Tensor, ref_logps: Tensor | None, beta: float, sft_weight: float = 0.0) -> Tensor:
-    """PRO (Song et al., 2024, "Preference Ranking Optimization for Human Alignment").
-
-    ``r_k = β·log πθ(y^k)/|y^k|``; ``L = −Σ_{k<K} log( e^{r_k} / Σ_{i≥k} e^{r_i} ) + λ·NLL(y^1)``, where
-    NLL is the mean per-token NLL of the top completion and λ = ``sft_weight`` (default 0). The paper's
-    reward-gap dynamic temperature is not included (β is a fixed inverse temperature, 1 = paper).
-    """
-    n = tokens.to(logps.dtype).clamp(min=1.0)
-    avg = logps / n
-    loss = _plackett_luce_nll(beta * avg)
-    if sft_weight:
-        loss = loss + sft_weight * (-avg[:, 0])
-    return loss
-
-
-def curriculum_pairs(scores: list[float]) -> list[tuple[int, int]]:
-    """Curry-DPO ordering (Pattnaik et al., 2024, "Curry-DPO: Enhancing Alignment using Curriculum Learning &
-    Ranked Preferences").
-
-    Returns every ``(chosen_index, rejected_index)`` pair with ``scores[chosen] > scores[rejected]`` ordered
-    easy to hard, i.e. by decreasing score gap; ties are broken by (chosen, rejected) index order.
-    Equal scores yield no pair.
-    """
-    pairs = [
-        (i, j)
-        for i in range(len(scores))
-        for j in range(len(scores))
-        if scores[i] > scores[j]
-    ]
-    return sorted(pairs, key=lambda p: (-(scores[p[0]] - scores[p[1]]), p[0], p[1]))
-
-
-# --------------------------------------------------------------------------------------
 # Token-level helpers and losses
 # --------------------------------------------------------------------------------------
 
@@ -762,7 +484,7 @@ def tdpo_loss(
     TDPO1: α = 1 and no stop-gradient on the chosen KL (``alpha`` must be None or 1).
     TDPO2: stop-gradient on the chosen KL, ``alpha`` default 0.5 (the reference implementation's default).
     """
-    _check_beta(beta)
+    check_beta(beta)
     if variant not in ("tdpo1", "tdpo2"):
         raise ValueError(f"variant must be 'tdpo1' or 'tdpo2'; got {variant!r}")
     if seq_kl_chosen.shape != logps.chosen.shape or seq_kl_rejected.shape != logps.chosen.shape:

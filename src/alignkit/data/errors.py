@@ -1,0 +1,89 @@
+"""Errors of the data layer and the field checks every record kind shares.
+
+Every problem is a :class:`DataError` whose one-line message names the source, the row (1-based; the line
+number for JSON Lines) and the field. :class:`SkipSummary` counts rows left out on the user's request.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class DataError(ValueError):
+    """A problem with one row of a data source; the message names source, row and field."""
+
+    def __init__(self, source: str, row: int | None, field: str | None, problem: str):
+        self.source, self.row, self.field, self.problem = source, row, field, problem
+        where = source
+        if row is not None:
+            where += f": row {row}"
+        if field is not None:
+            where += f": field '{field}'"
+        super().__init__(f"{where}: {problem}")
+
+
+class RowTooLong(DataError):
+    """A row longer than ``max_length`` under the ``error``/``skip`` policies."""
+
+
+@dataclass
+class SkipSummary:
+    """Rows left out on the user's request (``skip_invalid``), by reason."""
+
+    source: str
+    total: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    examples: dict[str, int] = field(default_factory=dict)
+
+    def add(self, error: DataError) -> None:
+        key = f"{error.field or 'row'}: {error.problem}"
+        self.skipped[key] += 1
+        self.examples.setdefault(key, error.row or 0)
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def __str__(self) -> str:
+        if not self.skipped:
+            return f"{self.source}: {self.total} rows, none skipped"
+        lines = [f"{self.source}: skipped {self.n_skipped} of {self.total} rows"]
+        for key, count in self.skipped.most_common():
+            lines.append(f"  {count} x {key} (first at row {self.examples[key]})")
+        return "\n".join(lines)
+
+
+def check_text(value: Any, source: str, row: int, name: str, allow_empty: bool = False) -> None:
+    """A field holding text: a string, or a list of chat messages."""
+    if isinstance(value, str):
+        if not allow_empty and not value.strip():
+            raise DataError(source, row, name, "is empty")
+        return
+    if isinstance(value, list):
+        if not value:
+            raise DataError(source, row, name, "is an empty list of messages")
+        for j, message in enumerate(value):
+            if not isinstance(message, dict) or "role" not in message or "content" not in message:
+                raise DataError(source, row, f"{name}[{j}]", "each message needs 'role' and 'content'")
+            if not isinstance(message["content"], str):
+                raise DataError(source, row, f"{name}[{j}].content", f"expected a string, got {type(message['content']).__name__}")
+        if not allow_empty and not any(m["content"].strip() for m in value):
+            raise DataError(source, row, name, "every message is empty")
+        return
+    got = "null" if value is None else type(value).__name__
+    raise DataError(source, row, name, f"expected a string or a list of messages, got {got}")
+
+
+def number_field(value: Any, source: str, row: int, name: str) -> float:
+    """A finite-or-infinite number (a numeric string is read); NaN and booleans are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise DataError(source, row, name, f"expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise DataError(source, row, name, f"expected a number, got {value!r}") from None
+    if number != number:
+        raise DataError(source, row, name, "is NaN")
+    return number

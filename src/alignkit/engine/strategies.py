@@ -1,0 +1,144 @@
+"""Distribution strategies: how the one loop runs over processes.
+
+A strategy owns the process layout (read from the launcher's ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``, as
+``torchrun`` and ``accelerate launch`` set them; gloo on CPUs, NCCL on GPUs), wrapping the engine module,
+full state dicts for saving, and every collective the loop and the algorithms use (``sum``, ``gather``,
+``mean``, ``min_count``, ``barrier``). Algorithm code reaches collectives only through the strategy, so
+a strategy that is not torch.distributed (e.g. Ray actors) can stand in for it.
+
+Registered: ``single`` (one process), ``ddp`` (DistributedDataParallel), ``fsdp2`` (``fully_shard`` per
+decoder layer). ``train.distributed`` names the multi-process strategy; one process is always ``single``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from ..core.registry import Registry
+from ..models.logprobs import _unwrap as unwrap_model
+
+STRATEGIES: Registry[type["Strategy"]] = Registry("distribution strategy")
+
+
+class Strategy:
+    """One process (the base of every strategy): collectives are identities."""
+
+    name = "single"
+    sharded = False  # parameters live as shards: saving gathers full state dicts first
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = torch.cuda.is_available()
+        if self.world > 1 and not torch.distributed.is_initialized():
+            if cuda:
+                torch.cuda.set_device(self.local_rank)
+            torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+        self.rank = torch.distributed.get_rank() if self.world > 1 else 0
+        self.device = torch.device("cuda", self.local_rank) if cuda else torch.device("cpu")
+        self.is_main = self.rank == 0
+
+    # ---- collectives ---------------------------------------------------------------------------
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed over processes (a new tensor)."""
+        if self.world == 1:
+            return values
+        values = values.clone()
+        torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
+        return values
+
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """Every process's ``values`` (the same shape on each) concatenated along dim 0 in process order."""
+        if self.world == 1:
+            return values
+        parts = [torch.empty_like(values) for _ in range(self.world)]
+        torch.distributed.all_gather(parts, values.contiguous())
+        return torch.cat(parts)
+
+    def mean(self, stats: dict[str, float]) -> dict[str, float]:
+        """Each statistic averaged over processes."""
+        if self.world == 1 or not stats:
+            return stats
+        names = sorted(stats)
+        values = self.sum(torch.tensor([stats[n] for n in names], dtype=torch.float64, device=self.device))
+        return {n: v / self.world for n, v in zip(names, values.tolist())}
+
+    def min_count(self, n: int) -> int:
+        """The smallest ``n`` over processes (e.g. optimizer steps every process takes part in)."""
+        if self.world == 1:
+            return n
+        counts = torch.tensor([n], device=self.device)
+        torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.MIN)
+        return int(counts.item())
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    # ---- models --------------------------------------------------------------------------------
+    def wrap(self, model: nn.Module, module: nn.Module) -> nn.Module:
+        """What the loop runs forward/backward on: the engine ``module`` built around ``model``."""
+        return module
+
+    def full_states(self, model: nn.Module, policy: nn.Module, optimizer) -> tuple[dict, dict] | None:
+        """Full (model, optimizer) state dicts when parameters are sharded (a collective); else None."""
+        return None
+
+
+STRATEGIES.register("single", Strategy)
+
+
+@STRATEGIES.register("ddp")
+class DDPStrategy(Strategy):
+    """Replicated parameters, gradients all-reduced by DistributedDataParallel."""
+
+    name = "ddp"
+
+    def wrap(self, model, module):
+        if self.world == 1:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+
+@STRATEGIES.register("fsdp2")
+class FSDP2Strategy(Strategy):
+    """FSDP2 (``torch.distributed.fsdp.fully_shard``): each decoder layer is its own shard group, the rest
+    of the model goes with the engine module. Gradients are averaged over processes, as DDP's; saving
+    gathers full state dicts (``torch.distributed.checkpoint.state_dict``), so checkpoints are ordinary
+    ``save_pretrained`` folders."""
+
+    name = "fsdp2"
+    sharded = True
+
+    def wrap(self, model, module):
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(self.device.type, (self.world,))
+        core = unwrap_model(model)
+        decoder = core.get_decoder() if hasattr(core, "get_decoder") else getattr(core, "model", None)
+        for layer in getattr(decoder, "layers", []):
+            fully_shard(layer, mesh=mesh)
+        return fully_shard(module, mesh=mesh)
+
+    def full_states(self, model, policy, optimizer):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(model, options=options), get_optimizer_state_dict(policy, optimizer, options=options)
+
+
+def build_strategy(name: str = "ddp") -> Strategy:
+    """The strategy for this launch: ``single`` in one process, else the registered ``name``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return Strategy()
+    return STRATEGIES.get(name)()
