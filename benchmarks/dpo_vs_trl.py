@@ -111,9 +111,9 @@ def run_alignkit(work: Path, args) -> dict:
     AutoModelForCausalLM.from_pretrained(str(work / "model"), dtype=torch.float32)
     import accelerate  # noqa: F401
 
-    from alignkit.engine.trainer import Distributed
+    from alignkit.engine.strategies import build_strategy
 
-    Distributed()
+    build_strategy()  # the process layout, outside the timer
     with PeakRSS() as mem:
         start, cpu_start = time.perf_counter(), time.process_time()
         train(recipe)
@@ -131,7 +131,7 @@ def run_trl(work: Path, args) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     rows = [json.loads(line) for line in (work / "pairs.jsonl").read_text().splitlines()]
-    # alignkit's order for seed 0, epoch 0 (engine.trainer.Trainer.step_indices), read sequentially by TRL
+    # alignkit's order for seed 0, epoch 0 (engine.loop.DataOrder), read sequentially by TRL
     perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0)).tolist()
     dataset = Dataset.from_list([rows[i] for i in perm])
     tokenizer = AutoTokenizer.from_pretrained(str(work / "model"))
@@ -178,11 +178,11 @@ def main() -> None:
         return child(args.side, args.work, args)
 
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from alignkit.data.records import write_jsonl
     from alignkit.models.tiny import TinyModelConfig, build_tiny
     from alignkit.tasks.sentiment import SentimentTask
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)

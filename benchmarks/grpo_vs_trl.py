@@ -109,7 +109,7 @@ def run_alignkit(work: Path, args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import alignkit.algorithms.online as online
+    import alignkit.algorithms.rl.pipeline as online
     from alignkit.algorithms import train
     from alignkit.config import load_recipe
     from alignkit.engine.tracking import read_metrics
@@ -121,11 +121,12 @@ def run_alignkit(work: Path, args) -> dict:
             "task": {"name": "sentiment", "n_train": args.steps * args.prompts, "n_eval": 0},
             "data": {"train": str(prompts_file(work, args)), "kind": "prompt"} if args.context_reviews else {},
             "rl": {
-                "estimator": "grpo", "policy_loss": "ppo_clip", "aggregation": "token_mean", "reward": "gold",
-                "group_size": args.group, "max_new_tokens": args.max_new_tokens, "temperature": 1.0, "top_p": 1.0,
-                "generation_batch_size": args.prompts * args.group, "beta": 0.0, "std": "group",
-                "clip_low": 0.2, "clip_high": 0.2, "epochs": 1, "mini_batches": 1,
-                "skip_zero_advantage": not args.no_skip_zero_advantage,
+                "estimator": "grpo", "reward": "gold",
+                "sampling": {"group_size": args.group, "max_new_tokens": args.max_new_tokens, "temperature": 1.0, "top_p": 1.0,
+                             "batch_size": args.prompts * args.group},
+                "kl": {"beta": 0.0}, "advantage": {"std": "group"},
+                "policy": {"loss": "ppo_clip", "aggregation": "token_mean", "clip_low": 0.2, "clip_high": 0.2},
+                "update": {"epochs": 1, "mini_batches": 1, "skip_zero_advantage": not args.no_skip_zero_advantage},
             },
             "train": {
                 "output_dir": str(work / "alignkit-run"), "seed": 0, "max_steps": args.steps, "batch_size": args.prompts,
@@ -138,9 +139,9 @@ def run_alignkit(work: Path, args) -> dict:
     # warm the imports that train() does lazily (the TRL side has them done before its timer too)
     AutoTokenizer.from_pretrained(str(work / "policy"))
     AutoModelForCausalLM.from_pretrained(str(work / "policy"), dtype=torch.float32)
-    from alignkit.engine.trainer import Distributed
+    from alignkit.engine.strategies import build_strategy
 
-    Distributed()
+    build_strategy()  # the process layout, outside the timer
     gen = Timed(online.generate)
     online.generate = gen
     rollout = Timed(online.OnlineRL.rollout)
@@ -171,7 +172,7 @@ def run_trl(work: Path, args) -> dict:
     from alignkit.tasks.sentiment import SentimentTask
 
     task = SentimentTask(seed=0)
-    # alignkit's prompts for seed 0 in alignkit's order (engine.trainer.Trainer.step_indices), read sequentially
+    # alignkit's prompts for seed 0 in alignkit's order (engine.loop.DataOrder), read sequentially
     prompts = bench_prompts(args)
     perm = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(0)).tolist()
     dataset = Dataset.from_list([{"prompt": prompts[i]} for i in perm])
@@ -295,7 +296,7 @@ def main() -> None:
     p.add_argument("--context-reviews", type=int, default=0, help="complete reviews before each prompt (0: bare ~5-token prompts; 4: ~70 tokens)")
     p.add_argument("--micro-batch-tokens", type=int, default=1024, help="alignkit's length-bucketed micro-batches (0: one micro-batch); the update is the same either way")
     p.add_argument("--no-skip-zero-advantage", action="store_true",
-                   help="alignkit trains on zero-advantage samples too (rl.skip_zero_advantage=false): the same update, TRL's amount of work")
+                   help="alignkit trains on zero-advantage samples too (rl.update.skip_zero_advantage=false): the same update, TRL's amount of work")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads in each side (0: torch's default)")
     p.add_argument("--repeats", type=int, default=2, help="runs per side, alternating; the fastest counts")
     p.add_argument("--work", type=Path, default=Path("runs/bench-grpo-vs-trl"))

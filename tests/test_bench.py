@@ -69,7 +69,7 @@ def test_tiny_suite_end_to_end(tmp_path, tiny_dir):
              "recipe": {"algorithm": "dpo", "train": {**train, "save_every": 1, "save_total_limit": None}}},
             {"name": "iterative DPO", "type": "iterative_dpo", "rounds": 2, "recipe": {"algorithm": "dpo", "train": {**train, "max_steps": 1}}},
             {"name": "GRPO vs RM",
-             "recipe": {"algorithm": "rl", "rl": {"reward": "@rm", "group_size": 2, "max_new_tokens": 8}, "train": {**train, "batch_size": 4}}},
+             "recipe": {"algorithm": "rl", "rl": {"reward": "@rm", "sampling": {"group_size": 2, "max_new_tokens": 8}}, "train": {**train, "batch_size": 4}}},
         ],
     }
     path = tmp_path / "suite.yaml"

@@ -69,7 +69,8 @@ def test_skip_invalid_counts_and_keeps_good_rows(tmp_path):
 
 def test_over_long_row_error_and_policies(tmp_path, tokenizer):
     long_prompt = "review of the soup : " * 20
-    path = write(tmp_path, "sft.jsonl", [json.dumps({"prompt": "review of the soup :", "completion": " the soup was good ."}), json.dumps({"prompt": long_prompt, "completion": " the soup was good ."})])
+    rows = [{"prompt": "review of the soup :", "completion": " the soup was good ."}, {"prompt": long_prompt, "completion": " the soup was good ."}]
+    path = write(tmp_path, "sft.jsonl", [json.dumps(r) for r in rows])
     records, summary = load_records(path, kind="sft")
     with pytest.raises(DataError) as e:
         encode_records(records, "sft", Encoder(tokenizer, max_length=32, source=str(path)))

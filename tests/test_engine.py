@@ -113,7 +113,7 @@ def test_lora_trains_only_adapters_and_resumes(tmp_path, tiny_dir):
 def test_bf16_autocast_trains(tmp_path, tiny_dir):
     train(recipe(tmp_path, tiny_dir, "sft", "bf16", ["train.precision=bf16", "train.max_steps=3"]))
     losses = [r["loss"] for r in metric_rows(tmp_path / "bf16")]
-    assert len(losses) == 3 and all(l == l and l > 0 for l in losses)
+    assert len(losses) == 3 and all(x == x and x > 0 for x in losses)
 
 
 def test_dpo_first_step_starts_at_log2(tmp_path, tiny_dir):
@@ -189,7 +189,7 @@ def test_online_rl_two_processes_match_one(tmp_path, tiny_dir, variant):
     """Online RL under torchrun: each process samples its share of the prompts with the streams their
     global indices name, and rollout-wide statistics span both processes, so 2 processes draw the
     1-process completions and make the same update."""
-    extra = ["rl.group_size=4", "rl.max_new_tokens=8", "train.lr=3e-3", "rl.reward=reward_fns:soup_is_constant", *variant]
+    extra = ["rl.sampling.group_size=4", "rl.sampling.max_new_tokens=8", "train.lr=3e-3", "rl.reward=reward_fns:soup_is_constant", *variant]
     one = train(recipe(tmp_path, tiny_dir, "rl", "one", extra))
     two = torchrun(tmp_path, tiny_dir, "two", extra, algorithm="rl")
     assert_same_weights(one, two, atol=1e-5)

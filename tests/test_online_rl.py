@@ -2,9 +2,8 @@
 
 import json
 
-import torch
-
 import pytest
+import torch
 
 from alignkit.algorithms import train
 from alignkit.config import load_recipe
@@ -18,14 +17,14 @@ def rl_recipe(out, model, estimator, extra=()):
     return load_recipe({"algorithm": "rl"}, [
         f"train.output_dir={out}", f"model.path={model}", "task.name=arithmetic", "task.level=0", "task.n_train=512",
         "task.n_eval=128", "train.batch_size=16", "train.max_steps=40", "train.lr=1e-3", "train.eval_every=40",
-        "train.scheduler=constant", "train.progress=false", f"rl.estimator={estimator}", "rl.group_size=8",
-        "rl.max_new_tokens=6", "rl.eval_samples=4", *extra,
+        "train.scheduler=constant", "train.progress=false", f"rl.estimator={estimator}", "rl.sampling.group_size=8",
+        "rl.sampling.max_new_tokens=6", "rl.sampling.eval_samples=4", *extra,
     ])
 
 
 def ready_trainer(recipe):
     """A trainer with its model, training prompts and reward source set up: ready for a rollout."""
-    from alignkit.algorithms.online import OnlineRL
+    from alignkit.algorithms.rl import OnlineRL
     from alignkit.engine.trainer import Trainer
 
     trainer = Trainer(recipe, OnlineRL(recipe))
@@ -35,8 +34,8 @@ def ready_trainer(recipe):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("estimator,extra", [
-    ("grpo", []), ("rloo", []), ("remax", []), ("ppo", []), ("ppo", ["rl.macro_len=2"]), ("p3o", []),
-    ("copg", ["rl.beta=0.1"]),
+    ("grpo", []), ("rloo", []), ("remax", []), ("ppo", []), ("ppo", ["rl.ppo.macro_len=2"]), ("p3o", []),
+    ("copg", ["rl.kl.beta=0.1"]),
 ], ids=["grpo", "rloo", "remax", "ppo", "ma-ppo", "p3o", "copg"])
 def test_rl_raises_heldout_accuracy(tmp_path, arithmetic_sft, estimator, extra):
     train(rl_recipe(tmp_path / estimator, arithmetic_sft, estimator, extra))
@@ -56,7 +55,7 @@ def test_copg_fits_off_policy_samples(tmp_path, arithmetic_sft):
     """
     for seed in (0, 1):  # each step's loss is on fresh samples, so it is noisy: compare 10-step means, two seeds
         out = tmp_path / f"copg-{seed}"
-        train(rl_recipe(out, arithmetic_sft, "copg", ["rl.beta=0.1", "rl.behavior=reference", "train.max_steps=40", "train.eval_every=null",
+        train(rl_recipe(out, arithmetic_sft, "copg", ["rl.kl.beta=0.1", "rl.sampling.behavior=reference", "train.max_steps=40", "train.eval_every=null",
                                                       "train.log_every=1", f"train.seed={seed}"]))
         losses = [r["policy/copg_loss"] for r in rows(out)]
         assert sum(losses[-10:]) / 10 < 0.85 * sum(losses[:10]) / 10, (seed, losses)
@@ -77,8 +76,8 @@ def test_ppo_resume_restores_the_critic(tmp_path, tiny_dir):
         return load_recipe({"algorithm": "rl"}, [
             f"train.output_dir={tmp_path / name}", f"model.path={tiny_dir}", "task.n_train=32", "task.n_eval=0",
             "train.batch_size=4", "train.max_steps=4", "train.save_every=2", "train.progress=false",
-            "rl.estimator=ppo", "rl.group_size=2", "rl.max_new_tokens=6", "rl.epochs=2", "rl.mini_batches=2", "rl.beta=0.1",
-            "rl.kl_in=reward", *extra,
+            "rl.estimator=ppo", "rl.sampling.group_size=2", "rl.sampling.max_new_tokens=6", "rl.update.epochs=2", "rl.update.mini_batches=2", "rl.kl.beta=0.1",
+            "rl.kl.in_reward=true", *extra,
         ])
 
     import shutil
@@ -101,8 +100,8 @@ def test_ppo_resume_restores_the_critic(tmp_path, tiny_dir):
 def test_dynamic_sampling_drops_zero_variance_groups(tmp_path, tiny_dir):
     recipe = load_recipe({"algorithm": "rl"}, [
         f"train.output_dir={tmp_path / 'dapo'}", f"model.path={tiny_dir}", "task.n_train=64", "task.n_eval=0",
-        "train.batch_size=16", "train.max_steps=2", "train.progress=false", "rl.group_size=4", "rl.max_new_tokens=6",
-        "rl.dynamic_sampling=true", "rl.reward=reward_fns:soup_is_constant", "rl.clip_high=0.28",
+        "train.batch_size=16", "train.max_steps=2", "train.progress=false", "rl.sampling.group_size=4", "rl.sampling.max_new_tokens=6",
+        "rl.dapo.dynamic_sampling=true", "rl.reward=reward_fns:soup_is_constant", "rl.policy.clip_high=0.28",
     ])
     train(recipe)
     prompts = [p for p in __import__("alignkit.tasks", fromlist=["get_task"]).get_task().prompts(64, "train")]
@@ -115,9 +114,9 @@ def test_dynamic_sampling_drops_zero_variance_groups(tmp_path, tiny_dir):
 def test_grpo_with_kl_in_loss_and_reference(tmp_path, tiny_dir):
     recipe = load_recipe({"algorithm": "rl"}, [
         f"train.output_dir={tmp_path / 'kl'}", f"model.path={tiny_dir}", "task.n_train=32", "task.n_eval=8",
-        "train.batch_size=8", "train.max_steps=3", "train.eval_every=3", "train.progress=false", "rl.group_size=2",
-        "rl.max_new_tokens=6", "rl.beta=0.1", "rl.kl_estimator=k3", "rl.aggregation=seq_mean_token_sum_norm",
-        "rl.policy_loss=gspo",
+        "train.batch_size=8", "train.max_steps=3", "train.eval_every=3", "train.progress=false", "rl.sampling.group_size=2",
+        "rl.sampling.max_new_tokens=6", "rl.kl.beta=0.1", "rl.kl.estimator=k3", "rl.policy.aggregation=seq_mean_token_sum_norm",
+        "rl.policy.loss=gspo",
     ])
     train(recipe)
     history = rows(tmp_path / "kl")
@@ -131,8 +130,8 @@ def test_rto_dense_reward_and_macro_actions_run(tmp_path, tiny_dir):
     """RTO: PPO with per-token rewards from a DPO policy's log-ratio (here any saved policy)."""
     recipe = load_recipe({"algorithm": "rl"}, [
         f"train.output_dir={tmp_path / 'rto'}", f"model.path={tiny_dir}", "task.n_train=16", "task.n_eval=0",
-        "train.batch_size=4", "train.max_steps=2", "train.progress=false", "rl.estimator=ppo", "rl.group_size=2",
-        "rl.max_new_tokens=6", f"rl.dense_reward_model={tiny_dir}", "rl.dense_reward_beta=0.5", "rl.macro_len=3",
+        "train.batch_size=4", "train.max_steps=2", "train.progress=false", "rl.estimator=ppo", "rl.sampling.group_size=2",
+        "rl.sampling.max_new_tokens=6", f"rl.ppo.dense_reward_model={tiny_dir}", "rl.ppo.dense_reward_beta=0.5", "rl.ppo.macro_len=3",
     ])
     train(recipe)
     history = rows(tmp_path / "rto")
@@ -142,10 +141,39 @@ def test_rto_dense_reward_and_macro_actions_run(tmp_path, tiny_dir):
 def test_pairwise_estimators_need_even_groups():
     from alignkit.config import ConfigError
 
-    with pytest.raises(ConfigError, match="rl.group_size must be even"):
-        load_recipe({"algorithm": "rl"}, ["rl.estimator=p3o", "rl.group_size=3"])
-    with pytest.raises(ConfigError, match="needs rl.beta > 0"):
+    with pytest.raises(ConfigError, match="rl.sampling.group_size must be even"):
+        load_recipe({"algorithm": "rl"}, ["rl.estimator=p3o", "rl.sampling.group_size=3"])
+    with pytest.raises(ConfigError, match="needs rl.kl.beta > 0"):
         load_recipe({"algorithm": "rl"}, ["rl.estimator=copg"])
+
+
+def test_config_names_match_the_registries():
+    from typing import get_args
+
+    from alignkit.algorithms.rl import ESTIMATORS
+    from alignkit.config import REWARD_TRANSFORMS, RLConfig
+    from alignkit.rewards.transforms import TRANSFORMS
+
+    assert set(get_args(RLConfig.model_fields["estimator"].annotation)) == set(ESTIMATORS.names())
+    assert set(REWARD_TRANSFORMS) == set(TRANSFORMS)
+
+
+def test_estimator_dependent_policy_defaults_are_explicit():
+    """rl.policy.loss/aggregation `auto` resolve from the estimator; a contradiction is refused, never rewritten."""
+    from alignkit.algorithms.rl import OnlineRL
+    from alignkit.config import ConfigError
+
+    p3o = load_recipe({"algorithm": "rl"}, ["rl.estimator=p3o"])
+    assert (p3o.rl.policy.loss, p3o.rl.policy_loss, p3o.rl.aggregation) == ("auto", "p3o", "seq_mean_token_sum")
+    assert OnlineRL(p3o).cfg == p3o.rl  # the algorithm reads the recipe as written
+    grpo = load_recipe({"algorithm": "rl"}, [])
+    assert (grpo.rl.policy_loss, grpo.rl.aggregation) == ("ppo_clip", "token_mean")
+    with pytest.raises(ConfigError, match="rl.estimator=p3o trains with rl.policy.loss=p3o"):
+        load_recipe({"algorithm": "rl"}, ["rl.estimator=p3o", "rl.policy.loss=ppo_clip"])
+    with pytest.raises(ConfigError, match="rl.estimator=copg trains with its own"):
+        load_recipe({"algorithm": "rl"}, ["rl.estimator=copg", "rl.kl.beta=0.1", "rl.policy.aggregation=token_mean"])
+    with pytest.raises(ConfigError, match="unknown key; allowed: .*group_size"):
+        load_recipe({"algorithm": "rl"}, ["rl.sampling.groupsize=4"])
 
 
 def test_prompt_sharing_gives_the_padded_update(tmp_path, tiny_dir):
@@ -155,13 +183,13 @@ def test_prompt_sharing_gives_the_padded_update(tmp_path, tiny_dir):
     def run(name, extra):
         recipe = load_recipe({"algorithm": "rl"}, [
             f"train.output_dir={tmp_path / name}", f"model.path={tiny_dir}", "task.n_train=16", "task.n_eval=0",
-            "train.batch_size=4", "train.max_steps=3", "train.lr=1e-3", "train.progress=false", "rl.group_size=4",
-            "rl.max_new_tokens=8", "rl.epochs=2", "rl.mini_batches=2", *extra,
+            "train.batch_size=4", "train.max_steps=3", "train.lr=1e-3", "train.progress=false", "rl.sampling.group_size=4",
+            "rl.sampling.max_new_tokens=8", "rl.update.epochs=2", "rl.update.mini_batches=2", *extra,
         ])
         return load_file(str(train(recipe) / "model.safetensors")), rows(tmp_path / name)
 
-    packed, packed_rows = run("packed", ["rl.share_prompts=true", "train.micro_batch_tokens=64"])
-    padded, padded_rows = run("padded", ["rl.share_prompts=false"])
+    packed, packed_rows = run("packed", ["rl.update.share_prompts=true", "train.micro_batch_tokens=64"])
+    padded, padded_rows = run("padded", ["rl.update.share_prompts=false"])
     assert all((packed[k] - padded[k]).abs().max() < 1e-5 for k in packed)
     assert [r["loss"] for r in packed_rows] == pytest.approx([r["loss"] for r in padded_rows], abs=1e-5)
 
@@ -179,8 +207,8 @@ def test_reward_transforms_shape_the_rollout_rewards(tmp_path, tiny_dir):
 
     recipe = load_recipe({"algorithm": "rl"}, [
         f"train.output_dir={tmp_path / 'rt'}", f"model.path={tiny_dir}", "task.n_train=16", "task.n_eval=0",
-        "train.batch_size=4", "train.max_steps=1", "train.progress=false", "rl.group_size=2", "rl.max_new_tokens=6",
-        "rl.estimator=reinforce", "rl.moving_baseline=false", "rl.reward=reward_fns:soup_is_constant", "rl.skip_zero_advantage=false",
+        "train.batch_size=4", "train.max_steps=1", "train.progress=false", "rl.sampling.group_size=2", "rl.sampling.max_new_tokens=6",
+        "rl.estimator=reinforce", "rl.advantage.moving_baseline=false", "rl.reward=reward_fns:soup_is_constant", "rl.update.skip_zero_advantage=false",
         "rl.reward_transforms=[{name: clip, low: 0.0, high: 3.0}, {name: whiten}]",
     ])
     trainer = ready_trainer(recipe)
@@ -194,8 +222,8 @@ def test_reward_transforms_shape_the_rollout_rewards(tmp_path, tiny_dir):
 
 
 @pytest.mark.parametrize("reward,aggregation,extra", [
-    ("reward_fns:soup_is_constant", "token_mean", ["rl.epochs=2", "rl.mini_batches=2"]),
-    ("reward_fns:soup_is_constant", "seq_mean_token_mean", ["rl.share_prompts=false"]),
+    ("reward_fns:soup_is_constant", "token_mean", ["rl.update.epochs=2", "rl.update.mini_batches=2"]),
+    ("reward_fns:soup_is_constant", "seq_mean_token_mean", ["rl.update.share_prompts=false"]),
     ("reward_fns:constant", "token_mean", ["train.weight_decay=1.0", "train.lr=1e-2"]),
 ], ids=["groups-epochs-minibatches", "per-sequence-unpacked", "all-zero-still-steps"])
 def test_skipping_zero_advantage_samples_gives_the_same_update(tmp_path, tiny_dir, reward, aggregation, extra):
@@ -206,8 +234,8 @@ def test_skipping_zero_advantage_samples_gives_the_same_update(tmp_path, tiny_di
     def run(name, skip):
         recipe = load_recipe({"algorithm": "rl"}, [
             f"train.output_dir={tmp_path / name}", f"model.path={tiny_dir}", "task.n_train=16", "task.n_eval=0",
-            "train.batch_size=8", "train.max_steps=3", "train.lr=1e-3", "train.progress=false", "rl.group_size=4",
-            "rl.max_new_tokens=8", f"rl.reward={reward}", f"rl.aggregation={aggregation}", f"rl.skip_zero_advantage={skip}",
+            "train.batch_size=8", "train.max_steps=3", "train.lr=1e-3", "train.progress=false", "rl.sampling.group_size=4",
+            "rl.sampling.max_new_tokens=8", f"rl.reward={reward}", f"rl.policy.aggregation={aggregation}", f"rl.update.skip_zero_advantage={skip}",
             *extra,
         ])
         return load_file(str(train(recipe) / "model.safetensors")), rows(tmp_path / name)
@@ -226,8 +254,8 @@ def test_skipping_zero_advantage_samples_gives_the_same_update(tmp_path, tiny_di
 def test_zero_advantage_samples_leave_the_batches_but_not_the_denominator(tmp_path, tiny_dir):
     recipe = load_recipe({"algorithm": "rl"}, [
         f"train.output_dir={tmp_path / 'z'}", f"model.path={tiny_dir}", "task.n_train=32", "task.n_eval=0",
-        "train.batch_size=8", "train.max_steps=1", "train.progress=false", "rl.group_size=4", "rl.max_new_tokens=6",
-        "rl.reward=reward_fns:soup_is_constant", "rl.share_prompts=false",
+        "train.batch_size=8", "train.max_steps=1", "train.progress=false", "rl.sampling.group_size=4", "rl.sampling.max_new_tokens=6",
+        "rl.reward=reward_fns:soup_is_constant", "rl.update.share_prompts=false",
     ])
     trainer = ready_trainer(recipe)
     examples = trainer.train_examples[:8]
@@ -245,7 +273,7 @@ def test_zero_advantage_samples_leave_the_batches_but_not_the_denominator(tmp_pa
 
 
 def perturbed_reference_rollout(tmp_path, tiny_dir, estimator, kl_estimator, beta):
-    """One rollout with rl.kl_in=reward against a reference that differs from the policy, unpacked and
+    """One rollout with rl.kl.in_reward=true against a reference that differs from the policy, unpacked and
     unskipped; returns the update's batch, the per-token KL worked out here from the trainer's log-probs
     of both models, the completion mask, the raw rewards and the rollout's stats."""
     from alignkit.models.logprobs import TargetLogProbs
@@ -253,9 +281,9 @@ def perturbed_reference_rollout(tmp_path, tiny_dir, estimator, kl_estimator, bet
 
     recipe = load_recipe({"algorithm": "rl"}, [
         f"train.output_dir={tmp_path / 'klr'}", f"model.path={tiny_dir}", "task.n_train=16", "task.n_eval=0",
-        "train.batch_size=4", "train.max_steps=1", "train.progress=false", "rl.group_size=2", "rl.max_new_tokens=6",
-        f"rl.estimator={estimator}", "rl.moving_baseline=false", "rl.reward=reward_fns:soup_is_constant", f"rl.beta={beta}",
-        "rl.kl_in=reward", f"rl.kl_estimator={kl_estimator}", "rl.share_prompts=false", "rl.skip_zero_advantage=false",
+        "train.batch_size=4", "train.max_steps=1", "train.progress=false", "rl.sampling.group_size=2", "rl.sampling.max_new_tokens=6",
+        f"rl.estimator={estimator}", "rl.advantage.moving_baseline=false", "rl.reward=reward_fns:soup_is_constant", f"rl.kl.beta={beta}",
+        "rl.kl.in_reward=true", f"rl.kl.estimator={kl_estimator}", "rl.update.share_prompts=false", "rl.update.skip_zero_advantage=false",
     ])
     trainer = ready_trainer(recipe)
     with torch.no_grad():  # a reference that is not the policy, so the KL is not 0
@@ -283,7 +311,7 @@ def perturbed_reference_rollout(tmp_path, tiny_dir, estimator, kl_estimator, bet
 
 @pytest.mark.parametrize("kl_estimator", ["k1", "k3"])
 def test_kl_in_the_reward_of_an_outcome_estimator(tmp_path, tiny_dir, kl_estimator):
-    """rl.kl_in=reward with REINFORCE (no baseline): A_i = r_i - beta * sum_t KL_t(pi_old || pi_ref)."""
+    """rl.kl.in_reward=true with REINFORCE (no baseline): A_i = r_i - beta * sum_t KL_t(pi_old || pi_ref)."""
     beta = 0.5
     batch, kl, _, raw, stats = perturbed_reference_rollout(tmp_path, tiny_dir, "reinforce", kl_estimator, beta)
     assert batch["advantage"] == pytest.approx((raw - beta * kl.sum(-1)).tolist(), abs=1e-4)

@@ -12,6 +12,7 @@ import torch
 
 from alignkit.algorithms import train
 from alignkit.config import TaskConfig, load_recipe
+from alignkit.evaluation.reward_model import evaluate_pairs, expected_calibration_error
 from alignkit.rewards import (
     CombinedSource,
     EnsembleSource,
@@ -21,7 +22,6 @@ from alignkit.rewards import (
     TaskGoldSource,
     build_reward_source,
 )
-from alignkit.evaluation.reward_model import evaluate_pairs, expected_calibration_error
 from alignkit.tasks import get_task, task_rows
 
 TEMPERATURE = 0.25
@@ -239,8 +239,8 @@ def test_bt_loss_step_matches_formula(tiny_dir):
 def test_multi_objective_heads_learn_their_attributes(tmp_path, tiny_dir):
     from transformers import AutoModelForSequenceClassification
 
-    from alignkit.rewards import MultiObjectiveRewardSource
     from alignkit.evaluation.reward_model import pearson
+    from alignkit.rewards import MultiObjectiveRewardSource
     from alignkit.rewards.models import GATING_FILE
     from alignkit.rewards.task_data import attribute_values
 

@@ -96,5 +96,5 @@ def test_tasks_from_yaml_recipe(tmp_path):
     task = get_task(recipe.task)
     assert isinstance(task, PluralisticTask) and task.minority_share == 0.3
     assert recipe.task.label_noise == 0.1
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="allowed: 'sentiment'"):
         load_recipe(path, ["task.name=nope"])

@@ -17,14 +17,14 @@ import torch
 from alignkit.config import VLLMConfig
 from alignkit.data.collate import collate_sequences
 from alignkit.models.logprobs import TargetLogProbs
-from alignkit.rollout import generate
-from alignkit.rollout.vllm_engine import engine_for, policy_weights
+from alignkit.rollout import build_rollout_engine, generate
+from alignkit.rollout.vllm import VLLMEngine, policy_weights
 
 pytestmark = pytest.mark.vllm
 
 @pytest.fixture(autouse=True)
 def release_engines():
-    """Engines die with their models; collect them after each test so their KV caches are freed."""
+    """One-shot calls close their engines; collect after each test so freed KV caches are returned."""
     yield
     import gc
 
@@ -110,10 +110,11 @@ def test_truncated_sampling_reports_the_truncated_distribution(policy_dir):
 
 def test_weights_are_synced_after_every_update_and_only_then(policy_dir):
     model, tokenizer = load(policy_dir)
-    generate(model, tokenizer, PROMPTS, max_new_tokens=8, greedy=True, backend="vllm", vllm_options=OPTIONS)
-    engine = engine_for(model)
+    engine = build_rollout_engine("vllm", model, tokenizer, options=OPTIONS)  # a long-lived engine, as online RL holds one
+    assert isinstance(engine, VLLMEngine) and engine.syncs == 1
+    generate(model, tokenizer, PROMPTS, max_new_tokens=8, greedy=True, engine=engine)
     syncs = engine.syncs
-    generate(model, tokenizer, PROMPTS, max_new_tokens=8, greedy=True, backend="vllm")
+    generate(model, tokenizer, PROMPTS, max_new_tokens=8, greedy=True, engine=engine)
     assert engine.syncs == syncs  # unchanged weights are not copied again
     # one optimizer step that makes the model prefer another token after every prompt
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
@@ -125,23 +126,31 @@ def test_weights_are_synced_after_every_update_and_only_then(policy_dir):
         loss.backward()
         optimizer.step()
     ours = generate(model, tokenizer, PROMPTS, max_new_tokens=8, greedy=True)
-    theirs = generate(model, tokenizer, PROMPTS, max_new_tokens=8, greedy=True, backend="vllm")
+    theirs = generate(model, tokenizer, PROMPTS, max_new_tokens=8, greedy=True, engine=engine)
     assert engine.syncs == syncs + 1
     assert all(s.completion_ids[0] == 7 for s in ours)
     assert completions(theirs) == completions(ours)
+    # weights pushed as named tensors (the checkpoint naming of policy_weights) reach the engine too
+    original, _ = load(policy_dir)
+    engine.update_weights(policy_weights(original))
+    assert completions(engine.generate(PROMPTS, max_new_tokens=8, greedy=True)) == completions(
+        generate(original, tokenizer, PROMPTS, max_new_tokens=8, greedy=True))
+    engine.close()
+    engine.close()  # closing twice is harmless
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.generate(PROMPTS, max_new_tokens=2)
 
 
 def test_engine_start_leaves_the_global_rngs_alone(policy_dir):
     import random
 
-    from alignkit.rollout.vllm_engine import VLLMEngine
-
-    model, _ = load(policy_dir)
+    model, tokenizer = load(policy_dir)
     torch.manual_seed(5)
     random.seed(5)
     state, py_state = torch.random.get_rng_state(), random.getstate()
-    VLLMEngine(model, OPTIONS, seed=0)  # vLLM seeds the global RNGs with its own seed when it starts
+    engine = VLLMEngine(model, tokenizer, OPTIONS, seed=0)  # vLLM seeds the global RNGs with its own seed when it starts
     assert torch.equal(torch.random.get_rng_state(), state) and random.getstate() == py_state
+    engine.close()
 
 
 def test_lora_policy_is_synced_as_merged_weights(policy_dir):
@@ -178,8 +187,8 @@ def test_grpo_with_vllm_rollouts_raises_heldout_accuracy(tmp_path):
     recipe = load_recipe({"algorithm": "rl"}, [
         f"train.output_dir={out}", f"model.path={arithmetic_sft}", "task.name=arithmetic", "task.level=0", "task.n_train=512",
         "task.n_eval=128", "train.batch_size=16", "train.max_steps=40", "train.lr=1e-3", "train.eval_every=40",
-        "train.scheduler=constant", "train.progress=false", "rl.estimator=grpo", "rl.group_size=8", "rl.max_new_tokens=6",
-        "rl.eval_samples=4", "rl.generation_backend=vllm", "rl.vllm.kv_cache_gb=0.25",
+        "train.scheduler=constant", "train.progress=false", "rl.estimator=grpo", "rl.sampling.group_size=8", "rl.sampling.max_new_tokens=6",
+        "rl.sampling.eval_samples=4", "rl.sampling.backend=vllm", "rl.sampling.vllm.kv_cache_gb=0.25",
     ])
     train(recipe)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -6,7 +6,7 @@ from ..config import Recipe
 from ..engine.contract import Algorithm
 from .dpo import DPO
 from .listwise import Listwise
-from .online import OnlineRL
+from .rl import OnlineRL
 from .reward import RewardModelling
 from .sft import SFT
 from .unpaired import Unpaired

@@ -103,7 +103,8 @@ class DPO(Algorithm):
         stages: list[list[dict]] = []
         for e in examples:
             for k, (i, j) in enumerate(curriculum_pairs(e["scores"])):
-                pair = {"prompt_ids": e["prompt_ids"], "chosen_ids": e["completion_ids"][i], "rejected_ids": e["completion_ids"][j], "row": e["row"]}
+                pair = {"prompt_ids": e["prompt_ids"], "chosen_ids": e["completion_ids"][i], "rejected_ids": e["completion_ids"][j], "row": e["row"],
+                        "meta": e.get("meta") or {}}
                 if k == len(stages):
                     stages.append([])
                 stages[k].append(pair)

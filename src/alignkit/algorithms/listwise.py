@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data.collate import collate_sequences
+from ..data.collate import attach_meta, collate_sequences
 from ..data.records import DataError
 from ..objectives.listwise import listwise_loss
 from ..engine.contract import Algorithm, Metrics
@@ -50,7 +50,7 @@ class Listwise(Algorithm):
                 masks.append([0] * len(e["prompt_ids"]) + [1] * len(e["completion_ids"][j]))
         batch = collate_sequences(ids, masks, pad_id)
         batch["k"] = torch.tensor(k)
-        return batch
+        return attach_meta(batch, examples)  # one value per ranking
 
     def weight(self, batch) -> float:
         return float(batch["input_ids"].shape[0] // int(batch["k"]))

@@ -1,7 +1,7 @@
 """Unpaired binary feedback (thumbs up / down): KTO, BCO and APO-zero on the shared engine.
 
 Rows are ``prompt`` + ``completion`` + ``label``. ``unpaired.loss`` names an entry of
-:func:`alignkit.objectives.preference.unpaired_loss`:
+:func:`alignkit.objectives.unpaired_loss`:
 
 * ``kto`` (Ethayarajh et al. 2024): the reference point z0 is estimated from *mismatched* pairs — each
   prompt with the completion of the next example (fixed once, as a data-level shift) — as the clamped,
@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..data.collate import collate_sequences
+from ..data.collate import attach_meta, collate_sequences
 from ..objectives.unpaired import RunningMean, UnpairedLogps, unpaired_loss
 from ..engine.contract import Algorithm, Metrics
 
@@ -106,7 +106,7 @@ class Unpaired(Algorithm):
         for key in ("ref_logp", "kl_ref_logp"):
             if key in examples[0]:
                 batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.float32)
-        return batch
+        return attach_meta(batch, examples)
 
     def weight(self, batch) -> float:
         return float(batch["label"].numel())

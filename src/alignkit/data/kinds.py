@@ -94,7 +94,8 @@ class Kind:
 RECORD_KINDS: Registry[Kind] = Registry("data kind")
 
 
-def register_kind(name: str, *, fields: tuple[str, ...], required: tuple[str, ...], check, encode, alternatives=(), infer=(), meta_at_top: bool = False, description: str = "") -> Kind:
+def register_kind(name: str, *, fields: tuple[str, ...], required: tuple[str, ...], check, encode,
+                  alternatives=(), infer=(), meta_at_top: bool = False, description: str = "") -> Kind:
     """Register a record kind (see the module docstring); returns its :class:`Kind`."""
     kind = Kind(name, tuple(fields), tuple(required), check, encode, tuple(alternatives), tuple(infer), meta_at_top, description)
     return RECORD_KINDS.register(name, kind)
@@ -313,7 +314,8 @@ def _encode_ratings(encoder: Any, record: dict[str, Any]) -> dict[str, Any]:
         out = _encode_pair(encoder, record)
         return {"mo": "pair", "prompt_ids": out["prompt_ids"], "chosen_ids": out["chosen_ids"], "rejected_ids": out["rejected_ids"], "row": row}
     out = _encode_sft(encoder, record)
-    return {"mo": "ratings", "input_ids": out["input_ids"], "prompt_len": len(out["prompt_ids"]), "ratings": record["ratings"], "rating_mask": record["rating_mask"], "row": row}
+    return {"mo": "ratings", "input_ids": out["input_ids"], "prompt_len": len(out["prompt_ids"]),
+            "ratings": record["ratings"], "rating_mask": record["rating_mask"], "row": row}
 
 
 def _encode_steps(encoder: Any, record: dict[str, Any]) -> dict[str, Any]:
@@ -323,7 +325,9 @@ def _encode_steps(encoder: Any, record: dict[str, Any]) -> dict[str, Any]:
     m = encoder.max_length
     if len(ids) > m:
         if encoder.truncation in ("error", "skip"):
-            raise RowTooLong(encoder.source, row, "steps", f"{len(ids)} tokens is longer than max_length={m} (set data.truncation to left or right to drop the steps that do not fit)")
+            raise RowTooLong(encoder.source, row, "steps",
+                             f"{len(ids)} tokens is longer than max_length={m} "
+                             "(set data.truncation to left or right to drop the steps that do not fit)")
         if encoder.truncation == "left":
             cut = min(len(ids) - m, max(len(prompt_ids) - 1, 0))
             ids, ends = ids[cut:], [j - cut for j in ends]

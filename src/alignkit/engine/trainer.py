@@ -20,13 +20,14 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from ..config import Recipe, dump_recipe
 from ..core.progress import make_progress, say
 from ..data.encode import Encoder, encode_records
+from ..data.kinds import RECORD_KINDS
 from ..data.records import load_records
 from ..models.loading import is_peft, load_tokenizer, save_policy
 from ..models.reference import Reference, starting_reference
@@ -60,7 +61,9 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     """The live policy of a run and everything needed to take optimizer steps on it."""
 
-    def __init__(self, recipe: Recipe, algorithm: Algorithm, strategy: Strategy | None = None):
+    def __init__(self, recipe: Recipe, algorithm: Algorithm, strategy: Strategy | None = None, schedule_steps: int | None = None):
+        """``schedule_steps``: training steps the learning-rate schedule spans (an iterative method that
+        calls :meth:`fit` once per round passes rounds x steps); default: the first fit's steps."""
         self.recipe = recipe
         self.algorithm = algorithm
         self.cfg = recipe.train
@@ -68,7 +71,8 @@ class Trainer:
         self.device = self.strategy.device
         self.run_dir = recipe.output_dir
         self.autocast_dtype = torch.bfloat16 if self.cfg.precision == "bf16" else None
-        self.step = 0  # optimizer steps taken by this trainer (over every fit)
+        self.step = 0  # training steps taken by this trainer (over every fit)
+        self.schedule_steps = schedule_steps
         seed_everything(self.cfg.seed)
         if self.strategy.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -146,6 +150,8 @@ class Trainer:
 
         data = self.recipe.data
         kind = self.algorithm.data_kind if data.kind == "auto" else data.kind
+        if kind not in RECORD_KINDS:
+            raise ValueError(f"data.kind: {RECORD_KINDS.unknown(kind)}")
         if source is None:
             n = self.recipe.task.n_train if split == "train" else self.recipe.task.n_eval
             if split != "train" and (data.train is not None or n == 0):
@@ -320,8 +326,9 @@ class Trainer:
         self.policy = self.strategy.wrap(self.model, self.algorithm.module(self.model))
         self.optimizer = self._optimizer(self.policy)
         updates = self.algorithm.updates_per_step()
-        warmup = self.cfg.warmup_steps if self.cfg.warmup_steps is not None else int(self.cfg.warmup_ratio * total * updates)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.cfg.scheduler, warmup, total * updates))
+        warmup = self.cfg.warmup_steps if self.cfg.warmup_steps is not None else int(self.cfg.warmup_ratio * (self.schedule_steps or total) * updates)
+        span = (self.schedule_steps or total) * updates
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.cfg.scheduler, warmup, span))
         self._params = [p for p in self.policy.parameters() if p.requires_grad]
         if self.resumed_from is not None:
             sharded = self.policy if self.strategy.sharded else None
@@ -331,13 +338,18 @@ class Trainer:
         if self.resumed_from is None and self.strategy.is_main and self.log.path.exists():
             self.log.path.unlink()  # a fresh run replaces the old metrics
 
-    def prepare(self, train_examples: list[dict], eval_examples: list[dict] | None = None, steps: int | None = None) -> tuple[Context, DataOrder, int, int]:
+    def prepare(self, train_examples: list[dict] | None, eval_examples: list[dict] | None = None, steps: int | None = None
+                ) -> tuple[Context, DataOrder | None, int, int]:
         """Set up a fit over ``train_examples``: the algorithm's ``setup`` (e.g. reference caches for the
         examples the fit will read), and on the first fit the wrapped module, optimizer and scheduler.
         Returns (context, data order, first local step, number of local steps)."""
         self.train_examples, self.eval_examples = train_examples, eval_examples
-        check_layout(len(train_examples), self.cfg.batch_size, self.strategy.world, self.cfg.micro_batch_size)
-        order = DataOrder(len(train_examples), self.cfg.batch_size, self.cfg.seed, self.algorithm.shuffle, self.strategy.world)
+        order = None
+        if train_examples is not None:
+            check_layout(len(train_examples), self.cfg.batch_size, self.strategy.world, self.cfg.micro_batch_size)
+            order = DataOrder(len(train_examples), self.cfg.batch_size, self.cfg.seed, self.algorithm.shuffle, self.strategy.world)
+        elif steps is None:
+            raise ValueError("fit over a stream of batches needs steps")
         total = steps or self.cfg.max_steps or max(1, math.ceil(self.cfg.epochs * order.per_epoch))
         first = self.policy is None
         start = 0
@@ -349,17 +361,34 @@ class Trainer:
             self._first_fit(total, start)
         return ctx, order, start, total
 
-    def fit(self, train_examples: list[dict], eval_examples: list[dict] | None = None, steps: int | None = None) -> dict[str, float]:
-        """Optimizer steps over ``train_examples`` (``steps``; default: ``train.max_steps`` or
+    def fit(self, train_examples: list[dict] | None = None, eval_examples: list[dict] | None = None, steps: int | None = None,
+            stream: Iterator[list[list[dict]]] | None = None) -> dict[str, float]:
+        """Training steps over ``train_examples`` (``steps``; default: ``train.max_steps`` or
         ``train.epochs`` of the data), evaluating on ``eval_examples``; returns the last logged record.
+        Or, with ``stream``, ``steps`` steps whose batches the caller makes: each item of the stream is one
+        step's optimizer updates, each a list of collated micro-batches (:meth:`collate`) of this process.
         Callable again: the model, optimizer, scheduler and step counter carry over."""
         ctx, order, start, total = self.prepare(train_examples, eval_examples, steps)
-        return self._run(ctx, order, start, total)
+        return self._run(ctx, order, start, total, stream)
 
-    def _run(self, ctx: Context, order: DataOrder, start: int, total: int) -> dict[str, float]:
+    def _updates(self, ctx: Context, order: DataOrder | None, local: int, stream) -> tuple[list[list[dict]], dict[str, float]]:
+        """The optimizer updates of one step: from the stream, from the algorithm's rollout, or the
+        step's examples split into micro-batches."""
+        if stream is not None:
+            return next(stream), {}
+        indices = order.share(local, self.strategy.rank)
+        examples = self.train_examples
+        if hasattr(self.algorithm, "rollout"):
+            self.policy.eval()
+            steps, stats = self.algorithm.rollout(ctx, [examples[i] for i in indices])
+            self.policy.train()
+            return steps, self.strategy.mean(stats)
+        return [self.micro_batches(examples, indices)], {}
+
+    def _run(self, ctx: Context, order: DataOrder | None, start: int, total: int, stream=None) -> dict[str, float]:
         cfg, strategy, policy = self.cfg, self.strategy, self.policy
         offset = self.step - start  # global step = offset + local step
-        per_epoch = order.per_epoch
+        per_epoch = order.per_epoch if order is not None else total
         eval_examples = self.eval_examples
         record: dict[str, float] = {}
         policy.train()
@@ -371,15 +400,7 @@ class Trainer:
             window_t, window_ex, window_tok = time.perf_counter(), 0, 0
             for local in range(start, total):
                 ctx.step = self.step
-                indices = order.share(local, strategy.rank)
-                examples = self.train_examples
-                if hasattr(self.algorithm, "rollout"):
-                    policy.eval()
-                    steps, rollout_stats = self.algorithm.rollout(ctx, [examples[i] for i in indices])
-                    policy.train()
-                    rollout_stats = strategy.mean(rollout_stats)
-                else:
-                    steps, rollout_stats = [self.micro_batches(examples, indices)], {}
+                steps, rollout_stats = self._updates(ctx, order, local, stream)
                 losses, metrics, grad_norm, lr = self.optimize(steps, ctx)
                 loss = sum(losses) / len(losses) if losses else float("nan")
                 batches = [b for update in steps[:1] for b in update]

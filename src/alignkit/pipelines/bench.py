@@ -180,8 +180,8 @@ class Bench:
         sft = self.sft_dir()
         for name, spec in (self.suite.get("reward_models") or {}).items():
             pairs = self.pairs_file(_merge(self.suite.get("pairs", {}), spec.get("pairs", {})), sft, f"rm-{name}")
-            base = {**self._common(), "algorithm": "reward", "model": {"path": str(sft)}, "data": {"train": str(pairs)}}
-            recipe = _merge(base, spec.get("recipe", {}))
+            rm_base = {**self._common(), "algorithm": "reward", "model": {"path": str(sft)}, "data": {"train": str(pairs)}}
+            recipe = _merge(rm_base, spec.get("recipe", {}))
             self.say(f"training reward model '{name}'")
             self.rm_dirs[name] = str(self._train(recipe, self.out / "reward-models" / _slug(name)))
         proxy_spec = self.suite.get("proxy")

@@ -22,12 +22,13 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..data.kinds import DEFAULT_STEP_SPLIT, encode_steps, split_steps  # noqa: F401 - re-exported; the steps kind owns them
 
 PAIR_MARKERS = (" A:", " B:")
 
@@ -281,35 +282,7 @@ class MultiObjectiveForward(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # process (per-step) reward models
 # --------------------------------------------------------------------------------------------------
-DEFAULT_STEP_SPLIT = r"\n"
 STEP_AGGREGATES = ("min", "prod", "mean", "last")
-
-
-def split_steps(text: str, pattern: str) -> list[str]:
-    """Cut ``text`` after every match of the regex ``pattern`` (zero-width patterns such as
-    ``(?= and )`` cut before a word); empty pieces are dropped, so ``"".join(steps) == text``."""
-    cuts = sorted({m.end() for m in re.finditer(pattern, text)} | {len(text)})
-    steps, start = [], 0
-    for cut in cuts:
-        if cut > start:
-            steps.append(text[start:cut])
-            start = cut
-    return steps
-
-
-def encode_steps(encoder: Any, prompt: Any, steps: list[str]) -> tuple[list[int], list[int], list[int]]:
-    """``(prompt_ids, ids, ends)``: the prompt's tokens, then each step tokenized on its own and
-    appended (no EOS); ``ends[j]`` is the position of step j's last token in ``ids``."""
-    tok = encoder.tokenizer
-    prompt_ids = encoder.prompt_ids(prompt)
-    ids, ends = list(prompt_ids), []
-    for step in steps:
-        step_ids = tok(step, add_special_tokens=False)["input_ids"]
-        if not step_ids:
-            raise ValueError(f"step {step!r} has no tokens")
-        ids.extend(step_ids)
-        ends.append(len(ids) - 1)
-    return prompt_ids, ids, ends
 
 
 def aggregate_steps(probs: torch.Tensor, how: str) -> torch.Tensor:

@@ -344,7 +344,8 @@ class CombinedSource(RewardSource):
     """``Σ_i w_i · T(r_i)``: a weighted, optionally transformed sum of several rewards. ``transform`` is
     ``none``, ``log_sigmoid`` (``log σ(r_i − reference_i)``, the "good on all" sum), ``clip`` or ``whiten``."""
 
-    def __init__(self, sources: Sequence[RewardSource], weights: Sequence[float] | None = None, transform: str = "none", references: Sequence[float] | None = None, params: dict[str, Any] | None = None):
+    def __init__(self, sources: Sequence[RewardSource], weights: Sequence[float] | None = None, transform: str = "none",
+                 references: Sequence[float] | None = None, params: dict[str, Any] | None = None):
         self.sources = list(sources)
         self.weights = list(weights) if weights is not None else [1.0] * len(self.sources)
         self.references = list(references) if references is not None else [0.0] * len(self.sources)

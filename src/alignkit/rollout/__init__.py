@@ -2,11 +2,21 @@
 ``hf``, ``vllm`` in a registry), alignkit's decode loop with its guide hook (:mod:`.local`), the one-shot
 front door :func:`generate`, and scoring helpers."""
 
-from .engine import (BACKENDS, ENGINES, ModelEngine, RolloutEngine, Sample, Sampling, build_rollout_engine, engine_names,
-                     resolve_backend, stop_token_ids)
+from .engine import (
+                     BACKENDS,
+                     ENGINES,
+                     ModelEngine,
+                     RolloutEngine,
+                     Sample,
+                     Sampling,
+                     build_rollout_engine,
+                     engine_names,
+                     resolve_backend,
+                     stop_token_ids,
+)
 from .generate import generate, sample_logprobs
 from .hf import HFEngine
-from .local import CachedModelGuide, DecodeState, Decoded, Guide, LocalEngine, Sampler, StepState, decode, fork_cache, prefill, select_cache
+from .local import CachedModelGuide, Decoded, DecodeState, Guide, LocalEngine, Sampler, StepState, decode, fork_cache, prefill, select_cache
 from .vllm import VLLMEngine
 
 __all__ = [

@@ -336,12 +336,16 @@ def resolve_backend(backend: str, model=None) -> str:
     return backend
 
 
-def build_rollout_engine(name: str, model, tokenizer, **options) -> RolloutEngine:
+def build_rollout_engine(name: str, model, tokenizer, *, vllm_options=None, **options) -> RolloutEngine:
     """A new engine of backend ``name`` (``"auto"`` resolved for ``model``) sampling from ``model``.
 
     ``options`` go to the backend's constructor: ``alignkit`` / ``hf``: ``copy=True`` to sample from a
     private copy of the model (then :meth:`~RolloutEngine.update_weights` / ``update_from`` copy new
-    weights into it); ``vllm``: ``options`` (a :class:`~alignkit.config.VLLMConfig`) and ``seed``.
-    The caller holds the engine and closes it."""
+    weights into it); ``vllm``: ``options`` (a :class:`~alignkit.config.VLLMConfig`) and ``seed`` (the
+    engine's start seed). ``vllm_options`` is the ``options`` of a ``vllm`` engine and ignored by the
+    others, so a caller can pass its recipe's ``rl.vllm`` whatever ``"auto"`` resolves to. The caller
+    holds the engine and closes it."""
     resolved = resolve_backend(name, model)
+    if resolved == "vllm" and vllm_options is not None:
+        options.setdefault("options", vllm_options)
     return ENGINES.get(resolved)(model, tokenizer, **options)

@@ -70,7 +70,8 @@ class Task(Protocol):
     def corpus(self, n: int = 2000) -> list[str]: ...
     def gold_reward(self, prompt: str, completion: str) -> float: ...
     def gold_rewards(self, prompts: list[str], completions: list[str]) -> list[float]: ...
-    def label_pairs(self, prompts, completions_a, completions_b, temperature: float = 0.25, seed: int | None = None, label_noise: float = 0.0) -> list[dict]: ...
+    def label_pairs(self, prompts, completions_a, completions_b, temperature: float = 0.25, seed: int | None = None,
+                    label_noise: float = 0.0) -> list[dict]: ...
 
 
 class TaskBase:
@@ -98,7 +99,8 @@ class TaskBase:
     def pair_judge(self, temperature: float) -> Judge:
         return bradley_terry(self.gold_reward, temperature)
 
-    def label_pairs(self, prompts, completions_a, completions_b, temperature: float = 0.25, seed: int | None = None, label_noise: float = 0.0) -> list[dict]:
+    def label_pairs(self, prompts, completions_a, completions_b, temperature: float = 0.25, seed: int | None = None,
+                    label_noise: float = 0.0) -> list[dict]:
         """Preference pairs drawn by :func:`label_pairs` with :meth:`pair_judge` (Bradley–Terry on the gold
         reward unless the task says otherwise), then flipped with probability ``label_noise``."""
         return label_pairs(prompts, completions_a, completions_b, self.pair_judge(temperature),

@@ -29,7 +29,8 @@ class ScalarRewardModelling(RewardModelling):
             from ...rewards.models import RewardEnsemble
 
             seed = self.recipe.train.seed
-            return RewardEnsemble([load_reward_model(path, model_config, seed=seed + 1000 * k, reinit=self.cfg.ensemble_init) for k in range(self.cfg.ensemble)])
+            init = self.cfg.ensemble_init
+            return RewardEnsemble([load_reward_model(path, model_config, seed=seed + 1000 * k, reinit=init) for k in range(self.cfg.ensemble)])
         return super().build_model(path, model_config, load_reward_model)
 
     def setup(self, ctx) -> None:
