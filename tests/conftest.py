@@ -40,3 +40,14 @@ def train_arithmetic_sft(out, extra=()):
 @pytest.fixture(scope="session")
 def arithmetic_sft(tmp_path_factory):
     return train_arithmetic_sft(tmp_path_factory.mktemp("arith") / "sft")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny-tensor tests: on a shared machine more threads only wait on each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -122,8 +122,8 @@ def test_same_loss_and_gradients(tiny_path, loss):
 
 
 def run_dpo(tmp_path, name, overrides, packing=True):
-    from alignkit.engine.trainer import Trainer
     from alignkit.engine.tracking import read_metrics
+    from alignkit.engine.trainer import Trainer
 
     recipe = load_recipe(
         {

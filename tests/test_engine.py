@@ -60,8 +60,8 @@ def test_micro_batching_does_not_change_the_update(tmp_path, tiny_dir, algorithm
 
 def test_sft_loss_is_token_mean_over_the_whole_batch(tmp_path, tiny_dir):
     """Micro-batches with different token counts: the step loss is total NLL / total tokens."""
-    from alignkit.engine.trainer import Trainer
     from alignkit.algorithms.sft import SFT
+    from alignkit.engine.trainer import Trainer
 
     r = recipe(tmp_path, tiny_dir, "sft", "tm", ["train.micro_batch_size=1", "train.batch_size=4"])
     trainer = Trainer(r, SFT(r))

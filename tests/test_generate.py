@@ -14,13 +14,7 @@ from alignkit.rollout import Sample, generate, sample_logprobs, stop_token_ids
 PROMPTS = ["review of the soup :", "review of the phone : the screen was", "the", "review of the film : the plot was good and"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these tensors are tiny, and on a shared machine more threads only wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -35,12 +35,7 @@ from alignkit.rollout.local import fork_cache, select_cache
 PROMPTS = ["review of the soup :", "review of the phone : the screen was", "the", "review of the film : the plot was good and"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load(tiny_dir):

@@ -89,8 +89,8 @@ def test_dpo_caches_reference_logps_only_for_the_examples_it_reads(tmp_path, tin
 
 def test_reference_soft_refresh_and_swap(tiny_dir):
     """TR-DPO's soft update ref <- a * policy + (1 - a) * ref, checked on one weight by hand."""
-    from alignkit.models.loading import load_causal_lm
     from alignkit.config import ModelConfig
+    from alignkit.models.loading import load_causal_lm
 
     policy = load_causal_lm(tiny_dir, ModelConfig(path=str(tiny_dir)))
     ref = starting_reference(policy, keep=True, resumed=False, load_start=lambda: None)

@@ -84,8 +84,9 @@ def test_unpaired_micro_batches_give_the_full_batch_update(tmp_path, tiny_dir, l
 
 
 def test_bco_shift_survives_resume(tmp_path, tiny_dir):
-    from safetensors.torch import load_file
     import shutil
+
+    from safetensors.torch import load_file
 
     extra = ["unpaired.loss=bco", "train.max_steps=6", "train.save_every=3"]
     run(tmp_path, tiny_dir, "kto", "whole", extra)

@@ -243,7 +243,7 @@ def bench(
 
 @app.command()
 def options(
-    section: Optional[str] = typer.Argument(None, help="A recipe section (model, data, train, dpo, rl, rl.vllm, ...); all when omitted."),
+    section: Optional[str] = typer.Argument(None, help="A recipe section (model, data, train, dpo, rl, rl.sampling.vllm, ...); all when omitted."),
 ) -> None:
     """List recipe options: key, type, default and meaning (the text of docs/options.md)."""
     from .config import ConfigError, options_reference

@@ -6,8 +6,8 @@ from ..config import Recipe
 from ..engine.contract import Algorithm
 from .dpo import DPO
 from .listwise import Listwise
-from .rl import OnlineRL
 from .reward import RewardModelling
+from .rl import OnlineRL
 from .sft import SFT
 from .unpaired import Unpaired
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 import torch
 
 from ..data.collate import REJECTED, collate_pairs, collate_pairs_packed
-from ..models.loading import is_peft
-from ..models.logprobs import TargetLogProbs, mask_for, supports_packing
-from ..objectives.pairwise import PairLogps, combine, ld_dpo_logps, pairwise_loss, tdpo_loss, wpo_weights
 from ..engine.contract import Algorithm, Metrics
+from ..models.loading import is_peft
+from ..models.logprobs import mask_for, supports_packing
 from ..models.reference import Reference
+from ..objectives.pairwise import PairLogps, combine, ld_dpo_logps, pairwise_loss, tdpo_loss, token_kl, wpo_weights
 
 TDPO = ("tdpo1", "tdpo2")
 
@@ -218,7 +218,6 @@ class DPO(Algorithm):
         """TDPO's SeqKL per sequence [2B]: sum over completion tokens of KL(pi_ref(.|s_t) || pi(.|s_t))."""
         with torch.no_grad():
             _, ref_logits, _ = self.reference(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], return_logits=True)
-        ref_logp = ref_logits.log_softmax(-1)
-        per_token = (ref_logp.exp() * (ref_logp - policy_logits.log_softmax(-1))).sum(-1)
+        per_token = token_kl(ref_logits, policy_logits)  # the target rows' logits only: [N, V] -> [N]
         rows = positions[0]
         return torch.zeros(batch["input_ids"].shape[0], dtype=per_token.dtype, device=per_token.device).index_add(0, rows, per_token)

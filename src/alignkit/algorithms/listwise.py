@@ -13,8 +13,8 @@ import torch
 
 from ..data.collate import attach_meta, collate_sequences
 from ..data.records import DataError
-from ..objectives.listwise import listwise_loss
 from ..engine.contract import Algorithm, Metrics
+from ..objectives.listwise import listwise_loss
 
 
 def ranked_order(example: dict) -> list[int]:

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from ..data.collate import attach_meta, collate_sequences
-from ..objectives.unpaired import RunningMean, UnpairedLogps, unpaired_loss
 from ..engine.contract import Algorithm, Metrics
+from ..objectives.unpaired import RunningMean, UnpairedLogps, unpaired_loss
 
 
 class Unpaired(Algorithm):

@@ -137,6 +137,9 @@ class Algorithm:
     def setup(self, ctx: Context) -> None:
         """Work before the first step of a fit (e.g. reference log-probs); the policy is not yet wrapped."""
 
+    def close(self) -> None:
+        """Release what the algorithm holds (e.g. rollout engines) when the trainer closes."""
+
     def loss(self, policy: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
         """(summed loss of the batch, metrics); ``policy`` is :meth:`module` of the model (DDP-wrapped when
         distributed): by default it maps (input_ids, attention_mask, loss_mask) to target log-probs [B, T]."""

@@ -430,6 +430,7 @@ class Trainer:
         return record
 
     def close(self) -> None:
+        self.algorithm.close()
         if self.log is not None:
             self.log.close()
         self.strategy.close()

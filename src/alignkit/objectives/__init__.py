@@ -32,6 +32,7 @@ from .pairwise import (
     register_pairwise,
     sequential_kl,
     tdpo_loss,
+    token_kl,
     wpo_weights,
 )
 from .policy import POLICY_LOSSES, copg_loss, policy_loss
@@ -73,6 +74,7 @@ __all__ = [
     "register_unpaired",
     "reward_loss",
     "sequential_kl",
+    "token_kl",
     "tdpo_loss",
     "unpaired_loss",
     "value_loss",

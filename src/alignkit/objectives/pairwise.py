@@ -451,6 +451,12 @@ def combine(weighted: list[tuple[str, float, dict[str, Any]]], logps: PairLogps,
 # --------------------------------------------------------------------------------------
 
 
+def token_kl(ref_logits: Tensor, policy_logits: Tensor) -> Tensor:
+    """``KL(π_ref(·|s) ‖ πθ(·|s))`` for every row of ``[..., V]`` logits (shape ``[...]``)."""
+    ref_logp = F.log_softmax(ref_logits, dim=-1)
+    return (ref_logp.exp() * (ref_logp - F.log_softmax(policy_logits, dim=-1))).sum(dim=-1)
+
+
 def sequential_kl(ref_logits: Tensor, policy_logits: Tensor, mask: Tensor) -> Tensor:
     """Sequential KL of TDPO: ``Σ_t mask_t · KL(π_ref(·|s_t) ‖ πθ(·|s_t))``, shape ``[B]``.
 
@@ -464,9 +470,7 @@ def sequential_kl(ref_logits: Tensor, policy_logits: Tensor, mask: Tensor) -> Te
         )
     if mask.shape != ref_logits.shape[:2]:
         raise ValueError(f"mask must have shape {tuple(ref_logits.shape[:2])}; got {tuple(mask.shape)}")
-    ref_logp = F.log_softmax(ref_logits, dim=-1)
-    pol_logp = F.log_softmax(policy_logits, dim=-1)
-    per_token = (ref_logp.exp() * (ref_logp - pol_logp)).sum(dim=-1)
+    per_token = token_kl(ref_logits, policy_logits)
     return (per_token * mask.to(per_token.dtype)).sum(dim=1)
 
 

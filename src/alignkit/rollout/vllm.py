@@ -44,7 +44,7 @@ from ..models.weights import unwrap_ddp as _inner
 from ..models.weights import weights_version
 from .engine import ENGINES, Job, RolloutEngine, Sample, Sampling
 
-CPU_KV_CACHE_GB = 1.0  # the KV cache on CPU when neither rl.vllm.kv_cache_gb nor VLLM_CPU_KVCACHE_SPACE says otherwise
+CPU_KV_CACHE_GB = 1.0  # the KV cache on CPU when neither rl.sampling.vllm.kv_cache_gb nor VLLM_CPU_KVCACHE_SPACE says otherwise
 
 
 def vllm_available() -> bool:

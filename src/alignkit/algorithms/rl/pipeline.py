@@ -39,7 +39,7 @@ from ...models.logprobs import TargetLogProbs, mask_for
 from ...models.reference import Reference
 from ...objectives import kl_penalty
 from ...rewards.transforms import apply_transform
-from ...rollout.generate import generate
+from ...rollout import RolloutEngine, build_rollout_engine, generate
 from .batch import Rollout, RolloutBatch, Row, annotate, collate_rows, sample_context
 from .estimators import build_estimator, join_whitening
 
@@ -55,6 +55,7 @@ class OnlineRL(Algorithm):
         self.estimator = build_estimator(self.cfg)
         self.reference: Reference | None = None
         self.reward_source = None
+        self.engines: dict[int, RolloutEngine] = {}  # id(sampling model) -> its held rollout engine
         # groups share their prompt's forward in the update (packed rows); PPO's critic reads padded rows
         self.share_prompts = self.cfg.update.share_prompts and not self.estimator.critic
 
@@ -155,12 +156,25 @@ class OnlineRL(Algorithm):
         self.estimator.token_advantages(self, ctx, rollout, batch)
         return self.updates(ctx, steps, skipped_weights), rollout.stats
 
+    def engine_for(self, model, tokenizer) -> RolloutEngine:
+        """The rollout engine sampling from ``model``, built on first use and held for the whole run
+        (a vLLM engine is started once and synced when the weights change); closed by :meth:`close`."""
+        if id(model) not in self.engines:
+            s = self.cfg.sampling
+            self.engines[id(model)] = build_rollout_engine(s.backend, model, tokenizer, vllm_options=s.vllm)
+        return self.engines[id(model)]
+
     def generate(self, model, tokenizer, prompts, n: int, **kwargs):
-        """Samples with the recipe's sampling settings and generation backend."""
+        """Samples with the recipe's sampling settings from the held engine of ``model``."""
         s = self.cfg.sampling
         kwargs.setdefault("batch_size", s.batch_size or len(prompts) * n)
         return generate(model, tokenizer, prompts, n=n, max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
-                        backend=s.backend, vllm_options=s.vllm, **kwargs)
+                        engine=self.engine_for(model, tokenizer), **kwargs)
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.close()
+        self.engines = {}
 
     def sample(self, ctx, examples, seed: int) -> list:
         """Stage 1: ``group_size`` completions per prompt, consecutive."""
