@@ -23,7 +23,7 @@ import torch
 from ..data.collate import REJECTED, collate_pairs, collate_pairs_packed
 from ..engine.contract import Algorithm, Metrics
 from ..models.loading import is_peft
-from ..models.logprobs import mask_for, supports_packing
+from ..models.logprobs import packed_target_logps, supports_packing
 from ..models.reference import Reference
 from ..objectives.pairwise import PairLogps, combine, ld_dpo_logps, pairwise_loss, tdpo_loss, token_kl, wpo_weights
 
@@ -57,13 +57,11 @@ def pair_logps(module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, to
         counts = batch["loss_mask"][:, 1:].sum(-1).float()
         b = sums.shape[0] // 2
         return sums[:b], sums[b:], counts[:b], counts[b:]
-    inner = getattr(module, "module", module)  # DDP
-    mask = mask_for(inner.model, batch["segment"], batch["group"])
-    token_logps = module(batch["input_ids"], mask, batch["loss_mask"], batch["position_ids"], batch["source_index"])
+    values = packed_target_logps(module, batch["input_ids"], batch["segment"], batch["group"], batch["loss_mask"], batch["position_ids"], batch["source_index"])
     targets = batch["loss_mask"].bool()
     b = batch["index"].numel()
     slot = batch["target_pair"][targets] + b * (batch["segment"][targets] == REJECTED).long()
-    sums = torch.zeros(2 * b, dtype=token_logps.dtype, device=token_logps.device).index_add(0, slot, token_logps[targets])
+    sums = torch.zeros(2 * b, dtype=values.dtype, device=values.device).index_add(0, slot, values)
     return sums[:b], sums[b:], batch["chosen_tokens"], batch["rejected_tokens"]
 
 

@@ -72,6 +72,19 @@ def mask_for(model: nn.Module, segment: torch.Tensor, group: torch.Tensor) -> to
     return packed_attention_mask(segment, group, "bool")
 
 
+def packed_target_logps(module: nn.Module, input_ids: torch.Tensor, segment: torch.Tensor, group: torch.Tensor, loss_mask: torch.Tensor,
+                        position_ids: torch.Tensor, source_index: torch.Tensor) -> torch.Tensor:
+    """Log-probs of every target of packed rows, in ``loss_mask.nonzero()`` order ([n_targets]).
+
+    ``module`` is a :class:`TargetLogProbs` (possibly DDP-wrapped, or a reference); the 4-D mask is built
+    for its model's attention implementation. Callers scatter the values to where they belong: DPO sums
+    them per (pair, chosen/rejected), online RL puts them back in the per-sequence layout."""
+    inner = getattr(module, "module", module)  # DDP
+    mask = mask_for(inner.model, segment, group)
+    token_logps = module(input_ids, mask, loss_mask, position_ids, source_index)
+    return token_logps[loss_mask.bool()]
+
+
 class TargetLogProbs(nn.Module):
     """``forward(input_ids, attention_mask, loss_mask) -> [B, T]`` target log-probs (0 off the mask)."""
 

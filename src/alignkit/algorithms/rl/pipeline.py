@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ...engine.contract import Algorithm, Metrics
-from ...models.logprobs import TargetLogProbs, mask_for
+from ...models.logprobs import TargetLogProbs, packed_target_logps
 from ...models.reference import Reference
 from ...objectives import kl_penalty
 from ...rewards.transforms import apply_transform
@@ -127,10 +127,8 @@ class OnlineRL(Algorithm):
         """Target log-probs [N, T] in the per-sequence layout; from prompt-sharing packed rows when present."""
         if "packed_input_ids" not in batch:
             return policy(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
-        inner = getattr(policy, "module", policy)  # DDP
-        mask = mask_for(inner.model, batch["packed_segment"], batch["packed_group"])
-        packed = policy(batch["packed_input_ids"], mask, batch["packed_loss_mask"], batch["packed_position_ids"], batch["packed_source_index"])
-        values = packed[batch["packed_loss_mask"].bool()]
+        values = packed_target_logps(policy, batch["packed_input_ids"], batch["packed_segment"], batch["packed_group"], batch["packed_loss_mask"],
+                                     batch["packed_position_ids"], batch["packed_source_index"])
         out = torch.zeros(batch["input_ids"].shape, dtype=values.dtype, device=values.device)
         return out.index_put((batch["packed_target_seq"], batch["packed_target_pos"]), values)
 
