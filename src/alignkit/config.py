@@ -485,7 +485,7 @@ def _sections(model: type[BaseModel], prefix: str) -> list[tuple[str, type[BaseM
 
 def options_reference(section: str | None = None) -> str:
     """Every recipe option (key, type, default, meaning) as Markdown, for one section (``"rl"``,
-    ``"rl.vllm"``) or all of them; raises ConfigError for an unknown section."""
+    ``"rl.sampling.vllm"``) or all of them; raises ConfigError for an unknown section."""
     sections = _sections(Recipe, "")
     if section is not None:
         chosen = [s for s in sections if s[0] == section or s[0].startswith(section + ".")]
@@ -496,7 +496,7 @@ def options_reference(section: str | None = None) -> str:
         sections = chosen
     lines = []
     if section is None:
-        lines += ["# Recipe options", "", "Every key a recipe (YAML) or a dotted override (`alignkit train recipe.yaml rl.beta=0.1`)",
+        lines += ["# Recipe options", "", "Every key a recipe (YAML) or a dotted override (`alignkit train recipe.yaml rl.kl.beta=0.1`)",
                   "can set. Generated from `alignkit/config.py` by `alignkit options` (a test keeps this file in step).", "",
                   f"`algorithm` (top level): one of {', '.join(f'`{a}`' for a in ALGORITHMS)}.", ""]
     for name, model in sections:

@@ -343,7 +343,7 @@ def build_rollout_engine(name: str, model, tokenizer, *, vllm_options=None, **op
     private copy of the model (then :meth:`~RolloutEngine.update_weights` / ``update_from`` copy new
     weights into it); ``vllm``: ``options`` (a :class:`~alignkit.config.VLLMConfig`) and ``seed`` (the
     engine's start seed). ``vllm_options`` is the ``options`` of a ``vllm`` engine and ignored by the
-    others, so a caller can pass its recipe's ``rl.vllm`` whatever ``"auto"`` resolves to. The caller
+    others, so a caller can pass its recipe's ``rl.sampling.vllm`` whatever ``"auto"`` resolves to. The caller
     holds the engine and closes it."""
     resolved = resolve_backend(name, model)
     if resolved == "vllm" and vllm_options is not None:
