@@ -36,3 +36,15 @@ def test_recipes_run_in_order(tmp_path):
     train(load_recipe(RECIPES / "grpo_arithmetic.yaml", [*short(tmp_path, "grpo-arith"), f"model.path={arith}", "task.n_train=64", "task.n_eval=0"]))
     chat = train(load_recipe(RECIPES / "sft_chat.yaml", [*short(tmp_path, "chat"), f"data.train={RECIPES / 'data' / 'chat_sft.jsonl'}", "model.tiny.hidden_size=32"]))
     assert chat.exists()
+
+
+@pytest.mark.parametrize("name", ["iterative_dpo.yaml", "spin.yaml", "raft.yaml", "rso.yaml", "dno.yaml"])
+def test_iterative_recipes_run(tmp_path, tiny_dir, name):
+    """The iterative recipes (alignkit iterate) run as written, shortened to one small round on the tiny model."""
+    from alignkit.loops import iterate
+
+    result = iterate(RECIPES / name, [f"train.output_dir={tmp_path / name}", f"model.path={tiny_dir}", "train.progress=false", "train.batch_size=2",
+                                      "iterate.rounds=1", "iterate.prompts_per_round=4", "iterate.steps_per_round=1", "iterate.eval_prompts=2",
+                                      "iterate.max_new_tokens=8", "iterate.eval_max_new_tokens=8"])
+    assert (tmp_path / name / "rounds" / "round-0.jsonl").exists() and result["final"]
+    assert result["rounds"][0]["eval"]["gold_reward"] is not None

@@ -63,6 +63,24 @@ def test_function_sources_and_factory():
         FunctionSource("alignkit.rewards.verifiable:no_such_function")
 
 
+def test_ensemble_reductions_hand_worked():
+    from alignkit.rewards.transforms import ENSEMBLE_REDUCTIONS, ensemble_reduce
+
+    s = torch.tensor([[1.0, 3.0, 2.0, 10.0], [4.0, 4.0, 4.0, 4.0]], dtype=torch.float64)
+    # row 0: mean 4, population var (9 + 1 + 4 + 36) / 4 = 12.5; sorted 1, 2, 3, 10 -> median (2 + 3) / 2 = 2.5
+    assert ensemble_reduce(s, "median").tolist() == [2.5, 4.0]
+    assert ensemble_reduce(s[:, :3], "median").tolist() == [2.0, 4.0]  # odd count: the middle member
+    assert ensemble_reduce(s, "uncertainty_weighted", lam=0.1).tolist() == pytest.approx([4.0 - 0.1 * 12.5, 4.0])  # Coste et al.: mean - lam var
+    assert ensemble_reduce(s, "uncertainty_shrink", lam=0.1).tolist() == pytest.approx([4.0 / (1 + 0.1 * 12.5), 4.0])  # mean / (1 + lam var)
+    neg = torch.tensor([[-1.0, -3.0]], dtype=torch.float64)  # mean -2, var 1: the penalty lowers a negative reward too
+    assert ensemble_reduce(neg, "uncertainty_weighted", lam=1.0).item() == -3.0
+    assert ensemble_reduce(neg, "uncertainty_shrink", lam=1.0).item() == -1.0
+    assert "uncertainty_shrink" in ENSEMBLE_REDUCTIONS
+    source = EnsembleSource([FunctionSource(lambda p, c: [1.0, 4.0]), FunctionSource(lambda p, c: [2.0, 4.0]),
+                             FunctionSource(lambda p, c: [3.0, 4.0]), FunctionSource(lambda p, c: [10.0, 5.0])], reduce="median")
+    assert source.score(["a", "b"], ["x", "y"]).tolist() == [2.5, 4.0]
+
+
 def test_gold_ensemble_and_combined_sources():
     prompts = ["review of the soup :"] * 3
     completions = [" the soup was great .", " the soup was awful .", "garbage"]

@@ -465,6 +465,20 @@ def test_value_loss_clipped_and_unclipped():
     assert math.isclose(plain.item(), 0.5 * (0.09 + 1.0 + 0.25) / 3, **TOL)
 
 
+def test_value_clip_fraction_counts_only_clipped_tokens():
+    """V itself is clamped to [V_old - c, V_old + c]: inside the range V_clip == V exactly, so rounding in
+    V_old + (V - V_old) (0.1 and -0.1 here come back off by 1.4e-17) no longer counts tokens as clipped."""
+    values = torch.tensor([[0.1, -0.1, 0.6, 0.5]], dtype=torch.float64)
+    old = torch.tensor([[-0.05, 0.05, 0.2, 0.0]], dtype=torch.float64)
+    ret = torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=torch.float64)
+    loss, m = value_loss(values, old, ret, torch.ones(1, 4), clip=0.2)
+    # t0, t1: |V - V_old| = 0.15 < 0.2, V_clip = V, errors 0.01 and 0.01 (not clipped)
+    # t2: V_clip = 0.4, max(0.6^2, 0.4^2) = 0.36 (the plain error is larger: not clipped)
+    # t3: V_clip = 0.2, max(0.5^2, 0.8^2) = 0.64 (clipped)
+    assert math.isclose(loss.item(), 0.5 * (0.01 + 0.01 + 0.36 + 0.64) / 4, **TOL)
+    assert m["vf_clip_frac"].item() == 0.25
+
+
 # ---------------------------------------------------------------------------
 # MA-RLHF macro actions
 # ---------------------------------------------------------------------------

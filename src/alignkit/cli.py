@@ -18,16 +18,17 @@ app = typer.Typer(
 )
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 def _user_errors():
     from .config import ConfigError
     from .data.records import DataError
+    from .engine.checkpoint import RunError
 
-    return (ConfigError, DataError, FileNotFoundError, ValueError, ImportError)
+    return (ConfigError, DataError, FileNotFoundError, ValueError, ImportError, RunError)
 
 
 @app.command()
@@ -43,7 +44,13 @@ def train(
         config = load_recipe(recipe, overrides or [])
         final = run(config)
     except _user_errors() as e:
-        _fail(str(e))
+        from .engine.trainer import Interrupted
+
+        message = str(e)
+        if isinstance(e, Interrupted):  # the exact command that continues the run
+            again = " ".join(["alignkit train", str(recipe), *[o for o in overrides or [] if not o.startswith("train.resume=")], "train.resume=true"])
+            message = message.replace(Interrupted.RESUME, again)
+        _fail(message, getattr(e, "exit_code", 2))
     typer.echo(f"final model: {final}")
 
 
@@ -75,12 +82,19 @@ def generate(
         "auto", help="alignkit (KV-cache engine), hf (model.generate), vllm, or auto (vllm on a CUDA GPU when installed, else alignkit)."
     ),
     out: Optional[Path] = typer.Option(None, help="Write samples as JSON Lines here instead of printing."),
+    strategy: Optional[str] = typer.Option(
+        None, help="A decoding strategy (policy = model + strategy): sample, best_of_n, rejection, args, product (docs/decoding.md)."
+    ),
+    strategy_option: Optional[list[str]] = typer.Option(
+        None, "--strategy-option", "-O", help="KEY=VALUE option of the strategy (repeatable; YAML values), e.g. N=8 reward=gold."
+    ),
 ) -> None:
-    """Sample completions from a model."""
+    """Sample completions from a model, or from a model + decoding strategy (its cost and statistics go to stderr)."""
     from .data.records import load_records, write_jsonl
     from .models.loading import load_policy_for_inference, load_tokenizer
     from .rollout.generate import generate as sample
 
+    result = None
     try:
         texts = list(prompt or [])
         if prompts is not None:
@@ -88,19 +102,36 @@ def generate(
             texts += [r["prompt"] for r in records]
         if not texts:
             _fail("give --prompt TEXT or --prompts FILE")
+        if strategy is not None:
+            from .decoding import check_strategy, decode_with, parse_options
+
+            options = parse_options(strategy_option)
+            check_strategy(strategy, options)
+        elif strategy_option:
+            _fail("--strategy-option needs --strategy NAME")
         policy = load_policy_for_inference(model)
         tokenizer = load_tokenizer(model)
-        samples = sample(policy, tokenizer, texts, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy, seed=seed,
-                         backend=backend)
+        if strategy is not None:
+            result = decode_with(strategy, policy, tokenizer, texts, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                 greedy=greedy, seed=seed, backend=backend, **options)
+            samples = result.samples
+        else:
+            samples = sample(policy, tokenizer, texts, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy, seed=seed,
+                             backend=backend)
     except _user_errors() as e:
         _fail(str(e))
     rows = [{"prompt": s.prompt, "completion": s.completion, "finished": s.finished} for s in samples]
+    if result is not None and result.rewards is not None:
+        for row, r in zip(rows, result.rewards):
+            row["reward"] = r
     if out:
         write_jsonl(out, rows)
         typer.echo(f"wrote {len(rows)} samples to {out}")
     else:
         for row in rows:
             typer.echo(json.dumps(row, ensure_ascii=False))
+    if result is not None:
+        typer.echo(json.dumps({"strategy": strategy, "stats": result.stats, "cost": result.cost.as_dict()}, default=str), err=True)
 
 
 def _is_reward_model(folder: Path) -> bool:
@@ -123,15 +154,29 @@ def evaluate(
     samples: int = typer.Option(2, help="Samples per prompt."),
     seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(None, help="Folder for eval.json and report.html (default: the run folder)."),
+    strategy: Optional[str] = typer.Option(
+        None, help="Evaluate model + this decoding strategy (sample, best_of_n, rejection, args, product): gold reward, its KL, its cost."
+    ),
+    strategy_option: Optional[list[str]] = typer.Option(None, "--strategy-option", "-O", help="KEY=VALUE option of the strategy (repeatable)."),
 ) -> None:
     """Evaluate a policy on a built-in task (mean gold reward, KL to the reference, win rate, diversity,
-    length, samples); a reward model is evaluated as by `eval-rm` (accuracy, calibration, gold correlation)."""
+    length, samples); a reward model is evaluated as by `eval-rm` (accuracy, calibration, gold correlation).
+    With --strategy the policy is the model + a decoding strategy; its KL is to --reference (default: the
+    run's starting model, or the model itself for a model folder)."""
     from .evaluation.policy import evaluate_policy
     from .evaluation.report import write_report
     from .models.loading import load_policy_for_inference, load_tokenizer
     from .tasks import get_task
 
     try:
+        options = None
+        if strategy is not None:
+            from .decoding import check_strategy, parse_options
+
+            options = parse_options(strategy_option)
+            check_strategy(strategy, options)
+        elif strategy_option:
+            _fail("--strategy-option needs --strategy NAME")
         model_dir, run_dir = target, None
         if (target / "config.yaml").exists() and (target / "final").exists():
             import yaml
@@ -150,7 +195,8 @@ def evaluate(
         ref_model = load_policy_for_inference(reference) if reference else None
         the_task = get_task(task)
         prompts = the_task.prompts(n_prompts, "test")
-        result = evaluate_policy(model_dir.name, policy, tokenizer, the_task, prompts, reference=ref_model, n_samples=samples, seed=seed)
+        result = evaluate_policy(model_dir.name, policy, tokenizer, the_task, prompts, reference=ref_model, n_samples=samples, seed=seed,
+                                 strategy=strategy, strategy_options=options)
     except _user_errors() as e:
         _fail(str(e))
     folder = out or run_dir or model_dir
@@ -158,7 +204,14 @@ def evaluate(
     data = result.as_dict()
     data["reference"] = str(reference) if reference else None
     extra_blocks: list = []
+    if strategy is not None:
+        data.update(result.cost or {})
+        data.update({f"strategy/{k}": v for k, v in (result.strategy_stats or {}).items() if not isinstance(v, (list, dict))})
+        data["strategy_options"] = options
+        data["reference"] = data["reference"] or f"{model_dir} (the model itself)"
     try:
+        if strategy is not None:
+            raise RuntimeError("skipped: the extra metrics evaluate the plain model, not model + strategy")
         from .engine.tracking import read_metrics
         from .evaluation.extras import run_metrics
 
@@ -221,6 +274,26 @@ def evaluate_reward_model(
     target = out or folder or Path(".")
     write_reward_eval(target, f"alignkit eval-rm: {model}", result)
     typer.echo(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=1))
+
+
+@app.command()
+def iterate(
+    recipe: Path = typer.Argument(..., help="YAML recipe with an iterate: section (see recipes/iterative_dpo.yaml, spin, raft, rso, dno)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. iterate.rounds=2 iterate.builder=all_pairs dpo.loss=ipo"),
+) -> None:
+    """Iterative alignment: rounds of sample from the live policy, judge, build examples, train in one trainer, update the reference, evaluate."""
+    from .config import load_recipe
+    from .loops import iterate as run
+
+    try:
+        result = run(load_recipe(recipe, overrides or []))
+    except _user_errors() as e:
+        _fail(str(e))
+    gold = lambda e: None if e is None else round(e["gold_reward"], 4)  # noqa: E731
+    rounds = [{"round": r["round"], "examples": r["examples"], "steps": r["steps"], "gold_reward": gold(r["eval"]),
+               "kl": None if r["eval"] is None or r["eval"]["kl"] is None else round(r["eval"]["kl"], 3),
+               **({"unparseable": r["judge/unparseable"]} if "judge/unparseable" in r else {})} for r in result["rounds"]]
+    typer.echo(json.dumps({"start_gold_reward": gold(result["start"]), "rounds": rounds, "final": result["final"], "provenance": result["rounds_dir"]}, indent=1))
 
 
 @app.command()

@@ -33,6 +33,23 @@ class TinyModelConfig(BaseModel):
     max_position_embeddings: int = Field(256, description="longest sequence in tokens the model config allows (vLLM's default max_model_len)")
     seed: int = Field(0, description="torch seed of the random weight initialisation")
 
+    @model_validator(mode="after")
+    def _check_shape(self) -> "TinyModelConfig":
+        for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"model.tiny.{key} must be a positive integer (got {getattr(self, key)})")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"model.tiny.hidden_size ({self.hidden_size}) must be a multiple of model.tiny.num_heads ({self.num_heads})")
+        if (self.hidden_size // self.num_heads) % 2:
+            raise ValueError(f"model.tiny: the head size hidden_size / num_heads ({self.hidden_size // self.num_heads}) must be even (rotary position embeddings)")
+        if self.vocab_size < TINY_MIN_VOCAB:
+            raise ValueError(f"model.tiny.vocab_size ({self.vocab_size}) must be at least {TINY_MIN_VOCAB}: the byte-level tokenizer has 256 byte tokens and 7 special tokens")
+        return self
+
+
+# the byte-level BPE of alignkit.models.tiny: 256 byte tokens + pad, eos, bos and 4 chat-role tokens
+TINY_MIN_VOCAB = 263
+
 
 class LoraConfig(Section):
     """LoRA adapters through ``peft`` (``model.lora``); the base weights stay frozen."""
@@ -81,6 +98,7 @@ class DataConfig(Section):
     truncation: Literal["error", "left", "right", "skip"] = Field(
         "error", description="a row over max_length: error raises; left drops prompt tokens from the start; right cuts the completion's end; skip leaves it out")
     skip_invalid: bool = Field(False, description="leave out rows with missing or bad fields and report how many (skipped-<split>.txt) instead of raising on the first")
+    duplicates: Literal["keep", "drop"] = Field("keep", description="rows identical to an earlier row (every field equal) are counted and reported before training; keep trains on them, drop leaves them out")
 
 
 class TrainConfig(Section):
@@ -96,7 +114,7 @@ class TrainConfig(Section):
     lr: float = Field(1e-4, gt=0, description="peak AdamW learning rate (reached after warmup)")
     weight_decay: float = Field(0.0, ge=0, description="decoupled (AdamW) weight decay of matrix parameters; biases and norm weights get none")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="(beta1, beta2) of AdamW: decay rates of the gradient's first and second moment averages")
-    adam_eps: float = Field(1e-8, description="epsilon added to the AdamW update's denominator")
+    adam_eps: float = Field(1e-8, ge=0, description="epsilon added to the AdamW update's denominator")
     scheduler: Literal["constant", "linear", "cosine"] = Field("linear", description="learning rate after warmup: constant, linear decay to 0, or cosine decay to 0 at the last update")
     warmup_steps: int | None = Field(None, ge=0, description="optimizer updates of linear learning-rate warmup; overrides warmup_ratio")
     warmup_ratio: float = Field(0.0, ge=0, le=1, description="warmup as a share of all optimizer updates (used when warmup_steps is null)")
@@ -111,6 +129,24 @@ class TrainConfig(Section):
     resume: bool | str = Field(False, description="true: latest checkpoint in output_dir; or a checkpoint path")
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list, description="trackers that also receive the metrics (metrics.jsonl is always written)")
     progress: bool = Field(True, description="show a progress bar (main process only)")
+    overwrite: bool = Field(False, description="a fresh run (resume false) may replace an earlier run's checkpoints, metrics and final model in output_dir; otherwise it is refused")
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a step whose loss or gradient is NaN/inf: stop (nothing applied, nothing saved as final) or skip its update and count it (nonfinite_skipped in the metrics)")
+
+    @model_validator(mode="after")
+    def _check_train(self) -> "TrainConfig":
+        import string
+
+        try:
+            fields = [name for _, name, _, _ in string.Formatter().parse(self.output_dir) if name is not None]
+        except ValueError as e:
+            raise ValueError(f"train.output_dir: {self.output_dir!r} is not a valid folder template ({e}); write a literal brace as {{{{ or }}}}") from None
+        unknown = [name for name in fields if name != "algorithm"]
+        if unknown:
+            raise ValueError(f"train.output_dir: unknown placeholder {{{unknown[0]}}} in {self.output_dir!r}; allowed: {{algorithm}}")
+        if not all(0.0 <= b < 1.0 for b in self.adam_betas):
+            raise ValueError(f"train.adam_betas: each beta must be in [0, 1) (got {list(self.adam_betas)})")
+        return self
 
 
 class SFTConfig(Section):
@@ -204,6 +240,8 @@ class DAPOConfig(Section):
 
 # the names of alignkit.rewards.transforms.TRANSFORMS (config sits below rewards; a test keeps the two equal)
 REWARD_TRANSFORMS = ("none", "log_sigmoid", "clip", "whiten")
+# estimators whose advantage compares a sample with the other samples of its prompt (0 for a group of 1)
+GROUP_RELATIVE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "p3o", "copg")
 # (policy loss, aggregation) that ``auto`` resolves to, and the only ones an estimator accepts when it has its own
 _ESTIMATOR_POLICY = {"p3o": ("p3o", "seq_mean_token_sum")}
 _DEFAULT_POLICY = ("ppo_clip", "token_mean")
@@ -238,6 +276,9 @@ class RLConfig(Section):
     @model_validator(mode="after")
     def _check_rl(self) -> "RLConfig":
         est = self.estimator
+        if est in GROUP_RELATIVE_ESTIMATORS and self.sampling.group_size < 2:
+            raise ValueError(f"rl.sampling.group_size must be at least 2 for rl.estimator={est}: its advantages are relative to the other samples of a prompt, "
+                             "so a group of 1 gives every advantage 0 and nothing is learned (use reinforce, reinforce_pp, remax or ppo for one sample per prompt)")
         if est in ("p3o", "copg") and self.sampling.group_size % 2:
             raise ValueError(f"rl.sampling.group_size must be even for rl.estimator={est} (samples are paired)")
         if est == "copg" and self.kl.beta <= 0:
@@ -334,6 +375,34 @@ class RewardConfig(Section):
     step_aggregate: Literal["min", "prod", "mean", "last"] = Field("min", description="process: how score() reduces per-step probabilities")
 
 
+class IterateConfig(Section):
+    """Iterative alignment (``alignkit iterate``, :mod:`alignkit.loops`): rounds of sample K completions per
+    prompt from the live policy -> judge -> build examples -> train the recipe's ``algorithm`` (dpo with any
+    dpo.loss, or sft) for steps_per_round steps in one long-lived trainer -> update the reference -> evaluate."""
+
+    rounds: int = Field(3, gt=0, description="rounds of sample -> judge -> build -> train -> update reference -> evaluate")
+    prompts_per_round: int = Field(64, gt=0, description="prompts sampled each round (from data.train rows, else the task's train prompts)")
+    new_prompts: bool = Field(True, description="each round takes the next prompts_per_round prompts; false: the same prompts every round")
+    samples_per_prompt: int = Field(4, ge=1, description="K: completions sampled per prompt from the current policy")
+    steps_per_round: int = Field(8, gt=0, description="optimizer steps (batches of train.batch_size) trained on each round's examples")
+    judge: Any = Field("gold", description="gold, preference (the task's oracle; {type: preference, model: <folder>} for a preference model), {type: llm, model: policy|<folder>, mode: score|choice, template: ...}, none, or any reward-source spec (reward model folder, module:function, mapping)")
+    builder: str = Field("best_vs_worst", description="example builder (alignkit.loops.BUILDERS): best_vs_worst, all_pairs, random_pairs, large_margin, rso, spin (pairs, for algorithm dpo); best_of_k (sft)")
+    builder_params: dict[str, Any] = Field(default_factory=dict, description="keyword parameters of the builder, e.g. {margin: 0.5} (large_margin), {beta: 0.5} (rso), {top: 1} (best_of_k)")
+    reference: Literal["previous", "fixed", "soft"] = Field("previous", description="the DPO reference each round: previous (the iterate the round starts from), fixed (the starting model), soft (ref <- a * policy + (1 - a) * ref after each round)")
+    reference_alpha: float = Field(0.5, ge=0, le=1, description="soft reference update: a")
+    reset_optimizer: bool = Field(False, description="clear the AdamW moments at the start of every round after the first (the learning-rate schedule continues)")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the round's completions")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling of the round's completions")
+    max_new_tokens: int = Field(32, gt=0, description="most tokens sampled per completion")
+    backend: Literal["auto", "alignkit", "hf", "vllm"] = Field("alignkit", description="rollout engine that samples the rounds (held for the whole run)")
+    generation_batch_size: int = Field(64, gt=0, description="samples decoded together (also the LLM judge's batch)")
+    seed: int | None = Field(None, description="seed of the round's sample streams (named by seed, round and prompt index) and builders; null: train.seed")
+    eval_prompts: int = Field(64, ge=0, description="held-out task prompts evaluated (gold reward, KL to the start) before the first round and after each; 0: none")
+    eval_samples: int = Field(2, gt=0, description="samples per eval prompt")
+    eval_max_new_tokens: int = Field(48, gt=0, description="most tokens per eval sample")
+    save_rounds: bool = Field(False, description="also save the policy after every round (output_dir/rounds/model-R)")
+
+
 ALGORITHMS = ("sft", "dpo", "kto", "pro", "reward", "rl")
 
 
@@ -349,6 +418,7 @@ class Recipe(Section):
     rl: RLConfig = Field(default_factory=RLConfig)
     unpaired: UnpairedConfig = Field(default_factory=UnpairedConfig)
     listwise: ListwiseConfig = Field(default_factory=ListwiseConfig)
+    iterate: IterateConfig | None = Field(None, description="iterative alignment (alignkit iterate): rounds of sample, judge, build, train; null: not iterative")
 
     @model_validator(mode="after")
     def _check(self) -> "Recipe":

@@ -23,6 +23,17 @@ def ranked_order(example: dict) -> list[int]:
     return sorted(range(len(scores)), key=lambda j: -scores[j])
 
 
+def _same_count(counts: list[tuple[int, int]], source: str) -> None:
+    """``counts``: (row, completions) per row; a :class:`DataError` names the first row whose count
+    differs from the first row's."""
+    if not counts:
+        return
+    first_row, k = counts[0]
+    for row, n in counts:
+        if n != k:
+            raise DataError(source, row, "completions", f"ranks {n} completions; every row must rank {k} (as row {first_row} does)")
+
+
 class Listwise(Algorithm):
     name = "pro"
     data_kind = "ranked"
@@ -32,14 +43,16 @@ class Listwise(Algorithm):
         self.cfg = recipe.listwise
         self.name = self.cfg.loss
 
+    def check_records(self, records: list[dict], source: str) -> None:
+        """Every row of a data file ranks the same number of completions (checked on the whole file before
+        any model work); the first row that differs is named."""
+        _same_count([(r["_row"], len(r["completions"])) for r in records], source)
+
     def setup(self, ctx) -> None:
-        for examples in (ctx.train_examples, ctx.eval_examples):
-            if not examples:
-                continue
-            k = len(examples[0]["completion_ids"])
-            for e in examples:
-                if len(e["completion_ids"]) != k:
-                    raise DataError("<ranked data>", e["row"], "completions", f"ranks {len(e['completion_ids'])} completions; every row must rank {k}")
+        data = self.recipe.data
+        for examples, source, split in ((ctx.train_examples, data.train, "train"), (ctx.eval_examples, data.eval, "eval")):
+            if examples:
+                _same_count([(e["row"], len(e["completion_ids"])) for e in examples], source or f"<task {self.recipe.task.name}:{split}>")
 
     def collate(self, examples, pad_id):
         k = len(examples[0]["completion_ids"])

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..core.registry import Registry
-from .errors import DataError, RowTooLong, check_text, number_field
+from .errors import DataError, RowTooLong, check_messages, check_text, number_field
 
 DEFAULT_STEP_SPLIT = r"\n"
 ENCODED_KEYS = ("row", "_row", "index", "prompt_ids")  # keys an encoded example adds to its row
@@ -150,7 +150,8 @@ def _checked_fields(spec: Kind, data: dict[str, Any], ctx: RowContext) -> dict[s
 # --------------------------------------------------------------------------------------------------
 def _check_sft(data: dict[str, Any], ctx: RowContext) -> dict[str, Any]:
     if "messages" in data:
-        messages = ctx.text(data, "messages")
+        check_messages(data["messages"], ctx.source, ctx.row, "messages")
+        messages = data["messages"]
         if not any(m["role"] == "assistant" for m in messages):
             raise ctx.error("messages", "has no assistant turn to train on")
         return {"messages": messages}
@@ -193,6 +194,14 @@ def _check_ranked(data: dict[str, Any], ctx: RowContext) -> dict[str, Any]:
     if not isinstance(values, list) or len(values) != len(completions):
         raise ctx.error(key, f"expected a list of {len(completions)} numbers, one per completion")
     values = [ctx.number(v, f"{key}[{j}]") for j, v in enumerate(values)]
+    seen: dict[str, int] = {}
+    for j, c in enumerate(completions):
+        text = repr(c)
+        if text in seen:
+            raise ctx.error(f"completions[{j}]", f"is identical to completions[{seen[text]}] (a ranking of the same completion twice carries no preference)")
+        seen[text] = j
+    if len(set(values)) == 1:
+        raise ctx.error(key, f"every completion has the same {key[:-1]} ({values[0]:g}): the ranking carries no preference")
     # Normalised to scores (higher is better).
     return {"prompt": prompt, "completions": completions, "scores": values if key == "scores" else [-v for v in values]}
 

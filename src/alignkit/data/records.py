@@ -9,7 +9,11 @@ fields outside its kind's schema are kept as metadata (``record["meta"]``) and t
 
 Every problem is reported as a :class:`DataError` whose message names the file, the row (1-based; the
 line number for JSON Lines) and the field. Nothing is dropped silently: rows are skipped only when the
-user asks (``skip_invalid=True``), and then :class:`SkipSummary` says how many and why.
+user asks (``skip_invalid=True``), and then :class:`SkipSummary` says how many and why. Exact duplicate
+rows are counted (``SkipSummary.duplicates``) and kept, or left out with ``duplicates="drop"``.
+
+Text files are UTF-8; a leading byte-order mark (Windows editors, Excel) is accepted. A line that is not
+UTF-8 is reported with its line number (its row for CSV).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any, Iterable
 from .errors import DataError, SkipSummary, check_text, number_field
 from .kinds import RECORD_KINDS, check_row, infer_kind, kind_names
 
-__all__ = ["DataError", "Row", "SkipSummary", "check_row", "check_text", "infer_kind", "load_records", "number_field", "read_rows", "write_jsonl"]
+__all__ = ["DUPLICATES", "DataError", "Row", "SkipSummary", "check_row", "check_text", "infer_kind", "load_records", "number_field", "read_rows", "write_jsonl"]
 
 
 def __getattr__(name: str) -> Any:
@@ -73,8 +77,11 @@ def _read_jsonl(path: Path) -> list[Row]:
 
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with opener(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
+            line = _decode(raw, path, number)
             if not line.strip():
                 continue
             try:
@@ -87,9 +94,32 @@ def _read_jsonl(path: Path) -> list[Row]:
     return rows
 
 
-def _read_json(path: Path) -> list[Row]:
+BOM = b"\xef\xbb\xbf"
+
+
+def _decode(raw: bytes, path: Path, number: int, csv_line: bool = False) -> str:
+    """One line as text; a line that is not UTF-8 is a DataError naming it (JSON Lines: the row is the
+    line number; CSV: the file's line number, the header being line 1)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        problem = f"not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); save the file as UTF-8"
+        if csv_line:
+            raise DataError(str(path), None, None, f"line {number}: {problem}") from None
+        raise DataError(str(path), number, None, problem) from None
+
+
+def _read_json(path: Path) -> list[Row]:
+    raw = path.read_bytes()
+    if raw.startswith(BOM):
+        raw = raw[len(BOM):]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(str(path), None, None, f"line {line}: not UTF-8 text (byte {raw[e.start]:#04x}); save the file as UTF-8") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         # A .json file may hold JSON Lines too.
         try:
@@ -111,6 +141,8 @@ def _read_json(path: Path) -> list[Row]:
 def _read_parquet(path: Path) -> list[Row]:
     import pyarrow.parquet as pq
 
+    if path.stat().st_size == 0:
+        raise DataError(str(path), None, None, "is an empty file (0 bytes), not a Parquet file")
     try:
         table = pq.read_table(path)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for unreadable files
@@ -118,19 +150,27 @@ def _read_parquet(path: Path) -> list[Row]:
     return [Row(i + 1, r) for i, r in enumerate(table.to_pylist())]
 
 
+def _csv_lines(path: Path):
+    """The file's text lines, checked as UTF-8 one by one (a bad line is named by its line number)."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
+            yield _decode(raw, path, number, csv_line=True)
+
+
 def _read_csv(path: Path) -> list[Row]:
     rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        for i, data in enumerate(reader, start=1):
-            # A CSV cell holding a JSON list (messages, completions, scores) is decoded.
-            for key, value in data.items():
-                if isinstance(value, str) and value[:1] in "[{" and value[-1:] in "]}":
-                    try:
-                        data[key] = json.loads(value)
-                    except json.JSONDecodeError:
-                        pass
-            rows.append(Row(i, data))
+    reader = csv.DictReader(_csv_lines(path))
+    for i, data in enumerate(reader, start=1):
+        # A CSV cell holding a JSON list (messages, completions, scores) is decoded.
+        for key, value in data.items():
+            if isinstance(value, str) and value[:1] in "[{" and value[-1:] in "]}":
+                try:
+                    data[key] = json.loads(value)
+                except json.JSONDecodeError:
+                    pass
+        rows.append(Row(i, data))
     return rows
 
 
@@ -141,8 +181,12 @@ def _read_saved_dataset(path: Path) -> list[Row]:
         ds = load_from_disk(str(path))
     except Exception as e:  # noqa: BLE001 - any failure means it is not a saved dataset
         raise DataError(str(path), None, None, f"not a saved dataset folder ({e})") from None
-    if hasattr(ds, "keys") and not hasattr(ds, "column_names"):
-        raise DataError(str(path), None, None, f"a DatasetDict: name one split folder ({', '.join(ds.keys())})")
+    from datasets import DatasetDict, IterableDatasetDict
+
+    if isinstance(ds, (DatasetDict, IterableDatasetDict)):
+        splits = list(ds.keys())
+        example = f" (e.g. {path / splits[0]})" if splits else ""
+        raise DataError(str(path), None, None, f"is a DatasetDict with splits {', '.join(splits) or '(none)'}: give one split's folder{example}")
     return [Row(i + 1, dict(r)) for i, r in enumerate(ds)]
 
 
@@ -153,6 +197,7 @@ def load_records(
     source: str | Path | list[dict],
     kind: str = "auto",
     skip_invalid: bool = False,
+    duplicates: str = "keep",
     **options: Any,
 ) -> tuple[list[dict[str, Any]], SkipSummary]:
     """Read and check every row of ``source``.
@@ -161,7 +206,11 @@ def load_records(
     the first bad row raises :class:`DataError`; with ``True`` bad rows are left out and counted in the
     returned :class:`SkipSummary`. Each record keeps its row number under ``"_row"`` and the row's fields
     outside the kind's schema under ``"meta"``. ``options`` go to the kind's check (e.g. ``attributes``).
+    Rows identical to an earlier valid row (every field equal) are counted in ``summary.duplicates`` and
+    kept (``duplicates="keep"``) or left out (``"drop"``).
     """
+    if duplicates not in DUPLICATES:
+        raise ValueError(f"duplicates: got {duplicates!r}; allowed: {', '.join(DUPLICATES)}")
     name, rows = read_rows(source)
     if kind != "auto" and kind not in RECORD_KINDS:
         raise ValueError(f"{RECORD_KINDS.unknown(kind).replace('; allowed: ', '; allowed: auto, ')}")
@@ -170,7 +219,8 @@ def load_records(
     if kind == "auto":
         kind = infer_kind(rows[0].data)
     summary = SkipSummary(name, total=len(rows))
-    records = []
+    summary.duplicates_dropped = duplicates == "drop"
+    records, seen = [], {}
     for row in rows:
         try:
             record = check_row(row.data, kind, name, row.number, **options)
@@ -179,11 +229,26 @@ def load_records(
                 raise
             summary.add(e)
             continue
+        key = _row_key(row.data)
+        if key in seen:
+            summary.add_duplicate(row.number, seen[key])
+            if duplicates == "drop":
+                continue
+        else:
+            seen[key] = row.number
         record["_row"] = row.number
         records.append(record)
     if not records:
         raise DataError(name, None, None, f"every row was invalid:\n{summary}")
     return records, summary
+
+
+DUPLICATES = ("keep", "drop")
+
+
+def _row_key(data: dict[str, Any]) -> str:
+    """A row's identity for duplicate counting: every field and value (field order ignored)."""
+    return json.dumps(data, sort_keys=True, ensure_ascii=False, default=repr)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:

@@ -1,9 +1,14 @@
-"""Where metrics go: ``metrics.jsonl`` in the run folder always; TensorBoard, W&B, MLflow on request."""
+"""Where metrics go: ``metrics.jsonl`` in the run folder always; TensorBoard, W&B, MLflow on request.
+
+Each step appears once in ``metrics.jsonl``: a resumed run first drops the lines after its checkpoint's step
+(:meth:`MetricsLog.truncate_after`), which the interrupted run had logged before it was stopped.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,33 @@ class MetricsLog:
             return
         for name in report_to:
             self.trackers.append(_open_tracker(name, run_dir, config))
+
+    def truncate_after(self, step: int) -> int:
+        """Drop the records of steps after ``step`` (a resumed run logs them again) and any line a kill
+        left half-written; returns how many lines were dropped. The file is replaced atomically."""
+        if not self.enabled or not self.path.exists():
+            return 0
+        kept, dropped = [], 0
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                keep = isinstance(record, dict) and float(record.get("step", 0)) <= step
+            except (ValueError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write("".join(line + "\n" for line in kept))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        return dropped
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:

@@ -10,14 +10,21 @@ Every step: AdamW with warmup + linear/cosine decay, gradient accumulation whose
 on how a batch is split (micro-batches or processes), gradient clipping, bf16 autocast or fp32, the
 deterministic data order of :mod:`alignkit.engine.loop`, periodic evaluation, atomic checkpoints and
 exact resume. Algorithm hooks receive a :class:`~alignkit.engine.contract.Context`, never the trainer.
+
+Faults (``docs/runs.md``): the run folder is locked while a trainer holds it and a fresh run refuses a folder
+holding another run (``train.overwrite``); resume skips and names incomplete or corrupt checkpoints; SIGTERM
+and SIGINT finish the current step, write a checkpoint and stop with :class:`Interrupted`; a non-finite loss
+or gradient stops the run or skips the update (``train.nonfinite``), and non-finite weights are never saved.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
+import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,7 +39,24 @@ from ..data.records import load_records
 from ..models.loading import is_peft, load_tokenizer, save_policy
 from ..models.reference import Reference, starting_reference
 from ..models.weights import mark_updated
-from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from .checkpoint import (
+    RunError,
+    acquire_run_lock,
+    atomic_folder,
+    checkpoint_problem,
+    clear_run,
+    find_resumable,
+    latest_checkpoint,
+    leftovers,
+    load_training_state,
+    model_folder_problem,
+    previous_run,
+    read_state,
+    release_run_lock,
+    remove_folder,
+    save_checkpoint,
+    set_aside,
+)
 from .contract import Algorithm, Context
 from .loop import DataOrder, check_layout, lr_lambda, split_micro_batches
 from .strategies import Strategy, build_strategy
@@ -45,6 +69,21 @@ def train_state_mb(params: list[torch.Tensor], optimizer) -> float:
     for state in optimizer.state.values():
         total += sum(v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v))
     return total / 2**20
+
+
+class Interrupted(RunError):
+    """SIGTERM or SIGINT: the current step was finished and a checkpoint written; the run can resume."""
+
+    RESUME = "alignkit train <recipe> [overrides] train.resume=true"
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class NonFiniteError(RunError):
+    """A NaN/inf loss, gradient or weight (``train.nonfinite=stop``, or weights that cannot be saved)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -73,13 +112,23 @@ class Trainer:
         self.autocast_dtype = torch.bfloat16 if self.cfg.precision == "bf16" else None
         self.step = 0  # training steps taken by this trainer (over every fit)
         self.schedule_steps = schedule_steps
+        self.nonfinite_skipped = 0  # updates skipped for a non-finite loss or gradient (train.nonfinite=skip)
+        self._stop_signal: int | None = None
+        self._locked = False
         seed_everything(self.cfg.seed)
+        problem = None
         if self.strategy.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            dump_recipe(self.recipe, self.run_dir / "config.yaml")
-        self.strategy.barrier()
-        self.resumed_from = self._resume_from()
-        self.model = self._load_model(self.resumed_from)
+            try:
+                self._claim_run_dir()
+            except RunError as e:
+                problem = e
+        self._agree(problem, f"the main process refused the run folder {self.run_dir}")
+        try:
+            self.resumed_from = self._resume_from()
+            self.model = self._load_model(self.resumed_from)
+        except BaseException:
+            self._release()
+            raise
         self.policy: torch.nn.Module | None = None  # the engine module, wrapped by the strategy (first fit)
         self.optimizer = None
         self.scheduler = None
@@ -95,18 +144,71 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    def _agree(self, error: BaseException | None, what: str) -> None:
+        """Raise ``error`` here and a :class:`RunError` on every other process when any process has one
+        (a collective: every process calls it), so no process waits for one that stopped."""
+        failed = error is not None
+        if self.strategy.world > 1:
+            failed = self.strategy.sum(torch.tensor([float(failed)], device=self.device)).item() > 0
+        if error is not None:
+            raise error
+        if failed:
+            raise RunError(f"{what} (see its error)")
+
+    def _claim_run_dir(self) -> None:
+        """Main process: lock the run folder, clear leftovers of unfinished saves, refuse (or with
+        ``train.overwrite`` clear) another run's folder, write config.yaml."""
+        run_dir, cfg = self.run_dir, self.cfg
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _, note = acquire_run_lock(run_dir)
+        self._locked = True
+        try:
+            if note:
+                say(note)
+            for leftover in leftovers(run_dir):
+                say(f"removing {leftover}: a save or deletion that did not finish")
+                shutil.rmtree(leftover, ignore_errors=True)
+            if cfg.resume is False or cfg.resume is None:
+                earlier = previous_run(run_dir)
+                if earlier and not cfg.overwrite:
+                    raise RunError(f"{run_dir} holds another run ({', '.join(earlier)}): continue it with train.resume=true, "
+                                   "choose another train.output_dir, or replace it with train.overwrite=true")
+                if earlier:
+                    say(f"train.overwrite: removed the earlier run's {', '.join(clear_run(run_dir))} from {run_dir}")
+            dump_recipe(self.recipe, run_dir / "config.yaml")
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        if self._locked:
+            release_run_lock(self.run_dir)
+            self._locked = False
+
     def _resume_from(self) -> Path | None:
         resume = self.cfg.resume
         if resume is False or resume is None:
             return None
+        main = self.strategy.is_main
         if resume is True:
-            found = latest_checkpoint(self.run_dir)
+            if main:  # newer checkpoints that cannot be read are named and set aside (before the others look)
+                found, skipped = find_resumable(self.run_dir)
+                for path, why in skipped:
+                    moved = set_aside(path)
+                    say(f"resume: {path.name} is incomplete or corrupt ({why}); set aside as {moved.name}")
+                if skipped and found is not None:
+                    say(f"resume: falling back to {found.name}, the latest complete checkpoint")
+            self.strategy.barrier()
+            if not main:
+                found, _ = find_resumable(self.run_dir)
             if found is None:
-                say(f"resume: no checkpoint in {self.run_dir}, starting from scratch", self.strategy.is_main)
+                say(f"resume: no complete checkpoint in {self.run_dir}, starting from scratch", main)
             return found
         path = Path(resume)
         if not (path / "state.json").exists():
             raise FileNotFoundError(f"train.resume: {path} is not a checkpoint folder (no state.json)")
+        if problem := checkpoint_problem(path):
+            raise RunError(f"train.resume: {path} cannot be resumed from: {problem}")
         return path
 
     def _base_model_path(self) -> Path:
@@ -116,8 +218,13 @@ class Trainer:
         from ..tasks import get_task
 
         path = self.run_dir / "initial-model"
-        if self.strategy.is_main and not (path / "config.json").exists():
-            build_tiny(path, get_task(self.recipe.task).corpus(), self.recipe.model.tiny)
+        if self.strategy.is_main:
+            problem = model_folder_problem(path) if path.exists() else "missing"
+            if problem is not None:
+                if path.exists():  # a build that was killed (older versions wrote in place)
+                    say(f"{path} is incomplete ({problem}); rebuilding it")
+                    remove_folder(path)
+                build_tiny(path, get_task(self.recipe.task).corpus(), self.recipe.model.tiny)
         self.strategy.barrier()
         return path
 
@@ -127,11 +234,14 @@ class Trainer:
         model_cfg = self.recipe.model
         load = self.algorithm.load_model
         if checkpoint is None:
-            model = load(base, model_cfg)
-        elif model_cfg.lora is not None:
-            model = load(base, model_cfg.model_copy(update={"lora": None}), adapter=checkpoint / "model")
-        else:
-            model = load(checkpoint / "model", model_cfg)
+            return load(base, model_cfg).to(self.device)
+        try:
+            if model_cfg.lora is not None:
+                model = load(base, model_cfg.model_copy(update={"lora": None}), adapter=checkpoint / "model")
+            else:
+                model = load(checkpoint / "model", model_cfg)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise RunError(f"checkpoint {checkpoint}: its model cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
         return model.to(self.device)
 
     def _load_start(self) -> torch.nn.Module:
@@ -279,14 +389,53 @@ class Trainer:
         for batches in steps[: self.strategy.min_count(len(steps))]:  # updates every process takes part in
             loss, metrics = self.run_batches(self.policy, batches, train=True, ctx=ctx)
             losses.append(loss.item())
+            norm = None
             if self.cfg.max_grad_norm is not None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm).item()
+                norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm).item()
+            if problem := self._nonfinite(losses[-1], norm, params):
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.cfg.nonfinite == "stop":
+                    last = latest_checkpoint(self.run_dir)
+                    raise NonFiniteError(
+                        f"step {self.step + 1}: {problem}; stopped before applying the update (train.nonfinite=stop), nothing saved as final "
+                        f"({last.name + ' is the last checkpoint' if last else 'no checkpoint was written'}). Lower train.lr or clip gradients "
+                        "(train.max_grad_norm), or set train.nonfinite=skip to skip such updates")
+                self.nonfinite_skipped += 1
+                say(f"step {self.step + 1}: {problem}; update skipped ({self.nonfinite_skipped} so far, train.nonfinite=skip)", self.strategy.is_main)
+                self.scheduler.step()  # the schedule follows the steps, applied or not
+                continue
+            grad_norm = norm
             lr = self.scheduler.get_last_lr()[0]
             self.optimizer.step()
             mark_updated(self.model)  # fused optimizers do not bump parameter versions; samplers mirroring the weights look here
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         return losses, metrics, grad_norm, lr
+
+    def _nonfinite(self, loss: float, norm: float | None, params: list[torch.Tensor]) -> str | None:
+        """What is not finite in this update (the loss, the gradient), the same answer on every process."""
+        problem = None
+        if not math.isfinite(loss):
+            problem = f"the loss is {loss}"
+        elif norm is not None and not math.isfinite(norm):
+            problem = f"the gradient norm is {norm}"
+        elif norm is None:
+            grads = [g.to_local() if hasattr(g, "to_local") else g for p in params if (g := p.grad) is not None]
+            if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+                problem = "the gradient holds NaN/inf values"
+        if self.strategy.world > 1:
+            anywhere = self.strategy.sum(torch.tensor([float(problem is not None)], device=self.device)).item() > 0
+            if anywhere and problem is None:
+                problem = "another process has a non-finite gradient"
+        return problem
+
+    def _check_finite_weights(self, what: str, state: dict | None = None) -> None:
+        """Refuse to save non-finite weights (``state``: full state dict of a sharded model)."""
+        named = state.items() if state is not None else self.model.named_parameters()
+        bad = [name for name, t in named if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t.to_local() if hasattr(t, "to_local") else t).all())]
+        if bad:
+            raise NonFiniteError(f"the weights hold NaN/inf values after step {self.step} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+                                 f"{what} was not saved. Lower train.lr or clip gradients (train.max_grad_norm)")
 
     def evaluate(self, examples: list[dict], ctx: Context) -> dict[str, float]:
         strategy = self.strategy
@@ -300,22 +449,39 @@ class Trainer:
         self.policy.train()
         return {"eval/loss": loss.item(), **{f"eval/{k}": v for k, v in metrics.items()}}
 
-    def save_checkpoint(self, state: dict[str, Any]) -> None:
-        """A resumable checkpoint at the current step (a collective under a sharding strategy)."""
+    def save_checkpoint(self, state: dict[str, Any]) -> Path:
+        """A resumable checkpoint at the current step (a collective: every process calls it)."""
         full_states = self.strategy.full_states(self.model, self.policy, self.optimizer)
+        error = None
         if self.strategy.is_main:
-            save_checkpoint(self.run_dir, self.step, self.model, self.tokenizer, self.optimizer, self.scheduler, state,
-                            self.cfg.save_total_limit, self.algorithm.extra_modules(), full_states)
-        self.strategy.barrier()
+            try:
+                self._check_finite_weights(f"checkpoint-{self.step}", full_states[0] if full_states else None)
+                save_checkpoint(self.run_dir, self.step, self.model, self.tokenizer, self.optimizer, self.scheduler,
+                                {**state, "nonfinite_skipped": self.nonfinite_skipped}, self.cfg.save_total_limit, self.algorithm.extra_modules(), full_states)
+            except Exception as e:  # noqa: BLE001 - shared with the other processes below, then raised
+                error = e
+        self._agree(error, f"the main process could not write checkpoint-{self.step}")
+        return self.run_dir / f"checkpoint-{self.step}"
 
     def save(self, out_dir: Path) -> Path:
-        """The live policy as a ``save_pretrained`` folder (LoRA: the adapter, plus ``<out_dir>-merged``)."""
+        """The live policy as a ``save_pretrained`` folder (LoRA: the adapter, plus ``<out_dir>-merged``),
+        written atomically; non-finite weights are refused."""
+        out_dir = Path(out_dir)
         full_states = self.strategy.full_states(self.model, self.policy, self.optimizer) if self.policy is not None else None
+        error = None
         if self.strategy.is_main:
-            save_policy(self.model, self.tokenizer, out_dir, state_dict=full_states[0] if full_states else None)
-            if is_peft(self.model):
-                save_policy(self.model, self.tokenizer, out_dir.parent / f"{out_dir.name}-merged", merge_lora=True)
-        self.strategy.barrier()
+            try:
+                self._check_finite_weights(out_dir.name, full_states[0] if full_states else None)
+                last = latest_checkpoint(self.run_dir)
+                describe = f"{last.name} is the last complete checkpoint" if last else "no checkpoint was written"
+                with atomic_folder(out_dir, describe) as tmp:
+                    save_policy(self.model, self.tokenizer, tmp, state_dict=full_states[0] if full_states else None)
+                if is_peft(self.model):
+                    with atomic_folder(out_dir.parent / f"{out_dir.name}-merged", describe) as tmp:
+                        save_policy(self.model, self.tokenizer, tmp, merge_lora=True)
+            except Exception as e:  # noqa: BLE001 - shared with the other processes below, then raised
+                error = e
+        self._agree(error, f"the main process could not write {out_dir}")
         return out_dir
 
     # ----------------------------------------------------------------------------------------------
@@ -332,11 +498,15 @@ class Trainer:
         self._params = [p for p in self.policy.parameters() if p.requires_grad]
         if self.resumed_from is not None:
             sharded = self.policy if self.strategy.sharded else None
-            self.step = load_training_state(self.resumed_from, self.optimizer, self.scheduler, self.algorithm.extra_modules(), sharded)["step"]
+            state = load_training_state(self.resumed_from, self.optimizer, self.scheduler, self.algorithm.extra_modules(), sharded)
+            self.step = state["step"]
+            self.nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
             say(f"resumed from {self.resumed_from} at step {self.step}", self.strategy.is_main)
         self.log = MetricsLog(self.run_dir, self.cfg.report_to, self.recipe.model_dump(mode="json"), enabled=self.strategy.is_main)
         if self.resumed_from is None and self.strategy.is_main and self.log.path.exists():
-            self.log.path.unlink()  # a fresh run replaces the old metrics
+            self.log.path.unlink()  # a fresh run (or a resume that found no checkpoint) starts the metrics anew
+        elif self.resumed_from is not None and (dropped := self.log.truncate_after(self.step)):
+            say(f"metrics.jsonl: dropped {dropped} line(s) after step {self.step}, logged before the run was stopped", self.strategy.is_main)
 
     def prepare(self, train_examples: list[dict] | None, eval_examples: list[dict] | None = None, steps: int | None = None
                 ) -> tuple[Context, DataOrder | None, int, int]:
@@ -354,7 +524,7 @@ class Trainer:
         first = self.policy is None
         start = 0
         if first and self.resumed_from is not None:
-            start = json.loads((self.resumed_from / "state.json").read_text())["step"]
+            start = read_state(self.resumed_from)["step"]
         ctx = self.context(order, start, total)
         self.algorithm.setup(ctx)  # before wrapping: the policy is the plain model here
         if first:
@@ -395,7 +565,7 @@ class Trainer:
         if eval_examples and cfg.eval_every and start == 0:
             self.log.log({"step": offset, **self.evaluate(eval_examples, ctx)})  # the starting point of every eval curve
         progress = make_progress(cfg.progress and strategy.is_main)
-        with progress:
+        with progress, self._signals():
             bar = progress.add_task(f"{self.algorithm.name} train", total=total, completed=start, info="")
             window_t, window_ex, window_tok = time.perf_counter(), 0, 0
             for local in range(start, total):
@@ -417,6 +587,8 @@ class Trainer:
                         record["grad_norm"] = grad_norm
                     if len(losses) > 1:
                         record["updates"] = len(losses)
+                    if cfg.nonfinite == "skip":
+                        record["nonfinite_skipped"] = self.nonfinite_skipped
                     record["processes"] = strategy.world
                     record["memory/train_state_mb"] = train_state_mb(self._params, self.optimizer)
                     record["examples_per_s"] = window_ex / elapsed
@@ -425,23 +597,72 @@ class Trainer:
                     window_t, window_ex, window_tok = time.perf_counter(), 0, 0
                 if eval_examples and cfg.eval_every and (done % cfg.eval_every == 0 or local + 1 == total):
                     self.log.log({"step": done, **self.evaluate(eval_examples, ctx)})
-                if cfg.save_every and done % cfg.save_every == 0 and local + 1 < total:
+                saved = cfg.save_every and done % cfg.save_every == 0 and local + 1 < total
+                if saved:
                     self.save_checkpoint({"epoch": local / per_epoch})
+                if self._stop_requested():
+                    checkpoint = self.run_dir / f"checkpoint-{done}" if saved else self.save_checkpoint({"epoch": local / per_epoch})
+                    name = signal.Signals(self._stop_signal or signal.SIGTERM).name
+                    raise Interrupted(f"stopped by {name} after step {done} of {total}: wrote {checkpoint}; resume with `{Interrupted.RESUME}`",
+                                      self._stop_signal or signal.SIGTERM)
         return record
 
+    @contextlib.contextmanager
+    def _signals(self):
+        """While steps run: SIGTERM and SIGINT ask to stop after the current step (a second one of the
+        same kind stops at once). Only the main thread can install handlers; elsewhere nothing changes."""
+        self._stop_signal = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def handler(signum, frame):
+            if self._stop_signal is not None:  # asked twice: the previous behaviour, now
+                signal.signal(signum, previous[signum] if previous[signum] is not None else signal.SIG_DFL)
+                signal.raise_signal(signum)
+                return
+            self._stop_signal = signum
+            say(f"{signal.Signals(signum).name}: finishing step {self.step + 1}, then writing a checkpoint (send it again to stop at once)",
+                self.strategy.is_main)
+
+        for sig in previous:
+            signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+    def _stop_requested(self) -> bool:
+        """A signal reached this process or any other (every process stops after the same step)."""
+        if self.strategy.world == 1:
+            return self._stop_signal is not None
+        flag = torch.tensor([float(self._stop_signal or 0)], device=self.device)
+        signum = int(self.strategy.sum(flag).item())
+        if signum and self._stop_signal is None:
+            self._stop_signal = signal.SIGTERM
+        return signum > 0
+
     def close(self) -> None:
-        self.algorithm.close()
-        if self.log is not None:
-            self.log.close()
-        self.strategy.close()
+        """Release the algorithm's resources, the trackers, the process group and the run folder's lock."""
+        try:
+            self.algorithm.close()
+            if self.log is not None:
+                self.log.close()
+            self.strategy.close()
+        finally:
+            self._release()
 
     def train(self) -> Path:
         """``alignkit train``: the recipe's data, resume, one fit, the final model; returns its folder."""
-        train_examples = self.load_examples(self.recipe.data.train, "train")
-        eval_examples = self.load_examples(self.recipe.data.eval, "eval")
-        self.fit(train_examples, eval_examples)
-        final = self.run_dir / "final"
-        if self.cfg.save_final:
-            self.save(final)
-        self.close()
+        try:
+            train_examples = self.load_examples(self.recipe.data.train, "train")
+            eval_examples = self.load_examples(self.recipe.data.eval, "eval")
+            self.fit(train_examples, eval_examples)
+            final = self.run_dir / "final"
+            if self.cfg.save_final:
+                self.save(final)
+        finally:
+            self.close()
         return final

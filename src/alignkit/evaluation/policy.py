@@ -7,6 +7,12 @@ k3 KL, win rate against the reference's own samples, words, diversity, per-attri
 
 KL(π‖π_ref) is estimated on the policy's own samples (temperature 1) as the mean of the sequence-level
 k1 estimator Σ_t [log π(y_t|·) − log π_ref(y_t|·)], which is unbiased; its standard error is reported.
+
+A *policy = model + decoding strategy* (``strategy=`` a :mod:`alignkit.decoding` name, ``strategy_options``
+its options) is evaluated the same way on the strategy's samples: the KL uses the strategy's own sequence
+log-probs (exact for token-level strategies, the strategy's estimate for best-of-N / rejection sampling,
+see ``docs/decoding.md``) against ``reference`` — by default the model itself, i.e. the KL the strategy
+pays to its base model — and the strategy's cost and statistics are reported beside.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ class PolicyEval:
     malformed: float
     n: int
     samples: list[dict[str, Any]] = field(default_factory=list)
+    strategy: str | None = None  # the decoding strategy of a policy = model + strategy (None: plain sampling)
+    strategy_stats: dict[str, Any] | None = None
+    cost: dict[str, Any] | None = None  # decoding.Cost.flat(): forward passes, tokens, reward calls, wall time
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,6 +86,29 @@ def sample_and_score(model, tokenizer, task, prompts: list[str], reference=None,
     return scored
 
 
+def strategy_and_score(model, tokenizer, task, prompts: list[str], strategy: str, options: dict[str, Any] | None = None, reference=None,
+                       n_samples: int = 1, max_new_tokens: int = 48, seed: int = 0, kl_samples: int = 16):
+    """``n_samples`` outputs per prompt of the policy ``model`` + decoding ``strategy`` (temperature 1, seeded),
+    scored by the task's gold reward and by the KL estimates of the strategy's sequence log-probs against
+    ``reference`` (default: ``model``). A strategy that takes ``kl_samples`` (best-of-N) gets ``kl_samples``
+    unless ``options`` set it. Returns ``(ScoredSamples, decoding result)``."""
+    import inspect
+
+    from ..decoding import STRATEGIES, decode_with, strategy_names
+
+    options = dict(options or {})
+    if strategy in strategy_names() and "kl_samples" in inspect.signature(STRATEGIES.get(strategy)).parameters:
+        options.setdefault("kl_samples", kl_samples)
+    result = decode_with(strategy, model, tokenizer, prompts, n=n_samples, max_new_tokens=max_new_tokens, seed=seed, **options)
+    samples = result.samples
+    scored = ScoredSamples(samples, task.gold_rewards([s.prompt for s in samples], [s.completion for s in samples]))
+    pad = tokenizer.pad_token_id
+    logps = result.logps(model, pad)
+    if logps is not None:
+        scored.kl = kl_estimates(logps, sample_logprobs(reference if reference is not None else model, samples, pad))
+    return scored, result
+
+
 def evaluate_policy(
     name: str,
     model,
@@ -88,10 +120,18 @@ def evaluate_policy(
     max_new_tokens: int = 48,
     seed: int = 0,
     keep_samples: int = 8,
+    strategy: str | None = None,
+    strategy_options: dict[str, Any] | None = None,
 ) -> PolicyEval:
     """Mean gold reward (± s.e.), KL (k1 ± s.e.) to ``reference`` when given, length, malformed fraction and
-    the first ``keep_samples`` samples of ``n_samples`` samples per prompt."""
-    scored = sample_and_score(model, tokenizer, task, prompts, reference, n_samples, max_new_tokens, seed)
+    the first ``keep_samples`` samples of ``n_samples`` samples per prompt. With ``strategy`` (a decoding
+    strategy name and its ``strategy_options``), the policy is ``model`` + that strategy: its samples, its KL
+    (to ``reference``, default ``model``), its statistics and cost."""
+    result = None
+    if strategy is None:
+        scored = sample_and_score(model, tokenizer, task, prompts, reference, n_samples, max_new_tokens, seed)
+    else:
+        scored, result = strategy_and_score(model, tokenizer, task, prompts, strategy, strategy_options, reference, n_samples, max_new_tokens, seed)
     gold_reward, gold_reward_se = mean_and_se(scored.gold)
     kl = scored.kl or {}
     return PolicyEval(
@@ -104,6 +144,9 @@ def evaluate_policy(
         malformed=scored.malformed(task),
         n=len(scored.samples),
         samples=scored.examples(keep_samples),
+        strategy=strategy,
+        strategy_stats=result.stats if result is not None else None,
+        cost=result.cost.flat() if result is not None else None,
     )
 
 

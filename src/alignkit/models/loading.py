@@ -2,10 +2,16 @@
 
 Safety: ``trust_remote_code`` is off unless the recipe turns it on, and weights are read and written as
 safetensors only (``use_safetensors=True``): a checkpoint that has only pickled ``.bin`` weights is refused.
+
+:func:`check_model_folder` runs before every load: a path that does not exist, is a file, has no (or an
+unreadable) ``config.json``, has only ``pytorch_model.bin`` weights, or has a truncated ``.safetensors``
+file is one :class:`ModelFolderError` line (a ``ValueError``) naming the folder, not a traceback.
 """
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +22,80 @@ from ..config import LoraConfig, ModelConfig
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+class ModelFolderError(ValueError):
+    """A model folder that cannot be loaded; the message names it and what is wrong."""
+
+
+def _check_safetensors(file: Path) -> None:
+    """The header of a ``.safetensors`` file is readable and the file holds every byte it declares."""
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError("shorter than a safetensors header")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                raise ValueError(f"its header declares {n} bytes but the file has {size}")
+            header = json.loads(f.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise ModelFolderError(f"{file}: not a readable safetensors file ({e})") from None
+    if 8 + n + end > size:
+        raise ModelFolderError(f"{file}: truncated safetensors file ({size} bytes, {8 + n + end} expected); copy or save the model again")
+
+
+def check_model_folder(path: str | Path, what: str = "model", weights: bool = True) -> Path:
+    """``path`` as a loadable ``transformers`` folder (config.json, safetensors weights that are complete),
+    else a one-line :class:`ModelFolderError`. ``what`` names the setting in messages (e.g. ``model.path``);
+    ``weights=False`` checks the config only (a LoRA adapter folder holds the weights elsewhere)."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFolderError(f"{what}: {path} does not exist")
+    if not path.is_dir():
+        raise ModelFolderError(f"{what}: {path} is a file; expected a model folder (config.json, *.safetensors, tokenizer files)")
+    config = path / "config.json"
+    if not config.exists():
+        if (path / "adapter_config.json").exists():
+            return path
+        raise ModelFolderError(f"{what}: {path} has no config.json (not a transformers model folder)")
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelFolderError(f"{what}: {config} is not valid JSON ({e})") from None
+    if not weights:
+        return path
+    shards = sorted(path.glob("*.safetensors"))
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ModelFolderError(f"{what}: {index} is not a valid safetensors index ({e})") from None
+        missing = [n for n in names if not (path / n).exists()]
+        if missing:
+            raise ModelFolderError(f"{what}: {path} lacks weight file(s) {', '.join(missing)} listed in {index.name}")
+    if not shards:
+        pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+        if pickled:
+            raise ModelFolderError(f"{what}: {path} has only pickled weights ({', '.join(pickled)}); alignkit loads safetensors only "
+                                   "(convert: model.save_pretrained(folder, safe_serialization=True))")
+        raise ModelFolderError(f"{what}: {path} has no weights (*.safetensors)")
+    for shard in shards:
+        _check_safetensors(shard)
+    return path
+
+
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    path = Path(path)
+    if not path.is_dir() or not any((path / f).exists() for f in ("tokenizer_config.json", "tokenizer.json", "config.json")):
+        check_model_folder(path, "tokenizer", weights=False)  # names what is missing
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelFolderError(f"{path}: cannot load the tokenizer ({' '.join(str(e).split())[:300]})") from None
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
             raise ValueError(f"{path}: the tokenizer has neither a pad nor an EOS token")
@@ -39,7 +115,11 @@ def load_causal_lm(path: str | Path, config: ModelConfig | None = None, adapter:
     }
     if config.attn_implementation:
         kwargs["attn_implementation"] = config.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    check_model_folder(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except (OSError, KeyError) as e:
+        raise ModelFolderError(f"{path}: cannot load the model ({' '.join(str(e).split())[:300]})") from None
     if adapter is not None:
         from peft import PeftModel
 
@@ -89,10 +169,8 @@ def save_policy(model, tokenizer, out_dir: str | Path, merge_lora: bool = False,
 
 def load_policy_for_inference(path: str | Path, dtype: str = "float32", trust_remote_code: bool = False):
     """A saved policy (full model or LoRA adapter folder) ready for generation/scoring."""
-    path = Path(path)
+    path = check_model_folder(path, weights=False)
     if (path / "adapter_config.json").exists():
-        import json
-
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 

@@ -8,6 +8,7 @@ safetensors), so every other code path loads them exactly like a real checkpoint
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -87,12 +88,55 @@ def build_tiny(
     texts: Iterable[str],
     config: TinyModelConfig | None = None,
 ) -> Path:
-    """Build a tokenizer on ``texts`` and a tiny model, and ``save_pretrained`` both into ``out_dir``."""
+    """Build a tokenizer on ``texts`` and a tiny model, and ``save_pretrained`` both into ``out_dir``.
+
+    The folder appears only when complete: both are written into ``<out_dir>.tmp``, fsynced, and renamed
+    to ``out_dir`` (into an existing non-empty folder the files are moved one by one, ``config.json``
+    last, and other files there are kept)."""
+    import shutil
+
     config = config or TinyModelConfig()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder")
     tokenizer = build_tokenizer(texts, config.vocab_size)
     model = build_model(tokenizer, config)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        tmp.mkdir()
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        _fsync_files(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists() and any(out.iterdir()):
+        names = sorted((p.name for p in tmp.iterdir()), key=lambda name: name == "config.json")
+        for name in names:
+            os.replace(tmp / name, out / name)
+        tmp.rmdir()
+    else:
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    _fsync_files(out.parent, files=False)
     return out
+
+
+def _fsync_files(folder: Path, files: bool = True) -> None:
+    """fsync the files of ``folder`` (when ``files``) and the folder itself."""
+    paths = [p for p in folder.iterdir() if p.is_file()] if files else []
+    for path in [*paths, folder]:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass  # some filesystems do not fsync folders
+        finally:
+            os.close(fd)

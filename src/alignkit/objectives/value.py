@@ -22,12 +22,13 @@ def value_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped PPO value loss (Schulman et al. 2017; as in OpenAI baselines ppo2)::
 
-        V_clip = old_V + clip(V - old_V, -clip, clip)
+        V_clip = clamp(V, old_V - clip, old_V + clip)
         L_t    = 0.5 * max((V - R)^2, (V_clip - R)^2)
 
-    ``clip=None`` gives the plain ``0.5 (V - R)^2``.  Returns ``(loss, metrics)``
-    with ``vf_clip_frac`` (share of valid tokens where the clipped error is the
-    larger one) and ``value_mean``.
+    (``V`` itself is clamped, not ``old_V + clamp(V - old_V)``: inside the range ``V_clip`` is exactly
+    ``V``, so rounding never makes a token look clipped.) ``clip=None`` gives the plain
+    ``0.5 (V - R)^2``.  Returns ``(loss, metrics)`` with ``vf_clip_frac`` (share of valid tokens where
+    the clipped error is the larger one) and ``value_mean``.
     """
     valid = valid_mask(mask)
     ret = torch.where(valid, returns.detach(), torch.zeros_like(values))
@@ -37,7 +38,7 @@ def value_loss(
         active = torch.zeros_like(err, dtype=torch.bool)
     else:
         old = torch.where(valid, old_values.detach(), torch.zeros_like(values))
-        v_clip = old + (values - old).clamp(-clip, clip)
+        v_clip = torch.clamp(values, old - clip, old + clip)
         err_clip = (v_clip - ret) ** 2
         per_token = 0.5 * torch.max(err, err_clip)
         active = (err_clip > err).detach()

@@ -13,15 +13,19 @@ from .sources import (
     MultiObjectiveRewardSource,
     PreferenceModelSource,
     ProcessRewardSource,
+    RewardFunctionError,
     RewardModelSource,
     RewardSource,
     TaskGoldSource,
     build_reward_source,
+    check_reward_spec,
     load_function,
 )
 
 __all__ = [
     "RewardSource",
+    "RewardFunctionError",
+    "check_reward_spec",
     "RewardModelSource",
     "PreferenceModelSource",
     "MultiObjectiveRewardSource",

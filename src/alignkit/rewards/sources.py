@@ -25,6 +25,7 @@ Extra per-example inputs (e.g. ``answers=[...]`` for exact match) are passed as 
 from __future__ import annotations
 
 import importlib
+import numbers
 import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -35,6 +36,11 @@ from torch import Tensor
 from .transforms import ENSEMBLE_REDUCTIONS, apply_transform, ensemble_reduce
 
 _FUNCTION_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class RewardFunctionError(ValueError):
+    """A reward function that raised or returned something other than one finite number per completion;
+    the message names the function and the sample."""
 
 
 class RewardSource:
@@ -295,12 +301,60 @@ class FunctionSource(RewardSource):
         self.kwargs = dict(kwargs or {})
         self.name = name or (fn if isinstance(fn, str) else getattr(fn, "__name__", "function"))
 
+    def _call(self, prompts: list, completions: list, context: dict[str, list]) -> Any:
+        return self.fn(prompts, completions, **self.kwargs, **context)
+
+    def _where(self, i: int, prompts: Sequence[Any]) -> str:
+        prompt = " ".join(str(prompts[i]).split())
+        return f"sample {i} (prompt {prompt[:60] + '...' if len(prompt) > 60 else prompt!r})"
+
     def score(self, prompts, completions, *, progress: bool = False, **context: Any) -> Tensor:
         _check_lengths(prompts, completions)
-        values = self.fn(list(prompts), list(completions), **self.kwargs, **context)
-        out = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
-        if out.numel() != len(completions):
-            raise ValueError(f"reward function {self.name} returned {out.numel()} values for {len(completions)} completions")
+        prompts, completions = list(prompts), list(completions)
+        n = len(completions)
+        try:
+            values = self._call(prompts, completions, context)
+        except Exception as e:  # noqa: BLE001 - a user function may raise anything: named with its row
+            raise self._failure(e, prompts, completions, context) from e
+        return self._check_values(values, prompts, n)
+
+    def _failure(self, error: Exception, prompts: list, completions: list, context: dict[str, list]) -> "RewardFunctionError":
+        """The error of a raising function, naming the first sample that raises on its own (the batch
+        is retried one sample at a time to find it)."""
+        what = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+        for i in range(len(completions)):
+            try:
+                self._call(prompts[i : i + 1], completions[i : i + 1], {k: v[i : i + 1] for k, v in context.items()})
+            except Exception as e:  # noqa: BLE001 - see above
+                return RewardFunctionError(f"reward function {self.name} raised {type(e).__name__}: {' '.join(str(e).split())[:200]} on {self._where(i, prompts)}")
+        return RewardFunctionError(f"reward function {self.name} raised {what} on a batch of {len(completions)} samples (no single sample raises on its own)")
+
+    def _check_values(self, values: Any, prompts: list, n: int) -> Tensor:
+        """``values`` as ``float32 [n]``; None, strings, non-finite numbers or a wrong count are named."""
+        if values is None:
+            raise RewardFunctionError(f"reward function {self.name} returned None; expected {n} numbers, one per completion")
+        if isinstance(values, (str, bytes)):
+            raise RewardFunctionError(f"reward function {self.name} returned a string ({values[:40]!r}); expected {n} numbers, one per completion")
+        if isinstance(values, Tensor):
+            out = values.detach().float().cpu().reshape(-1)
+        else:
+            try:
+                items = list(values)
+            except TypeError:
+                raise RewardFunctionError(f"reward function {self.name} returned {type(values).__name__} {values!r}; expected a list of {n} numbers") from None
+            if len(items) != n:
+                raise RewardFunctionError(f"reward function {self.name} returned {len(items)} values for {n} completions (one number per completion)")
+            for i, v in enumerate(items):
+                if isinstance(v, bool) or not isinstance(v, numbers.Real) and not (isinstance(v, Tensor) and v.numel() == 1):
+                    got = "None" if v is None else f"{type(v).__name__} {v!r}"[:60]
+                    raise RewardFunctionError(f"reward function {self.name} returned {got} for {self._where(i, prompts)}; expected a number")
+            out = torch.tensor([float(v) for v in items], dtype=torch.float32)
+        if out.numel() != n:
+            raise RewardFunctionError(f"reward function {self.name} returned {out.numel()} values for {n} completions (one number per completion)")
+        bad = (~torch.isfinite(out)).nonzero().flatten()
+        if bad.numel():
+            i = int(bad[0])
+            raise RewardFunctionError(f"reward function {self.name} returned {out[i].item()} for {self._where(i, prompts)}; rewards must be finite")
         return out
 
 
@@ -372,10 +426,71 @@ class CombinedSource(RewardSource):
 # --------------------------------------------------------------------------------------------------
 # factory
 # --------------------------------------------------------------------------------------------------
+def check_reward_folder(path: str | Path, what: str = "reward model") -> None:
+    """``path`` is a reward model folder (a sequence/token-classification model or an ensemble), not a
+    causal LM or another folder; a one-line ``ValueError`` says what it is instead. Loads nothing."""
+    import json
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{what}: {path} is {'a file' if path.exists() else 'not there'}; expected a reward model folder")
+    if (path / "ensemble.json").exists():
+        return
+    config = path / "config.json"
+    if not config.exists():
+        raise ValueError(f"{what}: {path} is not a reward model folder (no config.json or ensemble.json)")
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what}: {config} is not valid JSON ({e})") from None
+    architectures = data.get("architectures") or []
+    if data.get("reward_type") is None and not any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in architectures):
+        kind = f"a causal LM ({', '.join(architectures)})" if any(a.endswith("ForCausalLM") for a in architectures) else f"not a reward model (architectures: {', '.join(architectures) or 'none'})"
+        raise ValueError(f"{what}: {path} is {kind}, not a reward model; train one with algorithm: reward, or give gold or module:function")
+
+
+def check_reward_spec(spec: Any, what: str = "reward") -> None:
+    """Check a reward spec without loading a model: model folders are reward models (not causal LMs),
+    function paths import and name a callable, types are known. Raises a one-line ``ValueError``."""
+    if isinstance(spec, RewardSource):
+        return
+    if isinstance(spec, str):
+        if spec == "gold" or spec.startswith("gold:"):
+            return
+        if Path(spec).exists():
+            check_reward_folder(spec, what)
+            return
+        if _FUNCTION_PATH.match(spec):
+            try:
+                load_function(spec)
+            except ImportError as e:
+                raise ValueError(f"{what}: reward function '{spec}': cannot import {spec.split(':')[0]} ({e})") from None
+            return
+        raise ValueError(f"{what}: reward source '{spec}': not 'gold[:task]', an existing model folder, nor a 'module:function' path")
+    if not isinstance(spec, dict):
+        raise ValueError(f"{what}: expected a string or a mapping, got {type(spec).__name__}")
+    kind = spec.get("type") or ("function" if "function" in spec else "model" if "path" in spec else None)
+    if kind in ("model", "preference", "multi_objective", "process"):
+        if "path" not in spec:
+            raise ValueError(f"{what}: a {kind} reward source needs a path")
+        check_reward_folder(spec["path"], f"{what}.path")
+    elif kind == "function":
+        check_reward_spec(spec.get("function") or spec.get("path") or "", what)
+    elif kind == "ensemble":
+        for i, member in enumerate(spec.get("members") or []):
+            check_reward_spec(member, f"{what}.members[{i}]")
+    elif kind == "combine":
+        for i, item in enumerate(spec.get("sources") or []):
+            check_reward_spec(item["source"] if isinstance(item, dict) and "source" in item else item, f"{what}.sources[{i}]")
+    elif kind != "gold":
+        raise ValueError(f"{what}: unknown type {kind!r}; allowed: model, preference, multi_objective, process, function, gold, ensemble, combine")
+
+
 def _model_source(path: str | Path, spec: dict[str, Any]) -> RewardSource:
     import json
 
     path = Path(path)
+    check_reward_folder(path)
     options = {k: spec[k] for k in ("batch_size", "max_length", "device", "dtype") if k in spec}
     config = path / "config.json"
     kind = "scalar"

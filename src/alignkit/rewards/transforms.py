@@ -8,8 +8,10 @@
   the log of the probability of being better than the reference on *every* objective (treating them as
   independent), so one objective cannot buy off another.
 * :func:`ensemble_reduce`: conservative rewards from ensemble members ``[N, K]``: ``mean``,
-  ``mean_minus_std`` (``mean − λ·std``), ``min``, ``uncertainty_weighted`` (``mean / (1 + λ·var)``
-  shrinks uncertain rewards towards 0), ``median``.
+  ``mean_minus_std`` (``mean − λ·std``), ``min``, ``uncertainty_weighted`` (``mean − λ·var``: Coste et
+  al. 2024, "Reward Model Ensembles Help Mitigate Overoptimization"), ``uncertainty_shrink``
+  (``mean / (1 + λ·var)``: shrinks uncertain rewards towards 0, whatever their sign), ``median`` (the
+  middle member; the mean of the two middle ones for an even count).
 * :func:`length_penalty`, :func:`clip`, :func:`whiten`.
 """
 
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-ENSEMBLE_REDUCTIONS = ("mean", "mean_minus_std", "min", "uncertainty_weighted", "median")
+ENSEMBLE_REDUCTIONS = ("mean", "mean_minus_std", "min", "uncertainty_weighted", "uncertainty_shrink", "median")
 
 
 def _t(x: Tensor | Sequence[float] | float) -> Tensor:
@@ -44,7 +46,8 @@ def sum_transformed(rewards: Sequence[Tensor], references: Sequence[Tensor | flo
 
 
 def ensemble_reduce(scores: Tensor, mode: str = "mean", lam: float = 1.0) -> Tensor:
-    """``scores [N, K]`` (K members) -> ``[N]``. ``std`` is the population std over members."""
+    """``scores [N, K]`` (K members) -> ``[N]``. ``std`` and ``var`` are the population std and variance
+    over members (divided by K)."""
     scores = _t(scores)
     if scores.ndim == 1:
         scores = scores[:, None]
@@ -55,9 +58,14 @@ def ensemble_reduce(scores: Tensor, mode: str = "mean", lam: float = 1.0) -> Ten
     if mode == "min":
         return scores.min(-1).values
     if mode == "uncertainty_weighted":
+        return scores.mean(-1) - lam * scores.var(-1, unbiased=False)
+    if mode == "uncertainty_shrink":
         return scores.mean(-1) / (1.0 + lam * scores.var(-1, unbiased=False))
     if mode == "median":
-        return scores.median(-1).values
+        # torch.median returns the lower middle value; the median of an even count is the mean of both
+        ordered = scores.sort(-1).values
+        k = ordered.shape[-1]
+        return ordered[..., k // 2] if k % 2 else (ordered[..., k // 2 - 1] + ordered[..., k // 2]) / 2
     raise KeyError(f"unknown ensemble reduction {mode!r}; allowed: {', '.join(ENSEMBLE_REDUCTIONS)}")
 
 

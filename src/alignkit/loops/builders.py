@@ -1,0 +1,176 @@
+"""Example builders: a judged group of samples -> training examples, one registered function each.
+
+A builder sees one prompt's :class:`Group` (its K completions, their judged scores, and the data's real
+completion when there is one) and returns index tuples into the group, which the loop turns into rows of
+the trained algorithm's record kind:
+
+* ``kind = "pair"`` builders return ``(chosen, rejected)`` index pairs (:data:`REAL` is the data's real
+  completion), trained with ``algorithm: dpo`` and any ``dpo.loss``;
+* ``kind = "sft"`` builders return ``(index,)`` singletons, trained with ``algorithm: sft``.
+
+Scores may be ``None`` (the judge could not score the sample: an unparseable LLM-judge answer, an empty
+completion); builders leave those samples out, and the loop counts them in the round's stats. Ties carry
+no preference: no builder makes a pair of equal scores or equal texts.
+
+Register your own with ``@BUILDERS.register("name", kind="pair", needs_scores=True)`` over a function
+``fn(group, rng, **params) -> list[tuple[int, ...]]``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..core.registry import Registry, check_params
+
+REAL = -1  # the index of a group's real (data) completion
+
+Builder = Callable[..., "list[tuple[int, ...]]"]
+BUILDERS: Registry[Builder] = Registry("example builder")
+
+
+@dataclass
+class Group:
+    """One prompt's samples as a builder sees them."""
+
+    prompt: Any
+    completions: list[str]
+    scores: list[float | None]
+    real: str | None = None  # the data's own completion (SPIN)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def text(self, index: int) -> str | None:
+        return self.real if index == REAL else self.completions[index]
+
+    def scored(self) -> list[int]:
+        """Indices of the samples with a score, in order."""
+        return [i for i, s in enumerate(self.scores) if s is not None]
+
+
+def _ordered(group: Group, i: int, j: int) -> tuple[int, int] | None:
+    """``(winner, loser)`` of samples i and j by score, or None for a tie (equal scores or texts)."""
+    si, sj = group.scores[i], group.scores[j]
+    if si is None or sj is None or si == sj or group.completions[i] == group.completions[j]:
+        return None
+    return (i, j) if si > sj else (j, i)
+
+
+@BUILDERS.register("best_vs_worst", kind="pair", needs_scores=True)
+def best_vs_worst(group: Group, rng: random.Random) -> list[tuple[int, int]]:
+    """The highest-scored sample against the lowest (the first of each on ties); nothing when they tie."""
+    idx = group.scored()
+    if len(idx) < 2:
+        return []
+    best = max(idx, key=lambda i: group.scores[i])
+    worst = min(idx, key=lambda i: group.scores[i])
+    pair = _ordered(group, best, worst)
+    return [pair] if pair else []
+
+
+@BUILDERS.register("all_pairs", kind="pair", needs_scores=True)
+def all_pairs(group: Group, rng: random.Random) -> list[tuple[int, int]]:
+    """Every pair i < j of scored samples with different scores and texts, the higher score chosen."""
+    idx = group.scored()
+    out = []
+    for a in range(len(idx)):
+        for b in range(a + 1, len(idx)):
+            pair = _ordered(group, idx[a], idx[b])
+            if pair:
+                out.append(pair)
+    return out
+
+
+@BUILDERS.register("random_pairs", kind="pair", needs_scores=True)
+def random_pairs(group: Group, rng: random.Random, pairs: int = 1) -> list[tuple[int, int]]:
+    """``pairs`` distinct pairs drawn uniformly (by the round's seeded rng) from those with a preference."""
+    candidates = all_pairs(group, rng)
+    return sorted(rng.sample(candidates, min(pairs, len(candidates))))
+
+
+@BUILDERS.register("large_margin", kind="pair", needs_scores=True)
+def large_margin(group: Group, rng: random.Random, margin: float = 0.5, extremes: bool = True) -> list[tuple[int, int]]:
+    """DNO's filter: pairs whose score gap is at least ``margin`` — the best vs the worst only
+    (``extremes``, DNO-Prct's choice), or every such pair."""
+    pairs = best_vs_worst(group, rng) if extremes else all_pairs(group, rng)
+    return [(c, r) for c, r in pairs if group.scores[c] - group.scores[r] >= margin]
+
+
+def rso_accept(scores: list[float], beta: float, n: int, rng: random.Random, max_draws: int | None = None) -> list[int]:
+    """Statistical rejection sampling (RSO, Liu et al. 2023, Algorithm 1) of ``n`` of the candidates.
+
+    Candidates are draws from the proposal (here the current policy). Repeatedly pick a remaining candidate
+    uniformly and accept it when ``u < exp((r - r_max) / beta)``, ``u ~ U(0, 1)``, ``r_max`` the largest
+    score of all candidates; accepted candidates leave the pool. The accepted samples are then distributed
+    as the proposal reweighted by ``exp(r / beta)``: the optimal KL-regularised policy
+    ``pi_ref(y) exp(r(y) / beta) / Z`` when the proposal is ``pi_ref``. Stops after ``max_draws`` draws
+    (default ``100 * len(scores)``). Returns the accepted indices in acceptance order."""
+    pool = list(range(len(scores)))
+    if not pool:
+        return []
+    r_max = max(scores)
+    accepted: list[int] = []
+    for _ in range(max_draws if max_draws is not None else 100 * len(scores)):
+        if len(accepted) >= n or not pool:
+            break
+        k = rng.randrange(len(pool))
+        u = rng.random()
+        if u < math.exp((scores[pool[k]] - r_max) / beta):
+            accepted.append(pool.pop(k))
+    return accepted
+
+
+@BUILDERS.register("rso", kind="pair", needs_scores=True)
+def rso(group: Group, rng: random.Random, beta: float = 0.5, accept: int | None = None, max_draws: int | None = None) -> list[tuple[int, int]]:
+    """RSO: rejection-sample ``accept`` (default: all K) samples toward ``pi exp(r / beta)``
+    (:func:`rso_accept`), then pair them in acceptance order (1st with 2nd, 3rd with 4th, ...), the higher
+    score chosen (RSO's "first-round" pairing); tied pairs are left out."""
+    idx = group.scored()
+    chosen = rso_accept([group.scores[i] for i in idx], beta, accept or len(idx), rng, max_draws)
+    picked = [idx[k] for k in chosen]
+    out = []
+    for a, b in zip(picked[0::2], picked[1::2]):
+        pair = _ordered(group, a, b)
+        if pair:
+            out.append(pair)
+    return out
+
+
+@BUILDERS.register("spin", kind="pair", needs_scores=False, needs_real=True)
+def spin(group: Group, rng: random.Random, per_prompt: int = 1) -> list[tuple[int, int]]:
+    """SPIN (Chen et al. 2024): the data's real completion chosen over the policy's own samples (the first
+    ``per_prompt`` that differ from it); no judge is needed."""
+    if group.real is None:
+        raise ValueError("builder 'spin' needs each prompt's real completion: prompts from sft rows (the task, or data.train with a completion)")
+    own = [i for i, c in enumerate(group.completions) if c != group.real]
+    return [(REAL, i) for i in own[:per_prompt]]
+
+
+@BUILDERS.register("best_of_k", kind="sft", needs_scores=True)
+def best_of_k(group: Group, rng: random.Random, top: int = 1, min_score: float | None = None) -> list[tuple[int]]:
+    """RAFT / RSF: the ``top`` highest-scored samples (ties: the first), optionally only those scoring at
+    least ``min_score``, as SFT targets."""
+    idx = sorted(group.scored(), key=lambda i: (-group.scores[i], i))[:top]
+    return [(i,) for i in idx if min_score is None or group.scores[i] >= min_score]
+
+
+def build_builder(name: str, params: dict[str, Any] | None = None) -> Callable[[Group, random.Random], list[tuple[int, ...]]]:
+    """The builder ``name`` with its keyword ``params`` checked (unknown or missing ones named)."""
+    if name not in BUILDERS:
+        raise ValueError(f"iterate.builder: {BUILDERS.unknown(name)}")
+    fn = BUILDERS.get(name)
+    params = dict(params or {})
+    try:
+        check_params(fn, f"iterate.builder {name!r}", 2, params)
+    except TypeError as e:
+        raise ValueError(str(e)) from None
+
+    def build(group: Group, rng: random.Random) -> list[tuple[int, ...]]:
+        return fn(group, rng, **params)
+
+    build.kind = fn.kind  # type: ignore[attr-defined]
+    build.needs_scores = fn.needs_scores  # type: ignore[attr-defined]
+    build.needs_real = getattr(fn, "needs_real", False)  # type: ignore[attr-defined]
+    build.builder_name = name  # type: ignore[attr-defined]
+    return build
