@@ -87,3 +87,17 @@ def test_options_doc_is_current_and_complete():
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     assert len(rows) == sum(len(model.model_fields) for _, model in _sections(Recipe, ""))
     assert not [row for row in rows if row.endswith("|  |")], "options without a description"
+
+
+def test_malformed_override_value_is_one_line(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("algorithm: dpo\n")
+    result = runner.invoke(app, ["train", str(recipe), "dpo.params={a: 1", f"train.output_dir={tmp_path / 'o'}"])
+    assert result.exit_code == 2 and "override 'dpo.params={a: 1': the value is not valid YAML" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists()
+
+
+def test_train_refuses_an_iterative_recipe(tmp_path):
+    """`alignkit train` on a recipe with an iterate: section would silently run one plain fit: refused, naming the command."""
+    result = runner.invoke(app, ["train", "recipes/iterative_dpo.yaml", f"train.output_dir={tmp_path / 'o'}"])
+    assert result.exit_code == 2 and "alignkit iterate" in result.output and not (tmp_path / "o").exists()

@@ -474,7 +474,12 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like key.sub=value")
     key, value = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value) if value != "" else None
+    try:
+        parsed = yaml.safe_load(value) if value != "" else None
+    except yaml.YAMLError as e:
+        problem = str(getattr(e, "problem", None) or e).strip()
+        raise ConfigError(f"override '{item}': the value is not valid YAML ({problem})") from None
+    return key.strip().split("."), parsed
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -34,8 +34,6 @@ def build_algorithm(recipe: Recipe) -> Algorithm:
         raise ValueError(f"unknown algorithm '{recipe.algorithm}'; allowed: {', '.join(ALGORITHMS)}")
     algorithm = ALGORITHMS[recipe.algorithm](recipe)  # refuses unknown loss names
     check_loss_params(recipe)
-    if recipe.data.duplicates == "drop":
-        _drop_duplicate_examples(algorithm)
     return algorithm
 
 
@@ -91,31 +89,6 @@ def check_loss_params(recipe: Recipe) -> None:
 
         cfg = recipe.listwise
         _check("listwise", LISTWISE_LOSSES, cfg.loss, 4, {"sft_weight": cfg.sft_weight} if cfg.sft_weight else {})
-
-
-# --------------------------------------------------------------------------------------------------
-# data.duplicates: drop
-# --------------------------------------------------------------------------------------------------
-def _example_key(example: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in example.items() if k not in ("row", "_row", "index")}, sort_keys=True, default=repr)
-
-
-def _drop_duplicate_examples(algorithm: Algorithm) -> None:
-    """``data.duplicates: drop``: the algorithm's ``prepare_examples`` first leaves out every example
-    identical to an earlier one of the same split (the counts were reported by :func:`check_data`)."""
-    prepare = algorithm.prepare_examples
-
-    def prepare_unique(examples, kind):
-        seen: set[str] = set()
-        unique = []
-        for e in examples:
-            key = _example_key(e)
-            if key not in seen:
-                seen.add(key)
-                unique.append(e)
-        return prepare(unique, kind)
-
-    algorithm.prepare_examples = prepare_unique
 
 
 # --------------------------------------------------------------------------------------------------
@@ -179,6 +152,8 @@ def train(recipe: Recipe):
     """Run a recipe end to end; returns the folder of the final model."""
     from ..engine.trainer import Trainer
 
+    if recipe.iterate is not None:
+        raise ValueError("this recipe has an iterate: section (rounds of sampling, judging and training): run it with `alignkit iterate RECIPE`")
     algorithm = build_algorithm(recipe)
     check_run(recipe, algorithm)
     return Trainer(recipe, algorithm).train()

@@ -270,7 +270,7 @@ class Trainer:
             name = f"<task {self.recipe.task.name}:{split}>"
         else:
             rows, name = source, source if isinstance(source, str) else f"<{split} rows>"
-        records, summary = load_records(rows, kind=kind, skip_invalid=data.skip_invalid)
+        records, summary = load_records(rows, kind=kind, skip_invalid=data.skip_invalid, duplicates=data.duplicates)
         encoder = Encoder(self.tokenizer, data.max_length, data.truncation, source=name)
         examples = self.algorithm.prepare_examples(encode_records(records, kind, encoder, summary), kind)
         if summary.n_skipped and self.strategy.is_main:

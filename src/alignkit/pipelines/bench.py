@@ -119,7 +119,8 @@ class Bench:
         final = output_dir / "final"
         if final.exists() and (output_dir / "bench-done").exists():
             return final  # cached from an earlier run of the suite
-        recipe = _merge(recipe, {"train": {"output_dir": str(output_dir)}})
+        # a method without bench-done did not finish: the suite owns its folder and runs it again
+        recipe = _merge(recipe, {"train": {"output_dir": str(output_dir), "overwrite": True}})
         start = time.perf_counter()
         result = Path(train(load_recipe(recipe)))
         (output_dir / "bench-done").write_text(json.dumps({"seconds": time.perf_counter() - start}))

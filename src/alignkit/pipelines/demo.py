@@ -57,7 +57,8 @@ def run_demo(out_dir: str | Path = "runs/demo", n_pairs_prompts: int = 2048, n_e
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     task = get_task()
-    common = [f"train.seed={seed}", f"train.progress={str(progress).lower()}"]
+    # the demo owns its folder: running it again replaces its earlier runs
+    common = [f"train.seed={seed}", f"train.progress={str(progress).lower()}", "train.overwrite=true"]
 
     _say("1/4 supervised fine-tuning of a tiny Llama on the synthetic language", quiet)
     sft_recipe = load_recipe(SFT_RECIPE, [f"train.output_dir={out / 'sft'}", *common])
