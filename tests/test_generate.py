@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import quick_sft
 
 from alignkit.data.collate import collate_sequences
 from alignkit.models.logprobs import TargetLogProbs
@@ -20,31 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def trained(tiny_dir, tokenizer):
     """The session's tiny model after a few SFT steps on the sentiment task, so that it stops at EOS."""
-    from transformers import AutoModelForCausalLM
-
-    from alignkit.data.encode import Encoder
-    from alignkit.tasks import get_task
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32)
-    encoder = Encoder(tokenizer, max_length=128)
-    rows = get_task().sft_rows(32)
-    ids, masks = [], []
-    for r in rows:
-        p = encoder.prompt_ids(r["prompt"])
-        c = encoder.completion_ids(r["prompt"], p, r["completion"], 0, "completion")
-        ids.append(p + c)
-        masks.append([0] * len(p) + [1] * len(c))
-    batch = collate_sequences(ids, masks, tokenizer.pad_token_id)
-    module = TargetLogProbs(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(40):
-        logp = module(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
-        loss = -logp.sum() / batch["loss_mask"][:, 1:].sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return quick_sft(tiny_dir, tokenizer, rows=32, steps=40)
 
 
 class ForwardSpy:

@@ -8,10 +8,9 @@ import math
 
 import pytest
 import torch
+from conftest import quick_sft
 
-from alignkit.data.collate import collate_sequences
 from alignkit.data.encode import Encoder
-from alignkit.models.logprobs import TargetLogProbs
 from alignkit.rollout import (
     BACKENDS,
     ENGINES,
@@ -47,27 +46,7 @@ def load(tiny_dir):
 @pytest.fixture(scope="module")
 def trained(tiny_dir, tokenizer):
     """The tiny model after a few SFT steps on the sentiment task, so that rows stop at EOS at different steps."""
-    from alignkit.tasks import get_task
-
-    torch.manual_seed(0)
-    model = load(tiny_dir)
-    encoder = Encoder(tokenizer, max_length=128)
-    ids, masks = [], []
-    for r in get_task().sft_rows(32):
-        p = encoder.prompt_ids(r["prompt"])
-        c = encoder.completion_ids(r["prompt"], p, r["completion"], 0, "completion")
-        ids.append(p + c)
-        masks.append([0] * len(p) + [1] * len(c))
-    batch = collate_sequences(ids, masks, tokenizer.pad_token_id)
-    module = TargetLogProbs(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(40):
-        loss = -module(batch["input_ids"], batch["attention_mask"], batch["loss_mask"]).sum() / batch["loss_mask"][:, 1:].sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return quick_sft(tiny_dir, tokenizer, rows=32, steps=40)
 
 
 @pytest.fixture(scope="module")

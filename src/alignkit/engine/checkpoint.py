@@ -35,6 +35,7 @@ from typing import Any, Iterator
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..core.files import fsync_dir, fsync_tree
 from ..models.loading import save_policy
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -57,31 +58,6 @@ class DiskFullError(RunError):
 # --------------------------------------------------------------------------------------------------
 # atomic folders
 # --------------------------------------------------------------------------------------------------
-def fsync_tree(folder: Path) -> None:
-    """fsync every file under ``folder`` and the folders themselves (data on disk before the rename)."""
-    for root, _, files in os.walk(folder):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(root))
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems do not fsync directories
-    finally:
-        os.close(fd)
-
-
 def remove_folder(folder: Path) -> None:
     """Delete ``folder`` by renaming it to ``<name>.deleting`` first: a kill meanwhile leaves no
     half-deleted folder under a name that looks complete."""
@@ -91,7 +67,7 @@ def remove_folder(folder: Path) -> None:
     if doomed.exists():
         shutil.rmtree(doomed, ignore_errors=True)
     folder.rename(doomed)
-    _fsync_dir(folder.parent)
+    fsync_dir(folder.parent)
     shutil.rmtree(doomed, ignore_errors=True)
 
 
@@ -142,7 +118,7 @@ def atomic_folder(final: Path, describe: str | None = None) -> Iterator[Path]:
     if final.exists():
         remove_folder(final)
     tmp.rename(final)
-    _fsync_dir(parent)
+    fsync_dir(parent)
 
 
 def _mount_of(path: Path) -> str:

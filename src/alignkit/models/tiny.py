@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..config import TinyModelConfig
+from ..core.files import fsync_dir, fsync_tree
 
 PAD, EOS, BOS = "<|pad|>", "<|endoftext|>", "<|startoftext|>"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -109,7 +110,7 @@ def build_tiny(
         tmp.mkdir()
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        _fsync_files(tmp)
+        fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -122,21 +123,5 @@ def build_tiny(
         if out.exists():
             out.rmdir()
         tmp.rename(out)
-    _fsync_files(out.parent, files=False)
+    fsync_dir(out.parent)
     return out
-
-
-def _fsync_files(folder: Path, files: bool = True) -> None:
-    """fsync the files of ``folder`` (when ``files``) and the folder itself."""
-    paths = [p for p in folder.iterdir() if p.is_file()] if files else []
-    for path in [*paths, folder]:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass  # some filesystems do not fsync folders
-        finally:
-            os.close(fd)
