@@ -350,6 +350,13 @@ class ListwiseConfig(Section):
     sft_weight: float = Field(0.0, ge=0, description="weight of the best completion's NLL")
 
 
+class SPPOConfig(Section):
+    """Self-play win-rate regression (``algorithm: sppo``): per-sample rows with an estimated win rate."""
+
+    loss: Literal["sppo"] = Field("sppo", description="sppo: SPPO, (log pi(y)/pi_t(y) - eta (P(y > pi_t) - 1/2))^2 (Wu et al. 2024)")
+    eta: float = Field(1.0, gt=0, description="SPPO eta: the log-ratio target is eta * (win rate - 1/2)")
+
+
 class RewardConfig(Section):
     """Reward-model training (``algorithm: reward``): Bradley–Terry (+ margin, centring), ensembles,
     ratings regression on ranked data, a pairwise preference model, a multi-objective (ArmoRM-style
@@ -403,11 +410,11 @@ class IterateConfig(Section):
     save_rounds: bool = Field(False, description="also save the policy after every round (output_dir/rounds/model-R)")
 
 
-ALGORITHMS = ("sft", "dpo", "kto", "pro", "reward", "rl")
+ALGORITHMS = ("sft", "dpo", "kto", "pro", "reward", "rl", "sppo")
 
 
 class Recipe(Section):
-    algorithm: Literal["sft", "dpo", "kto", "pro", "reward", "rl"]
+    algorithm: Literal["sft", "dpo", "kto", "pro", "reward", "rl", "sppo"]
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -418,6 +425,7 @@ class Recipe(Section):
     rl: RLConfig = Field(default_factory=RLConfig)
     unpaired: UnpairedConfig = Field(default_factory=UnpairedConfig)
     listwise: ListwiseConfig = Field(default_factory=ListwiseConfig)
+    sppo: SPPOConfig = Field(default_factory=SPPOConfig)
     iterate: IterateConfig | None = Field(None, description="iterative alignment (alignkit iterate): rounds of sample, judge, build, train; null: not iterative")
 
     @model_validator(mode="after")

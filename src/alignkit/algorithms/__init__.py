@@ -22,10 +22,11 @@ from .dpo import DPO
 from .listwise import Listwise
 from .reward import RewardModelling
 from .rl import OnlineRL
+from .selfplay import SPPO
 from .sft import SFT
 from .unpaired import Unpaired
 
-ALGORITHMS: dict[str, type[Algorithm]] = {"sft": SFT, "dpo": DPO, "kto": Unpaired, "pro": Listwise, "reward": RewardModelling, "rl": OnlineRL}
+ALGORITHMS: dict[str, type[Algorithm]] = {"sft": SFT, "dpo": DPO, "kto": Unpaired, "pro": Listwise, "reward": RewardModelling, "rl": OnlineRL, "sppo": SPPO}
 
 
 def build_algorithm(recipe: Recipe) -> Algorithm:

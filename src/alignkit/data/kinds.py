@@ -398,3 +398,23 @@ register_kind("ratings", fields=("prompt", "completion", "ratings", "chosen", "r
               check=_check_ratings, encode=_encode_ratings, description="multi-objective: ratings rows and pair rows")
 register_kind("steps", fields=("prompt", "steps", "completion", "labels"), required=("prompt",),
               check=_check_steps, encode=_encode_steps, description="process: steps (or a completion) + per-step labels")
+
+
+# --------------------------------------------------------------------------------------------------
+# win_rate: one sample with its estimated win probability against the policy (SPPO)
+# --------------------------------------------------------------------------------------------------
+def _check_win_rate(data: dict[str, Any], ctx: RowContext) -> dict[str, Any]:
+    out = {"prompt": ctx.text(data, "prompt"), "completion": ctx.text(data, "completion")}
+    value = ctx.number(data["win_rate"], "win_rate")
+    if not 0.0 <= value <= 1.0:
+        raise ctx.error("win_rate", f"expected a probability in [0, 1], got {data['win_rate']!r}")
+    out["win_rate"] = value
+    return out
+
+
+def _encode_win_rate(encoder: Any, record: dict[str, Any]) -> dict[str, Any]:
+    return {**_encode_sft(encoder, record), "win_rate": record["win_rate"]}
+
+
+register_kind("win_rate", fields=("prompt", "completion", "win_rate"), required=("prompt", "completion", "win_rate"),
+              check=_check_win_rate, encode=_encode_win_rate, description="prompt + completion + win_rate (estimated P(y ≻ π_t) in [0, 1], SPPO)")

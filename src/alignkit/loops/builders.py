@@ -7,6 +7,8 @@ the trained algorithm's record kind:
 * ``kind = "pair"`` builders return ``(chosen, rejected)`` index pairs (:data:`REAL` is the data's real
   completion), trained with ``algorithm: dpo`` and any ``dpo.loss``;
 * ``kind = "sft"`` builders return ``(index,)`` singletons, trained with ``algorithm: sft``.
+* ``kind = "win_rate"`` builders return ``(index, win rate)`` tuples (SPPO), trained with ``algorithm: sppo``;
+  the group's pairwise preference matrix, when the judge made one, is ``group.extra["preferences"]``.
 
 Scores may be ``None`` (the judge could not score the sample: an unparseable LLM-judge answer, an empty
 completion); builders leave those samples out, and the loop counts them in the round's stats. Ties carry
@@ -153,6 +155,46 @@ def best_of_k(group: Group, rng: random.Random, top: int = 1, min_score: float |
     least ``min_score``, as SFT targets."""
     idx = sorted(group.scored(), key=lambda i: (-group.scores[i], i))[:top]
     return [(i,) for i in idx if min_score is None or group.scores[i] >= min_score]
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def group_win_rates(group: Group, include_self: bool = True, temperature: float = 1.0) -> dict[int, float]:
+    """Estimated ``P̂(y_i ≻ π_t)`` for each scored sample i of the group, against the group's scored samples.
+
+    From the pairwise judge's matrix ``group.extra["preferences"]`` (``[i][j] = P(y_i ≻ y_j)``) when there is
+    one, otherwise from the scores through Bradley–Terry, ``P(y_i ≻ y_j) = σ((s_i − s_j) / temperature)``.
+    ``include_self``: SPPO's ``(1/K) Σ_k P(y_i ≻ y_k)`` over all K samples, the sample itself counted as a tie
+    (``P(y_i ≻ y_i) = 1/2``); otherwise the mean over the others, ``(1/(K−1)) Σ_{k≠i}`` (SPO's form, the pairwise
+    judge's score). Pairs the judge left unknown are left out of the mean."""
+    idx = group.scored()
+    matrix = group.extra.get("preferences")
+    out: dict[int, float] = {}
+    for i in idx:
+        values = [0.5] if include_self else []
+        for j in idx:
+            if j == i:
+                continue
+            if matrix is not None:
+                p = matrix[i][j]
+            else:
+                p = _sigmoid((group.scores[i] - group.scores[j]) / temperature)
+            if p is not None:
+                values.append(float(p))
+        if len(values) > (1 if include_self else 0):
+            out[i] = sum(values) / len(values)
+    return out
+
+
+@BUILDERS.register("win_rate", kind="win_rate", needs_scores=True)
+def win_rate(group: Group, rng: random.Random, include_self: bool = True, temperature: float = 1.0) -> list[tuple[int, float]]:
+    """SPPO: every scored sample with its estimated win rate against the group, ``(index, P̂)``
+    (:func:`group_win_rates`); trained with ``algorithm: sppo``."""
+    if temperature <= 0:
+        raise ValueError(f"builder 'win_rate': temperature must be positive, got {temperature}")
+    return sorted(group_win_rates(group, include_self, temperature).items())
 
 
 def build_builder(name: str, params: dict[str, Any] | None = None) -> Callable[[Group, random.Random], list[tuple[int, ...]]]:

@@ -69,15 +69,15 @@ class IterativeLoop:
     def __init__(self, recipe: Recipe):
         if recipe.iterate is None:
             raise ValueError("the recipe has no iterate: section (rounds, samples_per_prompt, judge, builder, ...); see recipes/iterative_dpo.yaml")
-        if recipe.algorithm not in ("dpo", "sft"):
-            raise ValueError(f"iterate trains algorithm dpo (pair builders, any dpo.loss) or sft (best_of_k), not {recipe.algorithm!r}")
+        if recipe.algorithm not in ("dpo", "sft", "sppo"):
+            raise ValueError(f"iterate trains algorithm dpo (pair builders, any dpo.loss), sft (best_of_k) or sppo (win_rate), not {recipe.algorithm!r}")
         self.recipe, self.cfg = recipe, recipe.iterate
         cfg = self.cfg
         self.builder = build_builder(cfg.builder, cfg.builder_params)
         self.algorithm = build_algorithm(recipe)
         if self.builder.kind != self.algorithm.data_kind:
             raise ValueError(f"iterate.builder {cfg.builder!r} makes {self.builder.kind} examples but algorithm {recipe.algorithm!r} trains on "
-                             f"{self.algorithm.data_kind} data (pair builders go with algorithm: dpo, best_of_k with algorithm: sft)")
+                             f"{self.algorithm.data_kind} data (pair builders go with algorithm: dpo, best_of_k with algorithm: sft, win_rate with algorithm: sppo)")
         if recipe.data.kind not in ("auto", self.algorithm.data_kind):
             raise ValueError(f"data.kind={recipe.data.kind}: iterate builds {self.algorithm.data_kind} rows; leave data.kind at auto")
         self.seed = recipe.train.seed if cfg.seed is None else cfg.seed
@@ -90,7 +90,7 @@ class IterativeLoop:
         if is_peft(model):
             if cfg.reference != "fixed":
                 raise ValueError("with LoRA the reference is the base weights (adapter off): set iterate.reference=fixed")
-        elif recipe.algorithm == "dpo" and getattr(self.algorithm, "needs_reference", True):
+        elif recipe.algorithm in ("dpo", "sppo") and getattr(self.algorithm, "needs_reference", True):
             self.reference = Reference(frozen(copy.deepcopy(model)), "frozen")
             self.trainer.loop_reference = self.reference
         self.start_model = None
@@ -183,8 +183,11 @@ class IterativeLoop:
         roles = [[[] for _ in comps] for comps in groups]
         real_roles: list[list[str]] = [[] for _ in groups]
         for i, (prompt, real) in enumerate(rows):
-            group = Group(prompt, groups[i], scores[i], real)
+            extra = {"preferences": judgement.preferences[i]} if judgement.preferences is not None else {}
+            group = Group(prompt, groups[i], scores[i], real, extra)
             for item in self.builder(group, rng):
+                if kind == "win_rate":  # (index, estimated win rate)
+                    item, rate = item[:1], float(item[1])
                 texts = [group.text(x) for x in item]
                 if any(t is None or not str(t).strip() for t in texts):
                     continue
@@ -192,6 +195,9 @@ class IterativeLoop:
                     built.append({"prompt": prompt, "chosen": texts[0], "rejected": texts[1]})
                     for x, role in zip(item, ("chosen", "rejected")):
                         (real_roles[i] if x == REAL else roles[i][x]).append(role)
+                elif kind == "win_rate":
+                    built.append({"prompt": prompt, "completion": texts[0], "win_rate": rate})
+                    roles[i][item[0]].append("win_rate")
                 else:
                     built.append({"prompt": prompt, "completion": texts[0]})
                     roles[i][item[0]].append("sft")

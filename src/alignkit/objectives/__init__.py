@@ -14,6 +14,7 @@ module              contents
 ``policy``          :func:`policy_loss` (:data:`POLICY_LOSSES`), :func:`copg_loss`
 ``value``           :func:`value_loss` (clipped PPO critic loss)
 ``reward``          reward-model losses (:data:`REWARD_LOSSES`)
+``selfplay``        win-rate regressions: :func:`selfplay_loss` (:data:`SELFPLAY_LOSSES`: SPPO), :func:`online_ipo_loss`
 ==================  =====================================================================================
 
 Each family is a registry (:class:`alignkit.core.registry.Registry`) of functions with one signature.
@@ -37,6 +38,7 @@ from .pairwise import (
 )
 from .policy import POLICY_LOSSES, copg_loss, policy_loss
 from .reward import REWARD_LOSSES, register_reward_loss, reward_loss
+from .selfplay import SELFPLAY_LOSSES, online_ipo_loss, register_selfplay, selfplay_loss, sppo_loss
 from .unpaired import UNPAIRED_LOSSES, RunningMean, UnpairedLogps, register_unpaired, unpaired_loss
 from .value import value_loss
 
@@ -48,6 +50,7 @@ __all__ = [
     "PAIRWISE_LOSSES",
     "POLICY_LOSSES",
     "REWARD_LOSSES",
+    "SELFPLAY_LOSSES",
     "UNPAIRED_LOSSES",
     "MovingBaseline",
     "PairLogps",
@@ -78,5 +81,9 @@ __all__ = [
     "tdpo_loss",
     "unpaired_loss",
     "value_loss",
+    "online_ipo_loss",
+    "register_selfplay",
+    "selfplay_loss",
+    "sppo_loss",
     "wpo_weights",
 ]

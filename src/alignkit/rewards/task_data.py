@@ -20,15 +20,13 @@ task's ``prompt`` rows, so generated rows can be attached to the trainer's promp
 
 from __future__ import annotations
 
-import math
 import random
 from typing import Any
 
-from ..tasks.sentiment import ADJECTIVES, SentimentTask
+from ..tasks import bt_probability
+from ..tasks.sentiment import ADJECTIVES, SENTIMENT_ATTRIBUTES, SENTIMENT_STEP_SPLIT, SentimentTask  # noqa: F401  (re-exported)
 
-SENTIMENT_ATTRIBUTES = ("sentiment", "verbosity")
 BREVITY_TOPICS = ("phone", "game")
-SENTIMENT_STEP_SPLIT = r"(?= (?:and|but) )"
 
 
 def _check_task(task: Any) -> None:
@@ -60,7 +58,7 @@ def multi_objective_rows(task: SentimentTask, n: int, split: str, temperature: f
                 b = task.sample_completion(prompt, rng)
             attribute = preferred_attribute(task, prompt)
             va, vb = attribute_values(task, prompt, a)[attribute], attribute_values(task, prompt, b)[attribute]
-            p_a = 1.0 / (1.0 + math.exp(-(va - vb) / temperature))
+            p_a = bt_probability(va, vb, temperature)
             chosen, rejected = (a, b) if rng.random() < p_a else (b, a)
             rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
         else:

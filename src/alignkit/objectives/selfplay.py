@@ -1,0 +1,74 @@
+"""Self-play win-rate regression objectives (SPPO, online IPO): per-sample or per-pair squared losses.
+
+Conventions as in :mod:`.pairwise`: ``logratio`` is the summed completion log-prob of the policy minus
+that of the reference ``π_t`` (the previous iterate), one value per sample ``[B]``; win rates are
+estimates of ``P(y ≻ π_t | x)`` in ``[0, 1]``; every loss returns per-example losses ``[B]``.
+
+* ``sppo`` (Wu et al. 2024, "Self-play preference optimization for language model alignment"): the
+  multiplicative-weights update ``π_{t+1}(y|x) ∝ π_t(y|x) exp(η P(y ≻ π_t | x))`` approximated by the
+  regression ``min_θ E_{y~π_t} [(log π_θ(y|x)/π_t(y|x) − η (P̂(y ≻ π_t | x) − 1/2))²]`` (the
+  log-partition ``log Z_{π_t}(x)`` replaced by ``η/2``), with ``P̂(y ≻ π_t | x) = (1/K) Σ_k P(y ≻ y_k | x)``
+  over K samples ``y_k ~ π_t``.
+* ``online_ipo`` (Calandriello et al. 2024, "Human alignment of large language models through online
+  preference optimisation"; the online-IPO loss as EGPO writes it): for a pair ``y, y'`` of samples of
+  the policy, ``(log π_θ(y)/π_ref(y) − log π_θ(y')/π_ref(y') − (P(y ≻ π) − P(y' ≻ π)) / τ)²``. With the
+  hard label ``P(y ≻ π) − P(y' ≻ π) = 1/2`` it is offline IPO's ``(h − 1/(2τ))²``.
+
+Entry point: :func:`selfplay_loss` (registry :data:`SELFPLAY_LOSSES`). Register another with
+``@register_selfplay("name")`` over ``fn(logratio, win_rate, **params) -> Tensor[B]``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from torch import Tensor
+
+from ._common import Losses, checked
+
+__all__ = ["SELFPLAY_LOSSES", "online_ipo_loss", "register_selfplay", "selfplay_loss", "sppo_loss"]
+
+SELFPLAY_LOSSES: Losses[Callable[..., Tensor]] = Losses("self-play loss")
+
+
+def register_selfplay(name: str):
+    """Register ``fn(logratio: Tensor[B], win_rate: Tensor[B], **params) -> Tensor[B]`` under ``name``."""
+    return SELFPLAY_LOSSES.register(name)
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite positive number; got {value!r}")
+
+
+def _check_shapes(logratio: Tensor, win_rate: Tensor) -> None:
+    if logratio.dim() != 1 or win_rate.shape != logratio.shape:
+        raise ValueError(f"logratio and win_rate must both have shape [B]; got {tuple(logratio.shape)} and {tuple(win_rate.shape)}")
+
+
+@register_selfplay("sppo")
+def sppo_loss(logratio: Tensor, win_rate: Tensor, eta: float = 1.0) -> Tensor:
+    """SPPO: ``(log π_θ(y|x)/π_t(y|x) − η (P̂(y ≻ π_t|x) − 1/2))²`` per sample ``[B]``.
+
+    ``logratio``: ``log π_θ(y|x) − log π_t(y|x)`` (summed over the completion); ``win_rate``: ``P̂``."""
+    _check_positive("eta", eta)
+    _check_shapes(logratio, win_rate)
+    target = eta * (win_rate.to(logratio.dtype) - 0.5)
+    return (logratio - target) ** 2
+
+
+def online_ipo_loss(logratio: Tensor, other_logratio: Tensor, win_rate: Tensor, other_win_rate: Tensor, tau: float = 0.1) -> Tensor:
+    """Online IPO per pair ``[B]``: ``(h − (P(y ≻ π) − P(y' ≻ π)) / τ)²``, ``h = logratio − other_logratio``
+    (each ``log π_θ − log π_ref`` of its sample)."""
+    _check_positive("tau", tau)
+    _check_shapes(logratio, win_rate)
+    _check_shapes(other_logratio, other_win_rate)
+    h = logratio - other_logratio
+    target = (win_rate.to(h.dtype) - other_win_rate.to(h.dtype)) / tau
+    return (h - target) ** 2
+
+
+def selfplay_loss(name: str, logratio: Tensor, win_rate: Tensor, **params: Any) -> Tensor:
+    """The registered per-sample self-play loss ``name`` (unknown names and parameters are named)."""
+    return checked(SELFPLAY_LOSSES, name, 2, params)(logratio, win_rate, **params)
