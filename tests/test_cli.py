@@ -10,7 +10,7 @@ from alignkit.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["demo"], ["generate"], ["eval"], ["tiny"], ["options"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["demo"], ["generate"], ["eval"], ["tiny"], ["options"], ["iterate"], ["fetch-model"], ["convert-gguf"]])
 def test_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output

@@ -1,4 +1,4 @@
-"""The ``alignkit`` command line: train, demo, generate, eval, eval-rm, tiny."""
+"""The ``alignkit`` command line: train, demo, generate, eval, eval-rm, tiny, fetch-model, convert-gguf."""
 
 from __future__ import annotations
 
@@ -345,6 +345,48 @@ def tiny(
     except Exception as e:  # noqa: BLE001 - pydantic validation
         _fail(str(e))
     typer.echo(f"built {build_tiny(out, get_task().corpus(), config)}")
+
+
+def _convert(source: Path, out: Path, dtype: str, force: bool, quiet: bool) -> None:
+    from .models.convert import conversion_info, convert_gguf
+
+    try:
+        folder = convert_gguf(source, out, dtype=dtype, overwrite=force, quiet=quiet)
+    except _user_errors() as e:
+        _fail(str(e))
+    info = conversion_info(folder)
+    typer.echo(json.dumps({"model": str(folder), "source": info["source"], "dtype": info["dtype"], "parameters": info["parameters"],
+                           "megabytes": round(info["bytes"] / 1e6), "seconds": info["seconds"]}, indent=1))
+
+
+@app.command("fetch-model")
+def fetch_model(
+    name: str = typer.Argument(..., help="A model shipped in a PyPI package: smollm2-135m-instruct (pip install 'alignkit[real]')."),
+    out: Path = typer.Option(..., "--out", help="Folder for the converted model (written atomically)."),
+    dtype: str = typer.Option("float32", help="Weight dtype of the saved model: float32 or bfloat16."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out folder."),
+    quiet: bool = typer.Option(False, help="No progress output."),
+) -> None:
+    """Get a real pretrained model offline: find its GGUF file in the installed PyPI package and convert it to a plain transformers folder."""
+    from .models.convert import find_packaged_model
+
+    try:
+        source = find_packaged_model(name)
+    except _user_errors() as e:
+        _fail(str(e))
+    _convert(source, out, dtype, force, quiet)
+
+
+@app.command("convert-gguf")
+def convert_gguf_file(
+    file: Path = typer.Argument(..., help="A .gguf model file (transformers dequantises it; needs the gguf package)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the converted model (written atomically)."),
+    dtype: str = typer.Option("float32", help="Weight dtype of the saved model: float32 or bfloat16."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out folder."),
+    quiet: bool = typer.Option(False, help="No progress output."),
+) -> None:
+    """Convert a GGUF file into a plain transformers folder (safetensors, tokenizer and chat template, no quantization_config)."""
+    _convert(file, out, dtype, force, quiet)
 
 
 def main() -> None:
