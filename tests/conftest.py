@@ -18,6 +18,15 @@ def tiny_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """SmolLM2-135M-Instruct converted once per session from the PyPI package's GGUF file (about 20 s)."""
+    from alignkit.models.convert import convert_gguf, find_packaged_model
+
+    out = tmp_path_factory.mktemp("real") / "smollm2"
+    return convert_gguf(find_packaged_model("smollm2-135m-instruct"), out, quiet=True)
+
+
+@pytest.fixture(scope="session")
 def tokenizer(tiny_dir):
     from alignkit.models.loading import load_tokenizer
 

@@ -16,14 +16,6 @@ pytestmark = pytest.mark.slow
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-@pytest.fixture(scope="session")
-def smollm2(tmp_path_factory):
-    from alignkit.models.convert import convert_gguf, find_packaged_model
-
-    out = tmp_path_factory.mktemp("real") / "smollm2"
-    return convert_gguf(find_packaged_model("smollm2-135m-instruct"), out, quiet=True)
-
-
 def test_converted_folder_is_plain_transformers(smollm2):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
