@@ -1,4 +1,4 @@
-"""The ``alignkit`` command line: train, demo, generate, eval, eval-rm, tiny, fetch-model, convert-gguf."""
+"""The ``alignkit`` command line: train, demo, generate, eval, eval-rm, iterate, bench, options, methods, tiny, fetch-model, convert-gguf."""
 
 from __future__ import annotations
 
@@ -325,6 +325,30 @@ def options(
         typer.echo(options_reference(section))
     except ConfigError as e:
         _fail(str(e))
+
+
+@app.command()
+def methods(
+    family: Optional[str] = typer.Option(None, "--family", help="Only this family (e.g. 'online RL'); all when omitted."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON list: name, family, paper, run (argv), covers, command."),
+) -> None:
+    """Every method alignkit implements: family, paper, and the command that runs it."""
+    from .catalog import methods as catalogue
+
+    try:
+        rows = catalogue(family)
+    except ValueError as e:
+        _fail(str(e))
+    if as_json:
+        typer.echo(json.dumps([m.as_dict() for m in rows], indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("family", "method", "paper", "command", show_lines=False)
+    for m in rows:
+        table.add_row(m.family, m.name, m.paper, m.command)
+    Console(width=200).print(table)
 
 
 @app.command()

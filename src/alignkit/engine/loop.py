@@ -4,6 +4,14 @@ Data order: the examples of epoch ``e`` are a permutation drawn from a generator
 ``seed + e``; step ``s`` takes the ``s``-th slice of ``batch_size`` examples of that epoch, and each
 process takes its own contiguous share of the slice. The order depends only on (seed, step), which is
 what makes a resumed run and a 2-process run identical to an uninterrupted 1-process run.
+
+No example is dropped: an epoch is ``ceil(n / batch_size)`` steps and its last step trains on the
+``n mod batch_size`` examples left (a smaller step; the engine's loss is a mean over the step's own
+weight, so a step means the same thing whatever its size). Under ``world`` processes that last batch is
+filled up to a multiple of ``world`` with the first examples of the epoch's permutation (at most
+``world - 1`` examples read twice in that step), so every process gets an equal share. A data set
+smaller than ``batch_size`` is one such step per epoch: the batch is capped to the data (the trainer
+says so).
 """
 
 from __future__ import annotations
@@ -27,7 +35,14 @@ class DataOrder:
 
     @property
     def per_epoch(self) -> int:
-        return self.n // self.batch_size
+        """Steps per epoch: every example once, the last step taking the remainder."""
+        return math.ceil(self.n / self.batch_size)
+
+    def size(self, step: int) -> int:
+        """Examples step ``step`` reads over all processes (``batch_size``, or fewer at an epoch's end)."""
+        pos = step % self.per_epoch
+        left = min(self.batch_size, self.n - pos * self.batch_size)
+        return left + (-left) % self.world  # an equal share on every process
 
     def batch(self, step: int) -> list[int]:
         """Every process's example indices of step ``step``, in process order."""
@@ -38,11 +53,13 @@ class DataOrder:
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
         else:  # the algorithm's own order (e.g. a curriculum)
             order = torch.arange(self.n)
-        return order[pos * self.batch_size : (pos + 1) * self.batch_size].tolist()
+        indices = order[pos * self.batch_size : (pos + 1) * self.batch_size].tolist()
+        fill = self.size(step) - len(indices)  # several processes: the last batch filled to an equal share
+        return indices + order[:fill].tolist()
 
     def share(self, step: int, rank: int) -> list[int]:
         """Process ``rank``'s contiguous share of step ``step``."""
-        share = self.batch_size // self.world
+        share = self.size(step) // self.world
         return self.batch(step)[rank * share : (rank + 1) * share]
 
     def used(self, start: int, stop: int) -> list[int]:
@@ -56,8 +73,8 @@ class DataOrder:
 
 
 def check_layout(n: int, batch_size: int, world: int, micro_batch_size: int | None) -> None:
-    if n < batch_size:
-        raise ValueError(f"the training data has {n} examples, fewer than train.batch_size={batch_size}")
+    if n == 0:
+        raise ValueError("the training data has no examples")
     if batch_size % world:
         raise ValueError(f"train.batch_size={batch_size} must be divisible by the number of processes ({world})")
     if micro_batch_size is not None and (batch_size // world) % micro_batch_size:

@@ -33,9 +33,19 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..core.registry import Registry
 from .transforms import ENSEMBLE_REDUCTIONS, apply_transform, ensemble_reduce
 
 _FUNCTION_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+# reward sources named by one word (`rl.reward: vader`): name -> "module:Class", imported when built
+NAMED_SOURCES: Registry[str] = Registry("named reward source")
+NAMED_SOURCES.register("vader", "alignkit.rewards.vader:VaderSource")  # VADER sentiment of the completion (rewards/vader.py)
+
+
+def _named_source(name: str) -> "RewardSource":
+    module, cls = NAMED_SOURCES.get(name).split(":")
+    return getattr(importlib.import_module(module), cls)()
 
 
 class RewardFunctionError(ValueError):
@@ -457,6 +467,12 @@ def check_reward_spec(spec: Any, what: str = "reward") -> None:
     if isinstance(spec, str):
         if spec == "gold" or spec.startswith("gold:"):
             return
+        if spec in NAMED_SOURCES:
+            try:
+                _named_source(spec)
+            except ImportError as e:
+                raise ValueError(f"{what}: {e}") from None
+            return
         if Path(spec).exists():
             check_reward_folder(spec, what)
             return
@@ -512,6 +528,8 @@ def build_reward_source(spec: str | dict[str, Any] | RewardSource) -> RewardSour
     if isinstance(spec, str):
         if spec == "gold" or spec.startswith("gold:"):
             return TaskGoldSource(spec.split(":", 1)[1] if ":" in spec else "sentiment")
+        if spec in NAMED_SOURCES:
+            return _named_source(spec)
         if Path(spec).exists():
             return _model_source(spec, {})
         if _FUNCTION_PATH.match(spec):

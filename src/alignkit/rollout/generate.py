@@ -23,6 +23,17 @@ Backends (``generate(..., backend=...)``), each a registered engine:
   brought up to ``model``'s first, copied only when they changed) and closes it.
 * ``"auto"``: ``"vllm"`` when vLLM is installed and the model is on a CUDA GPU in a single process,
   otherwise ``"alignkit"``.
+
+Plain-text prompts and the chat template (``generate(..., chat_template=...)``, ``alignkit generate
+--no-chat-template``): a chat model given raw text often answers nothing (SmolLM2-135M-Instruct returns an
+empty completion for "What is the capital of France?"), so with ``chat_template="auto"`` (the default) a
+prompt given as a string is wrapped as one user message and rendered with the tokenizer's chat template
+and its generation prompt, when the tokenizer has a chat template. ``True`` always wraps (an error when
+the tokenizer has no template), ``False`` keeps the raw text (tokens of the text, no special tokens). The
+tiny models' tokenizer carries a template only for conversational data: the tiny models are trained on
+plain-text tasks, so ``"auto"`` keeps raw text for it (:func:`wraps_plain_prompts`). Prompts given as
+message lists are always rendered with the template. ``Sample.prompt`` stays the prompt as the caller
+gave it (the text); ``Sample.prompt_ids`` are the tokens the model saw.
 """
 
 from __future__ import annotations
@@ -36,7 +47,36 @@ from ..models.logprobs import TargetLogProbs
 from .engine import BACKENDS, RolloutEngine, Sample, Sampling, build_rollout_engine, resolve_backend, stop_token_ids
 from .local import Sampler, _Sampler, splitmix64, uniform_stream  # noqa: F401  (the names of this module before the engines)
 
-__all__ = ["BACKENDS", "Sample", "generate", "resolve_backend", "sample_logprobs", "stop_token_ids"]
+__all__ = ["BACKENDS", "CHAT_TEMPLATE_CHOICES", "Sample", "as_chat_prompts", "generate", "resolve_backend", "sample_logprobs",
+           "stop_token_ids", "wraps_plain_prompts"]
+
+CHAT_TEMPLATE_CHOICES = ("auto", True, False)
+
+
+def wraps_plain_prompts(tokenizer, chat_template: bool | str = "auto") -> bool:
+    """Whether a plain-text prompt is wrapped as a user message and rendered with ``tokenizer``'s chat
+    template: ``True`` (the tokenizer must have a template), ``False``, or ``"auto"``: when the tokenizer
+    has a chat template other than the tiny models' (whose models learn plain-text tasks)."""
+    if chat_template not in CHAT_TEMPLATE_CHOICES:
+        raise ValueError(f"chat_template: got {chat_template!r}; allowed: 'auto', True, False")
+    template = getattr(tokenizer, "chat_template", None)
+    if chat_template is True:
+        if not template:
+            raise ValueError("chat_template=True: the tokenizer has no chat template (use chat_template=False for raw text)")
+        return True
+    if chat_template is False or not template:
+        return False
+    from ..models.tiny import CHAT_TEMPLATE as TINY_TEMPLATE
+
+    return template != TINY_TEMPLATE
+
+
+def as_chat_prompts(tokenizer, prompts: list[Any], chat_template: bool | str = "auto") -> list[Any]:
+    """``prompts`` with each plain-text prompt as ``[{"role": "user", "content": text}]`` when
+    :func:`wraps_plain_prompts`; message lists are left as they are."""
+    if not wraps_plain_prompts(tokenizer, chat_template):
+        return list(prompts)
+    return [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
 
 
 @torch.no_grad()
@@ -59,6 +99,7 @@ def generate(
     job_ids: list[int] | None = None,
     engine: RolloutEngine | None = None,
     guide=None,
+    chat_template: bool | str = "auto",
 ) -> list[Sample]:
     """``n`` samples for each prompt, grouped by prompt (sample ``i*n + j`` is prompt ``i``'s j-th).
 
@@ -69,7 +110,11 @@ def generate(
     ``0 .. len(jobs) - 1``). ``engine``: an engine the caller holds (``backend`` and ``vllm_options`` are
     then ignored); it is updated from ``model`` first (a no-op when it samples from ``model`` itself) and
     left open. ``guide``: a :class:`~alignkit.rollout.local.Guide` (``alignkit`` backend only).
+    ``chat_template``: ``"auto"`` (default), ``True`` or ``False``: whether plain-text prompts are rendered
+    as a user message with the chat template (the module docstring; :func:`wraps_plain_prompts`).
     """
+    originals = list(prompts)
+    prompts = as_chat_prompts(tokenizer, originals, chat_template)
     owned = engine is None
     if owned:
         name = resolve_backend(backend, model)
@@ -81,10 +126,13 @@ def generate(
     else:
         engine.update_from(model)
     try:
-        return engine.generate(prompts, n=n, job_ids=job_ids, sampling=sampling, batch_size=batch_size, progress=progress, guide=guide)
+        samples = engine.generate(prompts, n=n, job_ids=job_ids, sampling=sampling, batch_size=batch_size, progress=progress, guide=guide)
     finally:
         if owned:
             engine.close()
+    for i, s in enumerate(samples):  # the prompt as the caller gave it; prompt_ids hold its rendering
+        s.prompt = originals[i // n]
+    return samples
 
 
 @torch.no_grad()
