@@ -65,6 +65,19 @@ def pair_logps(module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, to
     return sums[:b], sums[b:], batch["chosen_tokens"], batch["rejected_tokens"]
 
 
+def xpo_exploration(chosen: torch.Tensor, rejected: torch.Tensor, batch) -> torch.Tensor:
+    """XPO's exploration term per pair (Xie et al. 2024, "Exploratory preference optimization"): ``log π(y_ref|x)``,
+    the policy's summed log-prob of the side of the pair the reference sampled; rows carry it as metadata
+    ``opponent`` (+1: the chosen side, −1: the rejected side, 0: neither; ``iterate.builder: vs_opponent``).
+    Minimising ``α log π(y_ref)`` lowers the likelihood of what the reference already writes: optimism."""
+    meta = batch.get("meta") or {}
+    if "opponent" not in meta:
+        raise ValueError("dpo.xpo_alpha needs pairs that mark the reference's sample (metadata 'opponent': +1 chosen, -1 rejected, 0 none); "
+                         "make them with alignkit iterate, iterate.opponent=reference and iterate.builder=vs_opponent")
+    side = torch.as_tensor(meta["opponent"], device=chosen.device)
+    return torch.where(side > 0, chosen, torch.zeros_like(chosen)) + torch.where(side < 0, rejected, torch.zeros_like(rejected))
+
+
 class DPO(Algorithm):
     name = "dpo"
     data_kind = "pair"
@@ -195,6 +208,9 @@ class DPO(Algorithm):
             b = chosen.shape[0]
             weights = wpo_weights(token_logps[:b], mask[:b]) * wpo_weights(token_logps[b:], mask[b:])
             losses = losses * weights
+        explore = xpo_exploration(chosen, rejected, batch) if cfg.xpo_alpha is not None else None
+        if explore is not None:
+            losses = losses + cfg.xpo_alpha * explore
         with torch.no_grad():
             c, r = chosen.detach(), rejected.detach()
             rc = cfg.beta * (c - ref_c) if ref_c is not None else cfg.beta * c
@@ -210,6 +226,9 @@ class DPO(Algorithm):
         }
         if cfg.wpo:
             metrics["wpo/weight"] = (weights.detach().sum(), n)
+        if explore is not None:
+            marked = (torch.as_tensor(batch["meta"]["opponent"]) != 0).float().sum()
+            metrics["xpo/logps_reference_sample"] = (explore.detach().sum(), float(marked))
         return losses.sum(), metrics
 
     def _sequential_kl(self, batch, policy_logits, positions) -> torch.Tensor:

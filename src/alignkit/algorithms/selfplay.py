@@ -1,4 +1,4 @@
-"""Self-play win-rate regression on the shared engine: SPPO (``algorithm: sppo``).
+"""Self-play on win rates on the shared engine: SPPO and Nash-MD (``algorithm: sppo``, ``sppo.loss``).
 
 Rows are ``prompt`` + ``completion`` + ``win_rate`` (record kind ``win_rate``: a sample ``y`` of ``π_t``
 and its estimated ``P̂(y ≻ π_t | x)``; the loop's ``win_rate`` builder makes them from a judged group).
@@ -7,6 +7,11 @@ The loss (:func:`alignkit.objectives.selfplay_loss`, ``sppo.loss``) is per sampl
 context's reference: under ``alignkit iterate`` the loop's (the previous iterate with
 ``iterate.reference: previous``), under ``alignkit train`` the starting policy. Its log-probs are cached
 before each fit (only for the examples the fit reads), as DPO's and KTO's are.
+
+``sppo.loss: nash_md`` trains the same rows by Nash-MD's policy gradient: ``P̂`` is then the win rate of the
+policy's sample against a sample of the geometric mixture opponent (``iterate.opponent: mixture``,
+``iterate.builder: win_rate_vs_opponent``), the reference ``π_ref`` is fixed (``iterate.reference: fixed``),
+and the logged ``target`` is the per-sample reward ``P̂ − 1/2 − β log π/π_ref``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import torch
 from ..data.collate import attach_meta, collate_sequences
 from ..engine.contract import Algorithm, Metrics
 from ..objectives.selfplay import selfplay_loss
+
+LOSS_PARAMS = {"sppo": ("eta",), "nash_md": ("beta",)}  # the sppo-section keys each loss takes
 
 
 class SPPO(Algorithm):
@@ -53,8 +60,8 @@ class SPPO(Algorithm):
         logp = policy(batch["input_ids"], batch["attention_mask"], batch["loss_mask"]).sum(-1).float()
         ratio = logp - batch["ref_logp"].to(logp.device)
         win = batch["win_rate"].to(logp.device)
-        losses = selfplay_loss(self.cfg.loss, ratio, win, eta=self.cfg.eta)
-        target = self.cfg.eta * (win - 0.5)
+        losses = selfplay_loss(self.cfg.loss, ratio, win, **{k: getattr(self.cfg, k) for k in LOSS_PARAMS[self.cfg.loss]})
+        target = self.cfg.eta * (win - 0.5) if self.cfg.loss == "sppo" else (win - 0.5) - self.cfg.beta * ratio.detach()
         above = win > 0.5
         below = win < 0.5
         r = ratio.detach()

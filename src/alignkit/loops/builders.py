@@ -10,6 +10,10 @@ the trained algorithm's record kind:
 * ``kind = "win_rate"`` builders return ``(index, win rate)`` tuples (SPPO), trained with ``algorithm: sppo``;
   the group's pairwise preference matrix, when the judge made one, is ``group.extra["preferences"]``.
 
+With ``iterate.opponent`` ``reference`` or ``mixture`` a group also holds the opponent's samples (after the
+policy's K; their indices in ``group.extra["opponents"]``): ``vs_opponent`` and ``win_rate_vs_opponent``
+compare the policy's samples with them (online DPO / XPO, Nash-MD).
+
 Scores may be ``None`` (the judge could not score the sample: an unparseable LLM-judge answer, an empty
 completion); builders leave those samples out, and the loop counts them in the round's stats. Ties carry
 no preference: no builder makes a pair of equal scores or equal texts.
@@ -195,6 +199,49 @@ def win_rate(group: Group, rng: random.Random, include_self: bool = True, temper
     if temperature <= 0:
         raise ValueError(f"builder 'win_rate': temperature must be positive, got {temperature}")
     return sorted(group_win_rates(group, include_self, temperature).items())
+
+
+def _opponents(group: Group, name: str) -> tuple[list[int], list[int]]:
+    """(the policy's sample indices, the opponent's) of a group sampled with ``iterate.opponent`` reference or mixture."""
+    opponents = group.extra.get("opponents")
+    if not opponents:
+        raise ValueError(f"builder {name!r} compares the policy's samples with an opponent's: set iterate.opponent=reference or mixture")
+    return [i for i in range(len(group.completions)) if i not in opponents], list(opponents)
+
+
+def _preference(group: Group, i: int, j: int, temperature: float) -> float | None:
+    """``P(y_i ≻ y_j)``: the pairwise judge's, else Bradley–Terry on the scores; None when unknown."""
+    matrix = group.extra.get("preferences")
+    if matrix is not None:
+        return matrix[i][j]
+    si, sj = group.scores[i], group.scores[j]
+    return None if si is None or sj is None else _sigmoid((si - sj) / temperature)
+
+
+@BUILDERS.register("vs_opponent", kind="pair", needs_scores=True)
+def vs_opponent(group: Group, rng: random.Random) -> list[tuple[int, int]]:
+    """Online DPO against an opponent (XPO: the reference's samples): the policy's n-th sample paired with the
+    opponent's (n mod M)-th, the higher score chosen; ties left out. The loop marks which side is the
+    opponent's (row metadata ``opponent``: +1 chosen, −1 rejected), which ``dpo.xpo_alpha`` reads."""
+    own, opponents = _opponents(group, "vs_opponent")
+    pairs = [_ordered(group, i, opponents[n % len(opponents)]) for n, i in enumerate(own)]
+    return [p for p in pairs if p]
+
+
+@BUILDERS.register("win_rate_vs_opponent", kind="win_rate", needs_scores=True)
+def win_rate_vs_opponent(group: Group, rng: random.Random, temperature: float = 1.0) -> list[tuple[int, float]]:
+    """Nash-MD: each of the policy's samples with its win rate against the opponent's samples (the geometric
+    mixture's), ``(1/M) Σ_m P(y ≻ y'_m)`` from the pairwise judge or Bradley–Terry on the scores at ``temperature``;
+    trained with ``algorithm: sppo``, ``sppo.loss: nash_md``."""
+    if temperature <= 0:
+        raise ValueError(f"builder 'win_rate_vs_opponent': temperature must be positive, got {temperature}")
+    own, opponents = _opponents(group, "win_rate_vs_opponent")
+    out = []
+    for i in own:
+        values = [p for p in (_preference(group, i, j, temperature) for j in opponents) if p is not None]
+        if values:
+            out.append((i, sum(values) / len(values)))
+    return out
 
 
 def build_builder(name: str, params: dict[str, Any] | None = None) -> Callable[[Group, random.Random], list[tuple[int, ...]]]:

@@ -34,12 +34,14 @@ from ..algorithms import build_algorithm
 from ..config import Recipe, load_recipe
 from ..core.progress import say
 from ..data.records import load_records
+from ..data.sources import read_options
 from ..engine.trainer import Trainer
 from ..evaluation.policy import evaluate_policy
 from ..models.loading import is_peft
 from ..models.reference import Reference, frozen
 from ..rollout.engine import build_rollout_engine
 from ..rollout.generate import generate
+from ..rollout.local import MixtureGuide
 from ..tasks import get_task
 from .builders import REAL, Group, build_builder
 from .judges import JudgeEnv, build_judge
@@ -56,6 +58,9 @@ class LoopTrainer(Trainer):
             return super().reference(keep, temperature)
         self.loop_reference.temperature = temperature
         return self.loop_reference
+
+
+OPPONENT_JOBS = 1 << 40  # job-id offset of the opponent's samples: streams of their own
 
 
 def round_seed(seed: int, round_index: int) -> int:
@@ -97,6 +102,11 @@ class IterativeLoop:
         if cfg.eval_prompts and not is_peft(model):
             fixed = self.reference is not None and cfg.reference == "fixed"
             self.start_model = self.reference.model if fixed else frozen(copy.deepcopy(model))
+        if cfg.opponent != "policy":
+            if self.reference is None:
+                raise ValueError(f"iterate.opponent={cfg.opponent} samples from the reference model: it needs algorithm dpo or sppo on a full model (not LoRA)")
+            if cfg.opponent == "mixture" and cfg.backend in ("hf", "vllm"):
+                raise ValueError(f"iterate.opponent=mixture samples through alignkit's decode loop (a guide); iterate.backend={cfg.backend} cannot")
         env = JudgeEnv(task=self.task, model=model, tokenizer=self.trainer.tokenizer, batch_size=cfg.generation_batch_size, progress=self.progress)
         self.judge = build_judge(cfg.judge, env)
         if self.builder.needs_scores and self.judge.name == "none":
@@ -114,7 +124,7 @@ class IterativeLoop:
         n = cfg.prompts_per_round * (cfg.rounds if cfg.new_prompts else 1)
         source = self.recipe.data.train
         if source is not None:
-            records, _ = load_records(source, kind="auto", skip_invalid=self.recipe.data.skip_invalid)
+            records, _ = load_records(source, kind="auto", skip_invalid=self.recipe.data.skip_invalid, read=read_options(self.recipe.data, "train"))
             rows = [(r["prompt"], r.get("completion", r.get("chosen"))) for r in records]
             if len(rows) < n:
                 raise ValueError(f"data.train has {len(rows)} rows; iterate needs prompts_per_round x rounds = {n} (or iterate.new_prompts=false)")
@@ -142,6 +152,23 @@ class IterativeLoop:
         finally:
             model.train(was_training)
 
+    def sample_opponents(self, r: int, prompts: list[Any], first_index: int):
+        """``opponent_samples`` per prompt from the reference (``iterate.opponent: reference``) or from the geometric
+        mixture of the live policy and the reference (``mixture``), on streams of their own (job ids offset by 2^40)."""
+        cfg, model = self.cfg, self.trainer.model
+        m = cfg.opponent_samples
+        job_ids = [OPPONENT_JOBS + (first_index + i) * m + j for i in range(len(prompts)) for j in range(m)]
+        reference = self.reference.model
+        sampler, guide = (reference, None) if cfg.opponent == "reference" else (model, MixtureGuide(reference, cfg.mixture_coef, self.trainer.tokenizer.pad_token_id))
+        was_training = model.training
+        model.eval()
+        try:
+            return generate(sampler, self.trainer.tokenizer, prompts, n=m, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                            top_p=cfg.top_p, batch_size=cfg.generation_batch_size, seed=round_seed(self.seed, r), job_ids=job_ids, guide=guide,
+                            progress=self.progress)
+        finally:
+            model.train(was_training)
+
     def evaluate(self, name: str) -> dict[str, Any] | None:
         """Gold reward (± s.e.) and KL to the starting model on the task's held-out prompts."""
         cfg, model = self.cfg, self.trainer.model
@@ -165,8 +192,15 @@ class IterativeLoop:
         prompts = [p for p, _ in rows]
         step0 = trainer.step
         t0 = time.perf_counter()
-        samples = self.sample(r, prompts, lo)
-        groups = [[s.completion for s in samples[i * k : (i + 1) * k]] for i in range(len(prompts))]
+        own = self.sample(r, prompts, lo)
+        members = [own[i * k : (i + 1) * k] for i in range(len(prompts))]  # each prompt's samples: the policy's K, then the opponent's M
+        opponents: list[int] = []
+        if cfg.opponent != "policy":
+            m = cfg.opponent_samples
+            other = self.sample_opponents(r, prompts, lo)
+            members = [group + other[i * m : (i + 1) * m] for i, group in enumerate(members)]
+            opponents = list(range(k, k + m))
+        groups = [[s.completion for s in group] for group in members]
         t1 = time.perf_counter()
         judgement = self.judge.judge(prompts, groups)
         t2 = time.perf_counter()
@@ -184,6 +218,8 @@ class IterativeLoop:
         real_roles: list[list[str]] = [[] for _ in groups]
         for i, (prompt, real) in enumerate(rows):
             extra = {"preferences": judgement.preferences[i]} if judgement.preferences is not None else {}
+            if opponents:
+                extra["opponents"] = opponents
             group = Group(prompt, groups[i], scores[i], real, extra)
             for item in self.builder(group, rng):
                 if kind == "win_rate":  # (index, estimated win rate)
@@ -193,6 +229,8 @@ class IterativeLoop:
                     continue
                 if kind == "pair":
                     built.append({"prompt": prompt, "chosen": texts[0], "rejected": texts[1]})
+                    if opponents:  # which side the opponent wrote (XPO's exploration term reads it)
+                        built[-1]["opponent"] = 1 if item[0] in opponents else -1 if item[1] in opponents else 0
                     for x, role in zip(item, ("chosen", "rejected")):
                         (real_roles[i] if x == REAL else roles[i][x]).append(role)
                 elif kind == "win_rate":
@@ -201,7 +239,7 @@ class IterativeLoop:
                 else:
                     built.append({"prompt": prompt, "completion": texts[0]})
                     roles[i][item[0]].append("sft")
-        self._write_provenance(r, step0, lo, rows, samples, scores, judgement, roles, real_roles)
+        self._write_provenance(r, step0, lo, rows, members, scores, judgement, roles, real_roles)
         fit: dict[str, Any] = {}
         if r > 0 and cfg.reset_optimizer and trainer.optimizer is not None:
             trainer.optimizer.state.clear()
@@ -215,10 +253,11 @@ class IterativeLoop:
             self.reference.refresh(trainer.model, 1.0 if cfg.reference == "previous" else cfg.reference_alpha)
         if cfg.save_rounds:
             trainer.save(self.rounds_dir / f"model-{r}")
-        evaluation = self.evaluate(f"round-{r}")
+        due = (r + 1) % cfg.eval_every == 0 or r == cfg.rounds - 1
+        evaluation = self.evaluate(f"round-{r}") if due else None
         judged = [s for g in scores for s in g if s is not None]
         stats = {
-            "round": r, "policy_step_start": step0, "policy_step_end": trainer.step, "prompts": len(prompts), "samples": len(samples),
+            "round": r, "policy_step_start": step0, "policy_step_end": trainer.step, "prompts": len(prompts), "samples": sum(map(len, members)),
             "empty": empty, "judge": self.judge.name, **judgement.stats, "scored": len(judged),
             "score_mean": sum(judged) / len(judged) if judged else None, "builder": cfg.builder, "examples": len(built),
             "steps": trainer.step - step0, "fit": {k2: v for k2, v in fit.items() if isinstance(v, (int, float))},
@@ -230,7 +269,7 @@ class IterativeLoop:
         self._write_summary()
         return stats
 
-    def _write_provenance(self, r, step0, lo, rows, samples, scores, judgement, roles, real_roles) -> None:
+    def _write_provenance(self, r, step0, lo, rows, members, scores, judgement, roles, real_roles) -> None:
         if not self.trainer.strategy.is_main:
             return
         k = self.cfg.samples_per_prompt
@@ -239,9 +278,9 @@ class IterativeLoop:
                 if real is not None:
                     f.write(json.dumps({"round": r, "policy_step": step0, "prompt_index": lo + i, "sample": None, "source": "data", "prompt": prompt,
                                         "completion": real, "used_as": real_roles[i]}) + "\n")
-                for j in range(k):
-                    s = samples[i * k + j]
-                    row = {"round": r, "policy_step": step0, "prompt_index": lo + i, "sample": j, "source": "policy", "prompt": prompt,
+                for j, s in enumerate(members[i]):
+                    source = "policy" if j < k else self.cfg.opponent
+                    row = {"round": r, "policy_step": step0, "prompt_index": lo + i, "sample": j, "source": source, "prompt": prompt,
                            "completion": s.completion, "tokens": len(s.completion_ids), "finished": s.finished, "judge": self.judge.name,
                            "score": scores[i][j], "used_as": roles[i][j]}
                     if judgement.answers is not None:

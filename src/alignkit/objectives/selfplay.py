@@ -1,4 +1,4 @@
-"""Self-play win-rate regression objectives (SPPO, online IPO): per-sample or per-pair squared losses.
+"""Self-play objectives on win rates (SPPO, Nash-MD, online IPO): per-sample or per-pair losses.
 
 Conventions as in :mod:`.pairwise`: ``logratio`` is the summed completion log-prob of the policy minus
 that of the reference ``π_t`` (the previous iterate), one value per sample ``[B]``; win rates are
@@ -13,6 +13,9 @@ estimates of ``P(y ≻ π_t | x)`` in ``[0, 1]``; every loss returns per-example
   preference optimisation"; the online-IPO loss as EGPO writes it): for a pair ``y, y'`` of samples of
   the policy, ``(log π_θ(y)/π_ref(y) − log π_θ(y')/π_ref(y') − (P(y ≻ π) − P(y' ≻ π)) / τ)²``. With the
   hard label ``P(y ≻ π) − P(y' ≻ π) = 1/2`` it is offline IPO's ``(h − 1/(2τ))²``.
+* ``nash_md`` (Munos et al. 2023, "Nash learning from human feedback"): the policy gradient of the
+  KL-regularised preference game against an opponent sampled from the geometric mixture
+  ``π_θ^(1−m) π_ref^m``; per-sample reward ``P(y ≻ y') − 1/2 − β log π_θ(y)/π_ref(y)``.
 
 Entry point: :func:`selfplay_loss` (registry :data:`SELFPLAY_LOSSES`). Register another with
 ``@register_selfplay("name")`` over ``fn(logratio, win_rate, **params) -> Tensor[B]``.
@@ -27,7 +30,7 @@ from torch import Tensor
 
 from ._common import Losses, checked
 
-__all__ = ["SELFPLAY_LOSSES", "online_ipo_loss", "register_selfplay", "selfplay_loss", "sppo_loss"]
+__all__ = ["SELFPLAY_LOSSES", "nash_md_loss", "online_ipo_loss", "register_selfplay", "selfplay_loss", "sppo_loss"]
 
 SELFPLAY_LOSSES: Losses[Callable[..., Tensor]] = Losses("self-play loss")
 
@@ -56,6 +59,21 @@ def sppo_loss(logratio: Tensor, win_rate: Tensor, eta: float = 1.0) -> Tensor:
     _check_shapes(logratio, win_rate)
     target = eta * (win_rate.to(logratio.dtype) - 0.5)
     return (logratio - target) ** 2
+
+
+@register_selfplay("nash_md")
+def nash_md_loss(logratio: Tensor, win_rate: Tensor, beta: float = 0.1) -> Tensor:
+    """Nash-MD's policy gradient (Munos et al. 2023, "Nash learning from human feedback", Nash-MD-PG) per sample ``[B]``.
+
+    ``y`` is a sample of ``π_θ``, ``win_rate`` its ``P(y ≻ y')`` against a sample ``y'`` of the geometric mixture
+    ``π_θ^(1−m) π_ref^m``; the regularised game's per-sample reward is ``A = P − 1/2 − β log π_θ(y)/π_ref(y)``.
+    The value is the surrogate ``−A · logratio`` with ``A`` held constant, whose gradient is the policy-gradient
+    estimate ``−A ∇ log π_θ(y)`` (``logratio = log π_θ − log π_ref`` has the gradient of ``log π_θ``)."""
+    if not (math.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta must be a finite number >= 0; got {beta!r}")
+    _check_shapes(logratio, win_rate)
+    advantage = (win_rate.to(logratio.dtype) - 0.5) - beta * logratio.detach()
+    return -advantage * logratio
 
 
 def online_ipo_loss(logratio: Tensor, other_logratio: Tensor, win_rate: Tensor, other_win_rate: Tensor, tau: float = 0.1) -> Tensor:

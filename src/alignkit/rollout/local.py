@@ -418,6 +418,22 @@ class CachedModelGuide(Guide):
         self.state = None
 
 
+class MixtureGuide(CachedModelGuide):
+    """The geometric mixture of the policy and a second model ``pi_ref``: per token
+    ``log p(v) = (1 - coef) log pi(v) + coef log pi_ref(v) + const`` (Nash-MD's ``pi^(1-beta) pi_ref^beta``,
+    normalised token by token as Munos et al. 2023 sample it), ``pi_ref``'s KV cache in lockstep."""
+
+    def __init__(self, model, coef: float, pad_id: int = 0):
+        if not 0.0 <= coef <= 1.0:
+            raise ValueError(f"mixture coefficient must be in [0, 1]; got {coef}")
+        super().__init__(model, coef, pad_id)
+
+    def __call__(self, logits: torch.Tensor, state: StepState) -> torch.Tensor:
+        other = self.state.logits if state.last_tokens is None else self.state.advance(self.model, state.last_tokens)
+        mixed = (1.0 - self.weight) * torch.log_softmax(logits.float(), -1) + self.weight * torch.log_softmax(other.float(), -1)
+        return mixed.to(logits.dtype)
+
+
 # --------------------------------------------------------------------------------------------------
 # the engine
 # --------------------------------------------------------------------------------------------------
