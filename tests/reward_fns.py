@@ -9,3 +9,8 @@ def soup_is_constant(prompts, completions):
 def constant(prompts, completions):
     """The same reward for everything: every group has zero variance, so every GRPO advantage is 0."""
     return [0.5 for _ in completions]
+
+
+def completion_length(prompts, completions):
+    """The completion's length in characters (a reward whose mean and win rate a test can work out by hand)."""
+    return [float(len(c)) for c in completions]

@@ -104,11 +104,11 @@ def test_dataset_dict_names_its_splits_and_empty_parquet(tmp_path):
     from datasets import Dataset, DatasetDict
 
     folder = tmp_path / "dd"
-    DatasetDict({"train": Dataset.from_list([{"prompt": "p", "completion": "c"}]), "test": Dataset.from_list([{"prompt": "q", "completion": "d"}])}).save_to_disk(str(folder))
+    DatasetDict({"first": Dataset.from_list([{"prompt": "p", "completion": "c"}]), "second": Dataset.from_list([{"prompt": "q", "completion": "d"}])}).save_to_disk(str(folder))
     with pytest.raises(DataError) as e:
         load_records(folder, "sft")
-    assert str(e.value) == f"{folder}: is a DatasetDict with splits train, test: give one split's folder (e.g. {folder / 'train'})"
-    assert len(load_records(folder / "train", "sft")[0]) == 1
+    assert str(e.value) == f"{folder}: has splits first, second: choose one with data.train_split, or give one split's folder (e.g. {folder / 'first'})"
+    assert len(load_records(folder / "first", "sft")[0]) == 1
     empty = tmp_path / "empty.parquet"
     empty.write_bytes(b"")
     with pytest.raises(DataError) as e:

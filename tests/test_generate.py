@@ -203,3 +203,110 @@ def test_backends(trained, tokenizer):
     generate(trained, tokenizer, PROMPTS[:1], max_new_tokens=2)
     assert trained.training is True  # the caller's mode is restored
     trained.eval()
+
+
+# ---- plain-text prompts and the chat template ------------------------------------------------------
+def test_tiny_tokenizer_keeps_raw_text_unless_asked(trained, tokenizer):
+    """The tiny models learn plain-text tasks: "auto" keeps the raw text for their tokenizer (whose chat
+    template exists for conversational data); chat_template=True renders the user turn + generation prompt."""
+    from alignkit.rollout.generate import wraps_plain_prompts
+
+    assert tokenizer.chat_template and not wraps_plain_prompts(tokenizer)
+    auto = generate(trained, tokenizer, PROMPTS[:2], max_new_tokens=4, greedy=True)
+    raw = generate(trained, tokenizer, PROMPTS[:2], max_new_tokens=4, greedy=True, chat_template=False)
+    assert [s.prompt_ids for s in auto] == [s.prompt_ids for s in raw] == [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS[:2]]
+    chat = generate(trained, tokenizer, PROMPTS[:2], n=2, max_new_tokens=4, greedy=True, chat_template=True)
+    rendered = [tokenizer(f"<|user|>{p}<|end|><|assistant|>", add_special_tokens=False)["input_ids"] for p in PROMPTS[:2]]
+    assert [s.prompt_ids for s in chat] == [rendered[0], rendered[0], rendered[1], rendered[1]]
+    assert [s.prompt for s in chat] == [PROMPTS[0], PROMPTS[0], PROMPTS[1], PROMPTS[1]]  # the prompt as the caller gave it
+    messages = [{"role": "user", "content": PROMPTS[0]}]
+    [as_messages] = generate(trained, tokenizer, [messages], max_new_tokens=4, greedy=True, chat_template=False)
+    assert as_messages.prompt_ids == rendered[0] and as_messages.prompt == messages  # message lists always use the template
+
+
+def test_auto_wraps_for_another_template_and_true_needs_one(tokenizer):
+    import copy
+
+    from alignkit.rollout.generate import as_chat_prompts, wraps_plain_prompts
+
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}"
+    assert wraps_plain_prompts(chat) and as_chat_prompts(chat, ["hi", [{"role": "user", "content": "x"}]]) == [
+        [{"role": "user", "content": "hi"}], [{"role": "user", "content": "x"}]]
+    assert as_chat_prompts(chat, ["hi"], False) == ["hi"]
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    assert not wraps_plain_prompts(plain)
+    with pytest.raises(ValueError, match="the tokenizer has no chat template"):
+        wraps_plain_prompts(plain, True)
+    with pytest.raises(ValueError, match="chat_template: got 'yes'; allowed: 'auto', True, False"):
+        wraps_plain_prompts(chat, "yes")
+
+
+def _rendered(tokenizer, text):
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True, add_generation_prompt=True, return_dict=False)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+@pytest.mark.slow
+def test_cli_plain_prompt_on_a_chat_model_uses_the_template(smollm2, tmp_path):
+    """SmolLM2-135M-Instruct answers nothing to the raw text; through the chat template it names Paris."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from alignkit import cli
+    from alignkit.models.loading import load_tokenizer
+
+    question = "What is the capital of France?"
+    tok = load_tokenizer(smollm2)
+    runner = CliRunner()
+    rows = {}
+    for flag in ("--chat-template", "--no-chat-template"):
+        out = tmp_path / f"{flag}.jsonl"
+        result = runner.invoke(cli.app, ["generate", str(smollm2), "-p", question, "--greedy", "--max-new-tokens", "24", "--out", str(out), flag])
+        assert result.exit_code == 0, result.output
+        [rows[flag]] = [json.loads(line) for line in out.read_text().splitlines()]
+    templated, raw = rows["--chat-template"], rows["--no-chat-template"]
+    assert templated["prompt"] == raw["prompt"] == question
+    assert templated["prompt_ids"] == _rendered(tok, question)
+    assert "Paris" in templated["completion"] and templated["finished"]
+    assert raw["prompt_ids"] == tok(question, add_special_tokens=False)["input_ids"]
+
+
+def test_cli_chat_template_flag_on_a_chat_tokenizer(tiny_dir, tmp_path):
+    """A model folder whose tokenizer has a (non-tiny) chat template: the CLI renders plain prompts with it,
+    --no-chat-template keeps the raw tokens, and the combination a strategy cannot honour is refused."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from alignkit import cli
+    from alignkit.models.loading import load_tokenizer
+
+    folder = tmp_path / "chat"
+    shutil.copytree(tiny_dir, folder)
+    tok = load_tokenizer(folder)
+    tok.chat_template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %} "
+    tok.save_pretrained(str(folder))
+    runner = CliRunner()
+    rows = {}
+    for flag in ("--chat-template", "--no-chat-template"):
+        out = tmp_path / f"{flag}.jsonl"
+        result = runner.invoke(cli.app, ["generate", str(folder), "-p", PROMPTS[0], "--n", "2", "--max-new-tokens", "3", "--out", str(out), flag])
+        assert result.exit_code == 0, result.output
+        rows[flag] = [json.loads(line) for line in out.read_text().splitlines()]
+    rendered = tok(f"<|user|>{PROMPTS[0]}<|end|><|assistant|> ", add_special_tokens=False)["input_ids"]
+    assert [r["prompt_ids"] for r in rows["--chat-template"]] == [rendered, rendered]
+    assert [r["prompt_ids"] for r in rows["--no-chat-template"]] == [tok(PROMPTS[0], add_special_tokens=False)["input_ids"]] * 2
+    assert {r["prompt"] for rs in rows.values() for r in rs} == {PROMPTS[0]}
+    out = tmp_path / "strategy.jsonl"
+    result = runner.invoke(cli.app, ["generate", str(folder), "-p", PROMPTS[0], "--max-new-tokens", "3", "--strategy", "sample", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    [row] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["prompt_ids"] == rendered and row["prompt"] == PROMPTS[0]  # a strategy sees the same rendering
+    result = runner.invoke(cli.app, ["generate", str(folder), "-p", PROMPTS[0], "--no-chat-template", "--strategy", "sample"])
+    assert result.exit_code == 2 and result.stderr.strip().splitlines() == [
+        "error: --no-chat-template with --strategy: the decoding strategies render plain-text prompts with the chat template; "
+        "drop --strategy or --no-chat-template"]

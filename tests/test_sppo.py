@@ -78,7 +78,7 @@ def test_sppo_config():
     recipe = load_recipe({"algorithm": "sppo"}, ["sppo.eta=3"])
     assert recipe.sppo.eta == 3.0 and recipe.sppo.loss == "sppo"
     with pytest.raises(ConfigError):
-        load_recipe({"algorithm": "sppo"}, ["sppo.beta=1"])
+        load_recipe({"algorithm": "sppo"}, ["sppo.gamma=1"])  # an unknown key
     with pytest.raises((ConfigError, ValueError)):
         load_recipe({"algorithm": "sppo"}, ["sppo.eta=0"])
 

@@ -56,14 +56,27 @@ def train(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="Run folder for the demo's models, data and report."),
+    out: Optional[Path] = typer.Option(None, help="Run folder for the demo's models, data and report (default runs/demo; runs/demo-real with --real)."),
     seed: int = typer.Option(0, help="Seed for every random choice."),
     quiet: bool = typer.Option(False, help="No progress output."),
+    real: bool = typer.Option(False, "--real", help="The real-model demo: DPO of SmolLM2-135M-Instruct on its own product reviews, VADER gold reward (docs/real-models.md)."),
+    model: Path = typer.Option(Path("models/smollm2"), help="--real: the model folder (alignkit fetch-model smollm2-135m-instruct --out models/smollm2)."),
+    settings: list[str] = typer.Option([], "--set", help="--real: KEY=VALUE of a demo setting (train_prompts, eval_prompts, lr, beta, max_steps, ...; repeatable)."),
 ) -> None:
-    """Build a tiny model, SFT it, DPO it on its own labelled samples, and report the gold-reward gain."""
+    """Build a tiny model, SFT it, DPO it on its own labelled samples, and report the gold-reward gain (--real: on SmolLM2)."""
+    if real:
+        from .pipelines.demo_real import run_real_demo, settings_from_overrides
+
+        try:
+            chosen = settings_from_overrides(settings, model=str(model), seed=seed)
+            results = run_real_demo(out or Path("runs/demo-real"), chosen, quiet=quiet, progress=not quiet)
+        except _user_errors() as e:
+            _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        typer.echo(json.dumps({k: results[k] for k in ("start_gold_reward", "dpo_gold_reward", "gain", "dpo_kl_to_start", "seconds", "report")}, indent=1))
+        return
     from .pipelines.demo import run_demo
 
-    results = run_demo(out, seed=seed, quiet=quiet, progress=not quiet)
+    results = run_demo(out or Path("runs/demo"), seed=seed, quiet=quiet, progress=not quiet)
     typer.echo(json.dumps({k: results[k] for k in ("sft_gold_reward", "dpo_gold_reward", "gain", "dpo_kl_to_sft", "report")}, indent=1))
 
 
@@ -88,10 +101,17 @@ def generate(
     strategy_option: Optional[list[str]] = typer.Option(
         None, "--strategy-option", "-O", help="KEY=VALUE option of the strategy (repeatable; YAML values), e.g. N=8 reward=gold."
     ),
+    chat_template: bool = typer.Option(
+        True, "--chat-template/--no-chat-template",
+        help="Render a plain-text prompt as a user message with the tokenizer's chat template and generation prompt (when it has one; "
+        "not for the tiny models, trained on plain text); --no-chat-template feeds the raw text.",
+    ),
 ) -> None:
-    """Sample completions from a model, or from a model + decoding strategy (its cost and statistics go to stderr)."""
+    """Sample completions from a model, or from a model + decoding strategy (its cost and statistics go to stderr).
+    Plain-text prompts are rendered with the chat template when the tokenizer has one (--no-chat-template: raw text)."""
     from .data.records import load_records, write_jsonl
     from .models.loading import load_policy_for_inference, load_tokenizer
+    from .rollout.generate import as_chat_prompts, wraps_plain_prompts
     from .rollout.generate import generate as sample
 
     result = None
@@ -111,16 +131,23 @@ def generate(
             _fail("--strategy-option needs --strategy NAME")
         policy = load_policy_for_inference(model)
         tokenizer = load_tokenizer(model)
+        template = "auto" if chat_template else False
+        if strategy is not None and not chat_template and wraps_plain_prompts(tokenizer):
+            _fail("--no-chat-template with --strategy: the decoding strategies render plain-text prompts with the chat template; "
+                  "drop --strategy or --no-chat-template")
         if strategy is not None:
-            result = decode_with(strategy, policy, tokenizer, texts, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            result = decode_with(strategy, policy, tokenizer, as_chat_prompts(tokenizer, texts, template), n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                  greedy=greedy, seed=seed, backend=backend, **options)
             samples = result.samples
         else:
             samples = sample(policy, tokenizer, texts, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy, seed=seed,
-                             backend=backend)
+                             backend=backend, chat_template=template)
     except _user_errors() as e:
         _fail(str(e))
-    rows = [{"prompt": s.prompt, "completion": s.completion, "finished": s.finished} for s in samples]
+    rows = [{"prompt": texts[i // n], "completion": s.completion, "finished": s.finished} for i, s in enumerate(samples)]
+    if out:  # the file also records the tokens the model saw (the chat template's rendering, or the raw text's)
+        for row, s in zip(rows, samples):
+            row.update(prompt_ids=list(s.prompt_ids), completion_ids=list(s.completion_ids))
     if result is not None and result.rewards is not None:
         for row, r in zip(rows, result.rewards):
             row["reward"] = r
@@ -158,16 +185,32 @@ def evaluate(
         None, help="Evaluate model + this decoding strategy (sample, best_of_n, rejection, args, product): gold reward, its KL, its cost."
     ),
     strategy_option: Optional[list[str]] = typer.Option(None, "--strategy-option", "-O", help="KEY=VALUE option of the strategy (repeatable)."),
+    data: Optional[Path] = typer.Option(
+        None, help="Evaluate on your own data instead of the task: pairs (implicit-reward and likelihood accuracy, margins), unpaired, sft or prompt rows."
+    ),
+    reward: Optional[str] = typer.Option(
+        None, help="With --data: a reward source (module:function, a reward model folder, gold[:task], or a YAML mapping) scoring samples "
+        "of the model and the reference on the data's prompts (mean reward, win rate, KL)."
+    ),
+    beta: Optional[float] = typer.Option(None, help="With --data: β of the implicit reward β·log(π/π_ref) (default: the run's dpo.beta, else 0.1)."),
+    max_new_tokens: int = typer.Option(64, help="With --data --reward: tokens per sample."),
+    chat_template: bool = typer.Option(
+        True, "--chat-template/--no-chat-template", help="With --data --reward: render plain-text prompts with the chat template when sampling."
+    ),
 ) -> None:
     """Evaluate a policy on a built-in task (mean gold reward, KL to the reference, win rate, diversity,
     length, samples); a reward model is evaluated as by `eval-rm` (accuracy, calibration, gold correlation).
     With --strategy the policy is the model + a decoding strategy; its KL is to --reference (default: the
-    run's starting model, or the model itself for a model folder)."""
+    run's starting model, or the model itself for a model folder). With --data FILE the model is evaluated on
+    your data (and with --reward on samples for its prompts): a table on stdout, eval-<file name>.json,
+    eval-<file name>.html and the samples in the --out folder (default: the run or model folder)."""
     from .evaluation.policy import evaluate_policy
     from .evaluation.report import write_report
     from .models.loading import load_policy_for_inference, load_tokenizer
     from .tasks import get_task
 
+    if data is not None or reward is not None:
+        return _evaluate_on_data(target, data, reference, reward, beta, n_prompts, samples, max_new_tokens, seed, chat_template, out, strategy)
     try:
         options = None
         if strategy is not None:
@@ -222,10 +265,40 @@ def evaluate(
         data.update(extra)
     except Exception as e:  # noqa: BLE001 - the extra metrics never stop the basic evaluation
         data["extra_metrics_error"] = f"{type(e).__name__}: {e}"
+    if result.warning:
+        data["warning"] = result.warning
+        typer.secho(f"warning: {result.warning}", fg=typer.colors.YELLOW, err=True)
     (folder / "eval.json").write_text(json.dumps(data, indent=1))
     summary = {k: v for k, v in data.items() if not isinstance(v, (list, dict))}
     write_report(folder, f"alignkit eval: {target}", [("Evaluation", summary), *extra_blocks, ("Samples", result.samples)])
     typer.echo(json.dumps(summary, indent=1))
+
+
+def _evaluate_on_data(target: Path, data: Optional[Path], reference: Optional[Path], reward: Optional[str], beta: Optional[float], n_prompts: int,
+                      samples: int, max_new_tokens: int, seed: int, chat_template: bool, out: Optional[Path], strategy: Optional[str]) -> None:
+    """`alignkit eval MODEL --data FILE [--reward SPEC]`: the table, eval-<name>.json/.html and the samples."""
+    from .evaluation.on_data import evaluate_on_data, format_table, write_data_eval
+    from .evaluation.targets import resolve_target
+
+    if data is None:
+        _fail("--reward needs --data FILE (the prompts to sample); for a built-in task use --task")
+    if strategy is not None:
+        _fail("--strategy evaluates on a built-in task; drop it with --data")
+    spec = reward
+    if reward is not None and reward.lstrip().startswith("{"):
+        import yaml
+
+        spec = yaml.safe_load(reward)
+    try:
+        result = evaluate_on_data(target, data, reference=reference, reward=spec, beta=beta, n_prompts=n_prompts, samples_per_prompt=samples,
+                                  max_new_tokens=max_new_tokens, seed=seed, chat_template="auto" if chat_template else False)
+    except _user_errors() as e:
+        _fail(str(e))
+    resolved = resolve_target(target)
+    paths = write_data_eval(result, out or resolved.run_dir or resolved.model_dir)
+    typer.echo(format_table(result))
+    for role, path in paths.items():
+        typer.echo(f"{role}: {path}", err=True)
 
 
 @app.command("eval-rm")

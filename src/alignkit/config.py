@@ -64,7 +64,7 @@ class ModelConfig(Section):
     """The policy to start from: a local ``transformers`` checkpoint (``path``) or a tiny model built on
     the task's text (``tiny``, used when ``path`` is not set)."""
 
-    path: str | None = Field(None, description="local transformers checkpoint folder of the starting policy; null: build a tiny model (model.tiny) in output_dir/initial-model")
+    path: str | None = Field(None, description="the starting policy: a local transformers folder, or a Hub id (org/name; read from the Hub cache when HF_HUB_OFFLINE=1); null: build a tiny model (model.tiny) in output_dir/initial-model")
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="shape of the tiny model built from scratch when path is not set")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="dtype the model weights are loaded in")
     trust_remote_code: bool = Field(False, description="let transformers run modelling/tokenizer code shipped with the checkpoint (off: such checkpoints are refused)")
@@ -531,7 +531,7 @@ def load_recipe(source: str | Path | dict | None = None, overrides: list[str] | 
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a recipe is a mapping of sections (algorithm, model, data, train, ...)")
         name = str(path)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import difflib
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, Recipe
@@ -101,14 +100,16 @@ def check_data(recipe: Recipe, algorithm: Algorithm) -> None:
     (``check_records``), and report exact duplicate rows. Needs no tokenizer or model."""
     from ..core.progress import say
     from ..data.records import load_records
+    from ..data.sources import read_options
 
     data = recipe.data
     kind = getattr(algorithm, "row_kind", "") or (algorithm.data_kind if data.kind == "auto" else data.kind)
     options = algorithm.kind_options() if hasattr(algorithm, "kind_options") else {}
-    for source in (data.train, data.eval):
+    for source, role in ((data.train, "train"), (data.eval, "eval")):
         if source is None:
             continue
-        records, summary = load_records(source, kind=kind, skip_invalid=data.skip_invalid, duplicates=data.duplicates, **options)
+        records, summary = load_records(source, kind=kind, skip_invalid=data.skip_invalid, duplicates=data.duplicates,
+                                        read=read_options(data, role), **options)
         check = getattr(algorithm, "check_records", None)
         if check is not None:
             check(records, summary.source)
@@ -122,7 +123,10 @@ def model_context(recipe: Recipe) -> int | None:
     ``config.json`` (or the tiny model's shape) without loading it; None when the config does not say."""
     if recipe.model.path is None:
         return recipe.model.tiny.max_position_embeddings
-    config = json.loads((Path(recipe.model.path) / "config.json").read_text())
+    from ..models.loading import resolve_model_path
+
+    folder = resolve_model_path(recipe.model.path, "model.path", code=recipe.model.trust_remote_code)
+    config = json.loads((folder / "config.json").read_text())
     config = config.get("text_config") or config
     for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
         if isinstance(config.get(key), int):

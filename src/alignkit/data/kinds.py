@@ -6,7 +6,7 @@ with the tokenizer's chat template.
 ============  ======================================================================================
 kind          fields
 ============  ======================================================================================
-``sft``       ``prompt`` + ``completion``, or ``messages`` (assistant turns are trained)
+``sft``       ``prompt`` + ``completion``, or ``messages`` (assistant turns are trained; optional ``tools``)
 ``pair``      ``prompt`` + ``chosen`` + ``rejected`` (optional ``margin``)
 ``unpaired``  ``prompt`` + ``completion`` + ``label`` (bool: thumbs up / down)
 ``ranked``    ``prompt`` + ``completions`` (list) + ``scores`` or ``ranks`` (list, same length)
@@ -154,7 +154,12 @@ def _check_sft(data: dict[str, Any], ctx: RowContext) -> dict[str, Any]:
         messages = data["messages"]
         if not any(m["role"] == "assistant" for m in messages):
             raise ctx.error("messages", "has no assistant turn to train on")
-        return {"messages": messages}
+        tools = data.get("tools")
+        if tools is None:
+            return {"messages": messages}
+        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+            raise ctx.error("tools", "expected a list of tool schemas ({type: function, function: {name, description, parameters}})")
+        return {"messages": messages, "tools": tools}
     return {"prompt": ctx.text(data, "prompt"), "completion": ctx.text(data, "completion")}
 
 
@@ -275,7 +280,7 @@ def _completions(encoder: Any, record: dict[str, Any], fields: list[str]) -> tup
 def _encode_sft(encoder: Any, record: dict[str, Any]) -> dict[str, Any]:
     row = record.get("_row", 0)
     if "messages" in record:
-        ids, mask = encoder.conversation(record["messages"], row)
+        ids, mask = encoder.conversation(record["messages"], row, tools=record.get("tools"))
         if len(ids) > encoder.max_length:
             if encoder.truncation in ("error", "skip"):
                 raise RowTooLong(encoder.source, row, "messages", f"{len(ids)} tokens is longer than max_length={encoder.max_length}")
@@ -380,7 +385,7 @@ def encode_steps(encoder: Any, prompt: Any, steps: list[str]) -> tuple[list[int]
 # --------------------------------------------------------------------------------------------------
 # the built-in kinds
 # --------------------------------------------------------------------------------------------------
-register_kind("sft", fields=("prompt", "completion", "messages"), required=("prompt", "completion"), alternatives=(("messages",),),
+register_kind("sft", fields=("prompt", "completion", "messages", "tools"), required=("prompt", "completion"), alternatives=(("messages",),),
               check=_check_sft, encode=_encode_sft, infer=((0, lambda d: "messages" in d), (40, lambda d: "completion" in d)),
               description="prompt + completion, or messages")
 register_kind("pair", fields=("prompt", "chosen", "rejected", "margin"), required=("prompt", "chosen", "rejected"),

@@ -1,7 +1,12 @@
 """Reading feedback data and checking it row by row.
 
-Sources: JSON Lines (``.jsonl``), a JSON array (``.json``), Parquet, CSV, a dataset saved with
-``datasets.Dataset.save_to_disk`` (a folder), or a list of dicts from Python.
+Sources: JSON Lines (``.jsonl``, ``.jsonl.gz``), a JSON array (``.json``), Parquet, CSV, a dataset saved
+with ``datasets.Dataset.save_to_disk`` (a folder), a dataset folder or Hub dataset read by
+``datasets.load_dataset`` (:mod:`alignkit.data.sources`), or a list of dicts from Python.
+
+Before a row is checked, the source's columns are renamed (``ReadOptions.columns``) and the row is
+converted from its public format (Anthropic HH, UltraFeedback, ShareGPT, Alpaca, ...; see
+:mod:`alignkit.data.formats`) into alignkit's fields.
 
 Each row is checked against a record kind (:mod:`alignkit.data.kinds` lists them: ``sft``, ``pair``,
 ``unpaired``, ``ranked``, ``prompt``, ``ratings``, ``steps``; adding one is one registration). A row's
@@ -25,9 +30,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import DataError, SkipSummary, check_text, number_field
+from .formats import FormatReader
 from .kinds import RECORD_KINDS, check_row, infer_kind, kind_names
+from .sources import DatasetSpec, ReadOptions, check_columns, dataset_spec, is_saved_dataset, load_hub_rows, pick_split, rename_columns, score_margin
 
-__all__ = ["DUPLICATES", "DataError", "Row", "SkipSummary", "check_row", "check_text", "infer_kind", "load_records", "number_field", "read_rows", "write_jsonl"]
+__all__ = ["DUPLICATES", "DataError", "ReadOptions", "Row", "SkipSummary", "check_row", "check_text", "infer_kind", "load_records",
+           "number_field", "read_rows", "write_jsonl"]
 
 
 def __getattr__(name: str) -> Any:
@@ -50,16 +58,24 @@ class Row:
 # --------------------------------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------------------------------
-def read_rows(source: str | Path | list[dict]) -> tuple[str, list[Row]]:
-    """Read every row of ``source``; returns (name of the source for messages, rows)."""
+def read_rows(source: str | Path | list[dict], options: ReadOptions | None = None) -> tuple[str, list[Row]]:
+    """Read every row of ``source``; returns (name of the source for messages, rows). ``options`` picks
+    the split of a dataset with several (without them a saved ``DatasetDict`` is refused, naming its splits)."""
     if isinstance(source, list):
         return "<list>", [Row(i + 1, dict(r)) for i, r in enumerate(source)]
     path = Path(source)
     name = str(path)
     if not path.exists():
-        raise DataError(name, None, None, "no such file or folder")
+        spec = dataset_spec(str(source))
+        if spec is None:
+            raise DataError(name, None, None, "no such file or folder")
+        name, data = load_hub_rows(spec, options or ReadOptions())
+        return name, [Row(i + 1, r) for i, r in enumerate(data)]
     if path.is_dir():
-        return name, _read_saved_dataset(path)
+        if not is_saved_dataset(path):
+            name, data = load_hub_rows(DatasetSpec(str(path), None, local=True), options or ReadOptions())
+            return name, [Row(i + 1, r) for i, r in enumerate(data)]
+        return name, _read_saved_dataset(path, options)
     suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
     if suffix in (".jsonl", ".jsonl.gz"):
         return name, _read_jsonl(path)
@@ -174,7 +190,7 @@ def _read_csv(path: Path) -> list[Row]:
     return rows
 
 
-def _read_saved_dataset(path: Path) -> list[Row]:
+def _read_saved_dataset(path: Path, options: ReadOptions | None = None) -> list[Row]:
     from datasets import load_from_disk
 
     try:
@@ -186,7 +202,7 @@ def _read_saved_dataset(path: Path) -> list[Row]:
     if isinstance(ds, (DatasetDict, IterableDatasetDict)):
         splits = list(ds.keys())
         example = f" (e.g. {path / splits[0]})" if splits else ""
-        raise DataError(str(path), None, None, f"is a DatasetDict with splits {', '.join(splits) or '(none)'}: give one split's folder{example}")
+        ds = ds[pick_split(splits, options or ReadOptions(), str(path), f", or give one split's folder{example}")]
     return [Row(i + 1, dict(r)) for i, r in enumerate(ds)]
 
 
@@ -198,6 +214,7 @@ def load_records(
     kind: str = "auto",
     skip_invalid: bool = False,
     duplicates: str = "keep",
+    read: ReadOptions | None = None,
     **options: Any,
 ) -> tuple[list[dict[str, Any]], SkipSummary]:
     """Read and check every row of ``source``.
@@ -208,22 +225,33 @@ def load_records(
     outside the kind's schema under ``"meta"``. ``options`` go to the kind's check (e.g. ``attributes``).
     Rows identical to an earlier valid row (every field equal) are counted in ``summary.duplicates`` and
     kept (``duplicates="keep"``) or left out (``"drop"``).
+
+    ``read`` (:class:`~alignkit.data.sources.ReadOptions`; default: format ``auto``, no renames) says how
+    the source is read: its split, column renames, its format, whether extra fields are kept as metadata
+    and whether score columns give the margin. Every row is converted to alignkit's fields before its check.
     """
     if duplicates not in DUPLICATES:
         raise ValueError(f"duplicates: got {duplicates!r}; allowed: {', '.join(DUPLICATES)}")
-    name, rows = read_rows(source)
+    read = read or ReadOptions()
     if kind != "auto" and kind not in RECORD_KINDS:
         raise ValueError(f"{RECORD_KINDS.unknown(kind).replace('; allowed: ', '; allowed: auto, ')}")
+    name, rows = read_rows(source, read)
     if not rows:
         raise DataError(name, None, None, "has no rows")
-    if kind == "auto":
-        kind = infer_kind(rows[0].data)
+    if read.columns:
+        check_columns(read.columns, rows[0].data, name)
+    reader = FormatReader(name, read.format, kind)
     summary = SkipSummary(name, total=len(rows))
     summary.duplicates_dropped = duplicates == "drop"
     records, seen = [], {}
     for row in rows:
         try:
-            record = check_row(row.data, kind, name, row.number, **options)
+            data = reader.convert(row.number, rename_columns(row.data, read.columns))
+            if read.score_margin:
+                data = score_margin(data, name, row.number)
+            if kind == "auto":
+                kind = reader.kind = infer_kind(data)
+            record = check_row(data, kind, name, row.number, **options)
         except DataError as e:
             if not skip_invalid:
                 raise
@@ -236,6 +264,8 @@ def load_records(
                 continue
         else:
             seen[key] = row.number
+        if read.extra_columns == "drop":
+            record = _without_extras(record, kind)
         record["_row"] = row.number
         records.append(record)
     if not records:
@@ -244,6 +274,14 @@ def load_records(
 
 
 DUPLICATES = ("keep", "drop")
+
+
+def _without_extras(record: dict[str, Any], kind: str) -> dict[str, Any]:
+    """``data.extra_columns: drop``: the record without its metadata (fields outside the kind's schema)."""
+    spec = RECORD_KINDS.get(kind)
+    if spec.meta_at_top:
+        return {k: v for k, v in record.items() if k in spec.fields}
+    return {k: v for k, v in record.items() if k != "meta"}
 
 
 def _row_key(data: dict[str, Any]) -> str:

@@ -430,7 +430,8 @@ def clear_run(run_dir: Path) -> list[str]:
     (``train.overwrite``); returns what was removed."""
     run_dir = Path(run_dir)
     removed = previous_run(run_dir)
-    targets = [run_dir / name for name in removed] + [run_dir / "initial-model", run_dir / "tensorboard", *run_dir.glob("skipped-*.txt"), *leftovers(run_dir)]
+    extra = ["initial-model", "tensorboard", "samples.jsonl", "summary.json"]
+    targets = [run_dir / name for name in removed] + [run_dir / name for name in extra] + [*run_dir.glob("skipped-*.txt"), *leftovers(run_dir)]
     for p in targets:
         if p.is_dir():
             remove_folder(p)

@@ -73,6 +73,8 @@ class Algorithm:
     name: str = ""
     data_kind: str = "sft"
     shuffle: bool = True  # False: the engine keeps the order of prepare_examples (e.g. a curriculum)
+    # metrics the end-of-training summary and the model card show first -> last (those the algorithm logs)
+    key_metrics: tuple[str, ...] = ("rewards/accuracy", "rewards/margins", "accuracy", "margin", "step_accuracy", "reward", "kl")
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
@@ -122,6 +124,14 @@ class Algorithm:
     def extra_modules(self) -> dict[str, torch.nn.Module]:
         """Trained or changing modules besides the policy (saved in checkpoints, e.g. a critic)."""
         return {}
+
+    def samples_per_example(self) -> int:
+        """Completions drawn per training example in a step (online RL: the group size); the start banner."""
+        return 1
+
+    def progress_info(self, loss: float, stats: dict[str, float]) -> str:
+        """The progress bar's text after a step (``stats``: the step's rollout statistics and timings)."""
+        return f"loss {loss:.4f}"
 
     def updates_per_step(self) -> int:
         """Optimizer updates per training step (more than one for multi-epoch online RL)."""

@@ -55,7 +55,7 @@ class DataOrder:
             order = torch.arange(self.n)
         indices = order[pos * self.batch_size : (pos + 1) * self.batch_size].tolist()
         fill = self.size(step) - len(indices)  # several processes: the last batch filled to an equal share
-        return indices + order[:fill].tolist()
+        return indices + [int(order[i % self.n]) for i in range(fill)]
 
     def share(self, step: int, rank: int) -> list[int]:
         """Process ``rank``'s contiguous share of step ``step``."""

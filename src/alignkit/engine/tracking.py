@@ -28,29 +28,9 @@ class MetricsLog:
     def truncate_after(self, step: int) -> int:
         """Drop the records of steps after ``step`` (a resumed run logs them again) and any line a kill
         left half-written; returns how many lines were dropped. The file is replaced atomically."""
-        if not self.enabled or not self.path.exists():
+        if not self.enabled:
             return 0
-        kept, dropped = [], 0
-        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                keep = isinstance(record, dict) and float(record.get("step", 0)) <= step
-            except (ValueError, TypeError):
-                keep = False
-            if keep:
-                kept.append(line)
-            else:
-                dropped += 1
-        if dropped:
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write("".join(line + "\n" for line in kept))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        return dropped
+        return truncate_jsonl(self.path, step)
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -66,6 +46,42 @@ class MetricsLog:
     def close(self) -> None:
         for tracker in self.trackers:
             getattr(tracker, "close", lambda: None)()
+
+
+def truncate_jsonl(path: Path, step: int) -> int:
+    """Drop the lines of ``path`` (JSON objects with a ``step``) after ``step``, and lines that do not parse;
+    returns how many were dropped. The file is replaced atomically (``metrics.jsonl``, ``samples.jsonl``)."""
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            keep = isinstance(record, dict) and float(record.get("step", 0)) <= step
+        except (ValueError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in kept))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    return dropped
+
+
+def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append ``rows`` to ``path`` as JSON Lines (non-finite floats become null)."""
+    with open(path, "a", encoding="utf-8") as f:
+        for row in rows:
+            clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+            f.write(json.dumps(clean) + "\n")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

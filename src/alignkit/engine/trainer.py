@@ -36,8 +36,10 @@ from ..core.progress import make_progress, say
 from ..data.encode import Encoder, encode_records
 from ..data.kinds import RECORD_KINDS
 from ..data.records import load_records
+from ..data.sources import read_options
 from ..models.loading import is_peft, load_tokenizer, save_policy
 from ..models.reference import Reference, starting_reference
+from ..models.sanity import warn_settings
 from ..models.weights import mark_updated
 from .checkpoint import (
     RunError,
@@ -59,8 +61,10 @@ from .checkpoint import (
 )
 from .contract import Algorithm, Context
 from .loop import DataOrder, check_layout, lr_lambda, split_micro_batches
+from .model_card import CardFacts, write_model_card
 from .strategies import Strategy, build_strategy
-from .tracking import MetricsLog
+from .summary import BatchLayout, batch_banner, run_summary, summary_lines, trends, write_summary
+from .tracking import MetricsLog, read_metrics, truncate_jsonl
 
 
 def train_state_mb(params: list[torch.Tensor], optimizer) -> float:
@@ -113,6 +117,9 @@ class Trainer:
         self.step = 0  # training steps taken by this trainer (over every fit)
         self.schedule_steps = schedule_steps
         self.nonfinite_skipped = 0  # updates skipped for a non-finite loss or gradient (train.nonfinite=skip)
+        self.examples_seen = 0  # examples (prompts, pairs, ...) read by the steps taken, over all processes
+        self.train_time = 0.0  # wall time of this process's training steps (seconds; this session only on resume)
+        self.phase_time: dict[str, float] = {}  # online methods: seconds per phase (time/sample, ..., time/update), summed over steps
         self._stop_signal: int | None = None
         self._locked = False
         seed_everything(self.cfg.seed)
@@ -270,7 +277,8 @@ class Trainer:
             name = f"<task {self.recipe.task.name}:{split}>"
         else:
             rows, name = source, source if isinstance(source, str) else f"<{split} rows>"
-        records, summary = load_records(rows, kind=kind, skip_invalid=data.skip_invalid, duplicates=data.duplicates)
+        read = read_options(data, "eval" if split == "eval" else "train") if isinstance(source, str) else None
+        records, summary = load_records(rows, kind=kind, skip_invalid=data.skip_invalid, duplicates=data.duplicates, read=read)
         encoder = Encoder(self.tokenizer, data.max_length, data.truncation, source=name)
         examples = self.algorithm.prepare_examples(encode_records(records, kind, encoder, summary), kind)
         if summary.n_skipped and self.strategy.is_main:
@@ -463,6 +471,16 @@ class Trainer:
         self._agree(error, f"the main process could not write checkpoint-{self.step}")
         return self.run_dir / f"checkpoint-{self.step}"
 
+    def card_facts(self) -> CardFacts:
+        """What the model card of a folder saved now states (main process: reads metrics.jsonl)."""
+        return CardFacts(recipe=self.recipe, method=self.algorithm.name, n_examples=len(self.train_examples) if self.train_examples is not None else None,
+                         steps=self.step, metrics=trends(read_metrics(self.run_dir), self.algorithm.key_metrics))
+
+    def summary(self, final: Path | None) -> dict[str, Any]:
+        """The end-of-training summary (:func:`~alignkit.engine.summary.run_summary`), from metrics.jsonl and the trainer's counts."""
+        return run_summary(self.run_dir, algorithm=self.algorithm.name, steps=self.step, examples_seen=self.examples_seen, wall_s=self.train_time,
+                           phase_s=dict(self.phase_time), key_metrics=self.algorithm.key_metrics, final=final)
+
     def save(self, out_dir: Path) -> Path:
         """The live policy as a ``save_pretrained`` folder (LoRA: the adapter, plus ``<out_dir>-merged``),
         written atomically; non-finite weights are refused."""
@@ -474,11 +492,15 @@ class Trainer:
                 self._check_finite_weights(out_dir.name, full_states[0] if full_states else None)
                 last = latest_checkpoint(self.run_dir)
                 describe = f"{last.name} is the last complete checkpoint" if last else "no checkpoint was written"
+                facts = self.card_facts()
                 with atomic_folder(out_dir, describe) as tmp:
                     save_policy(self.model, self.tokenizer, tmp, state_dict=full_states[0] if full_states else None)
+                    write_model_card(tmp, out_dir, CardFacts(**{**facts.__dict__, "adapter": is_peft(self.model)}))
                 if is_peft(self.model):
-                    with atomic_folder(out_dir.parent / f"{out_dir.name}-merged", describe) as tmp:
+                    merged = out_dir.parent / f"{out_dir.name}-merged"
+                    with atomic_folder(merged, describe) as tmp:
                         save_policy(self.model, self.tokenizer, tmp, merge_lora=True)
+                        write_model_card(tmp, merged, CardFacts(**{**facts.__dict__, "merged_from": str(out_dir)}))
             except Exception as e:  # noqa: BLE001 - shared with the other processes below, then raised
                 error = e
         self._agree(error, f"the main process could not write {out_dir}")
@@ -507,6 +529,23 @@ class Trainer:
             self.log.path.unlink()  # a fresh run (or a resume that found no checkpoint) starts the metrics anew
         elif self.resumed_from is not None and (dropped := self.log.truncate_after(self.step)):
             say(f"metrics.jsonl: dropped {dropped} line(s) after step {self.step}, logged before the run was stopped", self.strategy.is_main)
+        samples = self.run_dir / "samples.jsonl"  # online methods' sample completions (rl.log_samples)
+        if self.strategy.is_main and samples.exists():
+            if self.resumed_from is None:
+                samples.unlink()
+            else:
+                truncate_jsonl(samples, self.step)
+
+    def batch_layout(self, order: DataOrder | None, total: int) -> BatchLayout:
+        """The sizes of one optimizer step of this fit (the start banner)."""
+        cfg = self.cfg
+        online = hasattr(self.algorithm, "rollout")
+        return BatchLayout(
+            examples=min(cfg.batch_size, order.size(0)) if order is not None else cfg.batch_size, processes=self.strategy.world,
+            micro_batch_size=cfg.micro_batch_size, micro_batch_tokens=cfg.micro_batch_tokens, n_examples=order.n if order is not None else None,
+            steps_per_epoch=order.per_epoch if order is not None else None, total_steps=total,
+            unit=getattr(self.algorithm, "example_unit", "prompts" if online else "examples"),
+            samples_per_example=self.algorithm.samples_per_example())
 
     def prepare(self, train_examples: list[dict] | None, eval_examples: list[dict] | None = None, steps: int | None = None
                 ) -> tuple[Context, DataOrder | None, int, int]:
@@ -518,6 +557,9 @@ class Trainer:
         if train_examples is not None:
             check_layout(len(train_examples), self.cfg.batch_size, self.strategy.world, self.cfg.micro_batch_size)
             order = DataOrder(len(train_examples), self.cfg.batch_size, self.cfg.seed, self.algorithm.shuffle, self.strategy.world)
+            if len(train_examples) < self.cfg.batch_size:
+                say(f"warning: train.batch_size={self.cfg.batch_size} is more than the {len(train_examples)} training examples: "
+                    f"the batch is capped to the data (each step trains on all {order.size(0)})", self.strategy.is_main)
         elif steps is None:
             raise ValueError("fit over a stream of batches needs steps")
         total = steps or self.cfg.max_steps or max(1, math.ceil(self.cfg.epochs * order.per_epoch))
@@ -525,7 +567,11 @@ class Trainer:
         start = 0
         if first and self.resumed_from is not None:
             start = read_state(self.resumed_from)["step"]
+        if first and self.strategy.is_main:
+            for line in batch_banner(self.batch_layout(order, total)):
+                say(line)
         ctx = self.context(order, start, total)
+        warn_settings(self.recipe, self.model, self.tokenizer, first and self.strategy.is_main)  # tiny-model settings on a real model
         self.algorithm.setup(ctx)  # before wrapping: the policy is the plain model here
         if first:
             self._first_fit(total, start)
@@ -539,7 +585,11 @@ class Trainer:
         step's optimizer updates, each a list of collated micro-batches (:meth:`collate`) of this process.
         Callable again: the model, optimizer, scheduler and step counter carry over."""
         ctx, order, start, total = self.prepare(train_examples, eval_examples, steps)
-        return self._run(ctx, order, start, total, stream)
+        began = time.perf_counter()
+        try:
+            return self._run(ctx, order, start, total, stream)
+        finally:
+            self.train_time += time.perf_counter() - began  # steps, evaluations and checkpoints of this fit
 
     def _updates(self, ctx: Context, order: DataOrder | None, local: int, stream) -> tuple[list[list[dict]], dict[str, float]]:
         """The optimizer updates of one step: from the stream, from the algorithm's rollout, or the
@@ -564,22 +614,35 @@ class Trainer:
         policy.train()
         if eval_examples and cfg.eval_every and start == 0:
             self.log.log({"step": offset, **self.evaluate(eval_examples, ctx)})  # the starting point of every eval curve
+        online = hasattr(self.algorithm, "rollout") and stream is None
+        if order is not None and start and not self.examples_seen:  # a resumed run counts the steps before its checkpoint
+            self.examples_seen = sum(order.size(s) for s in range(start))
         progress = make_progress(cfg.progress and strategy.is_main)
         with progress, self._signals():
             bar = progress.add_task(f"{self.algorithm.name} train", total=total, completed=start, info="")
             window_t, window_ex, window_tok = time.perf_counter(), 0, 0
             for local in range(start, total):
                 ctx.step = self.step
+                step_t = time.perf_counter()
                 steps, rollout_stats = self._updates(ctx, order, local, stream)
+                update_t = time.perf_counter()
                 losses, metrics, grad_norm, lr = self.optimize(steps, ctx)
                 loss = sum(losses) / len(losses) if losses else float("nan")
                 batches = [b for update in steps[:1] for b in update]
                 self.step += 1
                 done = self.step
                 self.algorithm.after_step(ctx, done)
-                window_ex += cfg.batch_size
+                if online:  # per-phase wall time: the rollout's stages (from the algorithm) and the update
+                    now = time.perf_counter()
+                    rollout_stats = {**rollout_stats, "time/update": now - update_t, "time/step": now - step_t}
+                    for name, value in rollout_stats.items():
+                        if name.startswith("time/") and name != "time/step":
+                            self.phase_time[name] = self.phase_time.get(name, 0.0) + value
+                seen = order.size(local) if order is not None else cfg.batch_size
+                self.examples_seen += seen
+                window_ex += seen
                 window_tok += int(sum(b["attention_mask"].sum().item() for b in batches)) * strategy.world
-                progress.update(bar, completed=local + 1, info=f"loss {loss:.4f}")
+                progress.update(bar, completed=local + 1, info=self.algorithm.progress_info(loss, rollout_stats))
                 if done % cfg.log_every == 0 or local + 1 == total:
                     elapsed = time.perf_counter() - window_t
                     record = {"step": done, "epoch": local / per_epoch, "lr": lr, "loss": loss, **rollout_stats, **metrics}
@@ -663,6 +726,11 @@ class Trainer:
             final = self.run_dir / "final"
             if self.cfg.save_final:
                 self.save(final)
+            if self.strategy.is_main:  # the one-screen summary, also as summary.json
+                summary = self.summary(final if self.cfg.save_final else None)
+                write_summary(self.run_dir, summary)
+                for line in summary_lines(summary):
+                    say(line)
         finally:
             self.close()
         return final

@@ -44,6 +44,23 @@ class PolicyEval:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def warning(self) -> str | None:
+        """A one-line warning when most samples are malformed for the task (:func:`malformed_warning`)."""
+        return malformed_warning(self.malformed)
+
+
+MALFORMED_LIMIT = 0.5  # above this fraction of malformed samples the task is probably not the model's
+
+
+def malformed_warning(malformed: float, limit: float = MALFORMED_LIMIT) -> str | None:
+    """The warning for a model whose samples are mostly malformed for a built-in task (a chat model on the
+    synthetic sentiment task scores "100% malformed"): its gold reward says nothing about the model."""
+    if malformed is None or not malformed > limit:
+        return None
+    return (f"the model writes mostly text the task's gold reward cannot parse ({100 * malformed:.0f}% malformed): "
+            "is this the task it was trained for? For your own data use --data/--reward")
+
 
 @dataclass
 class ScoredSamples:

@@ -1,4 +1,5 @@
-"""Run reports: PNG plots (matplotlib, headless) and one self-contained ``report.html``."""
+"""Run reports: PNG plots (matplotlib, headless) and one self-contained ``report.html`` whose tables explain
+their columns (:mod:`.glossary`)."""
 
 from __future__ import annotations
 
@@ -12,24 +13,45 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .glossary import explain  # noqa: E402
+
 
 def plot_curves(runs: dict[str, list[dict[str, Any]]], keys: list[str], path: Path, title: str) -> Path | None:
-    """One panel per metric key; one line per run (only records that hold the key)."""
+    """One panel per metric, one metric per axis: a key and its held-out ``eval/`` twin share a panel (solid:
+    training batches, dashed: held-out data); one line per run and a legend in every panel. Axes are labelled
+    with the metric and its units (:func:`alignkit.evaluation.glossary.axis_label`) and x is the optimizer step.
+    Only records that hold the key are drawn."""
+    from .glossary import axis_label, panel_title
+
     keys = [k for k in keys if any(k in r for records in runs.values() for r in records)]
     if not keys:
         return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    panels: list[list[str]] = []
+    for key in keys:
+        base = key[len("eval/") :] if key.startswith("eval/") else key
+        for panel in panels:
+            if panel[0] in (base, f"eval/{base}"):
+                panel.append(key)
+                break
+        else:
+            panels.append([key])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.4), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        base = panel[0][len("eval/") :] if panel[0].startswith("eval/") else panel[0]
         for name, records in runs.items():
-            points = [(r["step"], r[key]) for r in records if key in r and r[key] is not None]
-            if points:
+            for key in panel:
+                points = [(r["step"], r[key]) for r in records if key in r and r[key] is not None]
+                if not points:
+                    continue
                 xs, ys = zip(*points)
-                ax.plot(xs, ys, label=name, marker="." if len(xs) < 30 else None)
-        ax.set_title(key)
-        ax.set_xlabel("step")
+                split = "held-out" if key.startswith("eval/") else "training"
+                label = f"{name}, {split}" if len(runs) > 1 else split
+                ax.plot(xs, ys, label=label, linestyle="--" if key.startswith("eval/") else "-", marker="." if len(xs) < 30 else None)
+        ax.set_title(panel_title(base), fontsize=10)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(axis_label(base))
         ax.grid(alpha=0.3)
-        if len(runs) > 1:
-            ax.legend(fontsize=8)
+        ax.legend(fontsize=8)
     fig.suptitle(title)
     return save_figure(fig, path)
 
@@ -71,28 +93,48 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        v = f"{v:.4g}"
+    elif isinstance(v, (dict, list)):
+        v = json.dumps(v, ensure_ascii=False, default=str)
+    return html.escape(str(v))
+
+
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = []
-    for row in rows:
-        cells = []
-        for c in columns:
-            v = row.get(c, "")
-            if isinstance(v, float):
-                v = f"{v:.4g}"
-            cells.append(f"<td>{html.escape(str(v))}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
+    head = "".join(f"<th title='{html.escape(explain(c) or '')}'>{html.escape(c)}</th>" for c in columns)
+    body = ["<tr>" + "".join(f"<td>{_cell(row.get(c, ''))}</td>" for c in columns) + "</tr>" for row in rows]
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
-def write_report(run_dir: Path, title: str, blocks: Iterable[tuple[str, Any]]) -> Path:
+def _legend(columns: list[str]) -> str:
+    """One line per column: what it is, its units, which way is better (:mod:`.glossary`)."""
+    items = "".join(f"<li><b>{html.escape(c)}</b>: {html.escape(explain(c) or 'no description')}</li>" for c in columns)
+    return f"<ul class='legend'>{items}</ul>"
+
+
+def column_explanations(content: Any) -> dict[str, str | None]:
+    """The columns a report block shows and their explanations (None: the glossary has none)."""
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        columns = list(dict.fromkeys(k for row in content for k in row))
+    elif isinstance(content, dict):
+        columns = ["key", "value", "meaning", *content]
+    else:
+        return {}
+    return {c: explain(c) for c in columns}
+
+
+def write_report(run_dir: Path, title: str, blocks: Iterable[tuple[str, Any]], filename: str = "report.html") -> Path:
     """``blocks``: (heading, content) with content an image path, a list of row dicts (table), a
-    dict (key/value table) or a string (paragraph). Images are referenced relative to ``run_dir``."""
+    dict (key/value table) or a string (paragraph). Images are referenced relative to ``run_dir``. Every
+    table explains its columns: a row table is followed by one line per column, a key/value table has a
+    ``meaning`` column (:mod:`alignkit.evaluation.glossary`). Written to ``run_dir / filename``."""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}"
+        "ul.legend{font-size:12px;color:#444;margin:.2em 0 1em}"
         "img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
@@ -103,12 +145,14 @@ def write_report(run_dir: Path, title: str, blocks: Iterable[tuple[str, Any]]) -
         elif isinstance(content, list) and content and isinstance(content[0], dict):
             columns = list(dict.fromkeys(k for row in content for k in row))
             parts.append(_table(content, columns))
+            parts.append(_legend(columns))
         elif isinstance(content, dict):
-            rows = [{"key": k, "value": v if not isinstance(v, (dict, list)) else json.dumps(v)} for k, v in content.items()]
-            parts.append(_table(rows, ["key", "value"]))
+            rows = [{"key": k, "value": v, "meaning": explain(k) or ""} for k, v in content.items()]
+            parts.append(_table(rows, ["key", "value", "meaning"]))
+            parts.append(_legend(["key", "value", "meaning"]))
         else:
             parts.append(f"<p>{html.escape(str(content))}</p>")
     parts.append("</body></html>")
-    path = run_dir / "report.html"
+    path = run_dir / filename
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

@@ -6,11 +6,20 @@ safetensors only (``use_safetensors=True``): a checkpoint that has only pickled 
 :func:`check_model_folder` runs before every load: a path that does not exist, is a file, has no (or an
 unreadable) ``config.json``, has only ``pytorch_model.bin`` weights, or has a truncated ``.safetensors``
 file is one :class:`ModelFolderError` line (a ``ValueError``) naming the folder, not a traceback.
+
+A path that is not a local folder and has the form of a Hub id (``org/name``: no leading ``./``, ``/`` or
+``~``, no file suffix, and ``org`` not a local folder) is resolved by :func:`resolve_model_path` to its
+snapshot in the Hugging Face cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``), downloaded once when online;
+with ``HF_HUB_OFFLINE=1`` and no cached copy it is one line saying so. Every loader here goes through it,
+so ``model.path``, reference and reward-model folders, ``alignkit eval/generate MODEL``, judges and
+``rl.ppo.dense_reward_model`` all accept the same two forms.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -24,6 +33,62 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 class ModelFolderError(ValueError):
     """A model folder that cannot be loaded; the message names it and what is wrong."""
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+_FILE_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".safetensors", ".bin", ".pt", ".pth", ".gguf", ".csv", ".parquet", ".py", ".txt", ".md")
+# what a snapshot download fetches: configs, tokenizer files, safetensors weights (never pickles)
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+
+
+def looks_like_hub_id(path: str | Path) -> bool:
+    """``org/name`` that is meant for the Hub rather than a local path: one slash, no leading ``./``, ``/``
+    or ``~``, no file suffix, and ``org`` is not a local folder (``runs/sft`` with ``runs/`` present is a
+    local path with a typo)."""
+    text = str(path)
+    if text.startswith((".", "/", "~")) or not _HUB_ID.match(text) or text.lower().endswith(_FILE_SUFFIXES):
+        return False
+    return not Path(text.split("/", 1)[0]).is_dir()
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_cache_dir() -> str | None:
+    """The Hub cache as the environment says now (``HF_HUB_CACHE``, else ``HF_HOME/hub``; None: the default)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return None
+
+
+def resolve_model_path(path: str | Path, what: str = "model", code: bool = False) -> Path:
+    """A local folder as it is; a Hub id (:func:`looks_like_hub_id`) as its snapshot folder in the Hub cache,
+    downloaded once when online (configs, tokenizer files and safetensors weights; ``code=True`` adds the
+    repository's ``*.py`` for ``trust_remote_code``). Anything else is returned unchanged, for
+    :func:`check_model_folder` to name what is wrong with it."""
+    local = Path(path).expanduser()
+    if local.exists() or not looks_like_hub_id(path):
+        return local
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    repo = str(path)
+    offline = _env_flag("HF_HUB_OFFLINE")
+    try:
+        folder = snapshot_download(repo, cache_dir=hub_cache_dir(), local_files_only=offline, allow_patterns=HUB_FILES + (["*.py"] if code else []))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
+        if offline:
+            raise ModelFolderError(f"{what}: '{repo}' is not a local folder, and HF_HUB_OFFLINE=1 with no cached copy "
+                                   "(download it once online, or give a local folder)") from None
+        raise ModelFolderError(f"{what}: '{repo}' is not a local folder, and it is neither cached nor reachable on the Hub "
+                               f"({' '.join(str(e).split())[:160]})") from None
+    except (HfHubHTTPError, ValueError, OSError) as e:
+        raise ModelFolderError(f"{what}: '{repo}' is not a local folder, nor a model the Hub gives out "
+                               f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+    return Path(folder)
 
 
 def _check_safetensors(file: Path) -> None:
@@ -48,8 +113,9 @@ def _check_safetensors(file: Path) -> None:
 def check_model_folder(path: str | Path, what: str = "model", weights: bool = True) -> Path:
     """``path`` as a loadable ``transformers`` folder (config.json, safetensors weights that are complete),
     else a one-line :class:`ModelFolderError`. ``what`` names the setting in messages (e.g. ``model.path``);
-    ``weights=False`` checks the config only (a LoRA adapter folder holds the weights elsewhere)."""
-    path = Path(path)
+    ``weights=False`` checks the config only (a LoRA adapter folder holds the weights elsewhere).
+    A Hub id is resolved first (:func:`resolve_model_path`); the folder checked is returned."""
+    path = resolve_model_path(path, what)
     if not path.exists():
         raise ModelFolderError(f"{what}: {path} does not exist")
     if not path.is_dir():
@@ -89,7 +155,7 @@ def check_model_folder(path: str | Path, what: str = "model", weights: bool = Tr
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    path = Path(path)
+    path = resolve_model_path(path, "tokenizer", code=trust_remote_code)
     if not path.is_dir() or not any((path / f).exists() for f in ("tokenizer_config.json", "tokenizer.json", "config.json")):
         check_model_folder(path, "tokenizer", weights=False)  # names what is missing
     try:
@@ -115,7 +181,7 @@ def load_causal_lm(path: str | Path, config: ModelConfig | None = None, adapter:
     }
     if config.attn_implementation:
         kwargs["attn_implementation"] = config.attn_implementation
-    check_model_folder(path)
+    path = check_model_folder(resolve_model_path(path, code=config.trust_remote_code))
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except (OSError, KeyError) as e:
@@ -175,7 +241,8 @@ def load_policy_for_inference(path: str | Path, dtype: str = "float32", trust_re
         from transformers import AutoModelForCausalLM
 
         base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=True)
+        base = check_model_folder(resolve_model_path(base, f"{path}: the adapter's base model", code=trust_remote_code), f"{path}: the adapter's base model")
+        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=True)
         model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     else:
         model = load_causal_lm(path, ModelConfig(dtype=dtype, trust_remote_code=trust_remote_code))

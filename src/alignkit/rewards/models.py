@@ -61,8 +61,10 @@ def load_reward_model(path: str | Path, model_config: Any = None, num_labels: in
     process reward models; a new one gets ``classifier_dropout = 0``)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-    path = Path(path)
+    from ..models.loading import resolve_model_path
+
     kwargs = _model_kwargs(model_config)
+    path = resolve_model_path(path, code=kwargs.get("trust_remote_code", False))
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=kwargs.get("trust_remote_code", False))
     suffix = "ForTokenClassification" if token_level else "ForSequenceClassification"
     fresh = not getattr(config, "architectures", None) or not any(a.endswith(suffix) for a in config.architectures)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import importlib
 import numbers
-import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -34,9 +33,9 @@ import torch
 from torch import Tensor
 
 from ..core.registry import Registry
+from ..core.user_code import UserCodeError, is_code_spec, load_object
+from ..models.loading import looks_like_hub_id
 from .transforms import ENSEMBLE_REDUCTIONS, apply_transform, ensemble_reduce
-
-_FUNCTION_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 # reward sources named by one word (`rl.reward: vader`): name -> "module:Class", imported when built
 NAMED_SOURCES: Registry[str] = Registry("named reward source")
@@ -77,10 +76,10 @@ class _ModelBacked(RewardSource):
     def __init__(self, path: str | Path, batch_size: int = 32, max_length: int = 512, device: str | None = None, dtype: str = "float32"):
         from ..config import ModelConfig
         from ..data.encode import Encoder
-        from ..models.loading import load_tokenizer
+        from ..models.loading import load_tokenizer, resolve_model_path
         from .models import load_any_reward_model
 
-        self.path = Path(path)
+        self.path = resolve_model_path(path, "reward model")
         if not (self.path / "config.json").exists() and not (self.path / "ensemble.json").exists():
             raise FileNotFoundError(f"{self.path}: not a reward model folder (no config.json or ensemble.json)")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -292,15 +291,10 @@ class PreferenceModelSource(_ModelBacked):
 # functions, tasks, ensembles, combinations
 # --------------------------------------------------------------------------------------------------
 def load_function(path: str) -> Callable[..., Any]:
-    """``module:function`` -> the function (imported, never executed from a file path)."""
-    if not _FUNCTION_PATH.match(path):
-        raise ValueError(f"reward function '{path}': expected an explicit 'package.module:function' path")
-    module_name, fn_name = path.split(":")
-    module = importlib.import_module(module_name)
-    fn = getattr(module, fn_name, None)
-    if not callable(fn):
-        raise ValueError(f"reward function '{path}': {module_name} has no callable '{fn_name}'")
-    return fn
+    """``module:function`` or ``path/to/file.py:function`` -> the function (:mod:`alignkit.core.user_code`:
+    the module from the working directory or the installed packages, a file by its path); one-line
+    :class:`~alignkit.core.user_code.UserCodeError` otherwise."""
+    return load_object(path, "reward function")
 
 
 class FunctionSource(RewardSource):
@@ -436,16 +430,20 @@ class CombinedSource(RewardSource):
 # --------------------------------------------------------------------------------------------------
 # factory
 # --------------------------------------------------------------------------------------------------
-def check_reward_folder(path: str | Path, what: str = "reward model") -> None:
+def check_reward_folder(path: str | Path, what: str = "reward model") -> Path:
     """``path`` is a reward model folder (a sequence/token-classification model or an ensemble), not a
-    causal LM or another folder; a one-line ``ValueError`` says what it is instead. Loads nothing."""
+    causal LM or another folder; a one-line ``ValueError`` says what it is instead. Loads no model; a Hub
+    id is resolved to its cached snapshot (:func:`alignkit.models.loading.resolve_model_path`), which is
+    returned."""
     import json
 
-    path = Path(path)
+    from ..models.loading import resolve_model_path
+
+    path = resolve_model_path(path, what)
     if not path.is_dir():
         raise ValueError(f"{what}: {path} is {'a file' if path.exists() else 'not there'}; expected a reward model folder")
     if (path / "ensemble.json").exists():
-        return
+        return path
     config = path / "config.json"
     if not config.exists():
         raise ValueError(f"{what}: {path} is not a reward model folder (no config.json or ensemble.json)")
@@ -457,6 +455,15 @@ def check_reward_folder(path: str | Path, what: str = "reward model") -> None:
     if data.get("reward_type") is None and not any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in architectures):
         kind = f"a causal LM ({', '.join(architectures)})" if any(a.endswith("ForCausalLM") for a in architectures) else f"not a reward model (architectures: {', '.join(architectures) or 'none'})"
         raise ValueError(f"{what}: {path} is {kind}, not a reward model; train one with algorithm: reward, or give gold or module:function")
+    return path
+
+
+def _not_a_source(spec: str) -> str:
+    """Why a string is no reward source (the spec's last case): a path that is not there, or no known form."""
+    if spec.startswith((".", "/", "~")) or "/" in spec or "\\" in spec:
+        return f"{spec} does not exist (expected a reward model folder, a Hub id org/name, or path/to/file.py:function)"
+    return (f"not 'gold[:task]', a named source ({', '.join(NAMED_SOURCES.names())}), an existing model folder, "
+            "nor a 'module:function' or 'path/to/file.py:function' spec")
 
 
 def check_reward_spec(spec: Any, what: str = "reward") -> None:
@@ -473,16 +480,16 @@ def check_reward_spec(spec: Any, what: str = "reward") -> None:
             except ImportError as e:
                 raise ValueError(f"{what}: {e}") from None
             return
-        if Path(spec).exists():
+        if Path(spec).exists() or looks_like_hub_id(spec):
             check_reward_folder(spec, what)
             return
-        if _FUNCTION_PATH.match(spec):
+        if is_code_spec(spec):
             try:
                 load_function(spec)
-            except ImportError as e:
-                raise ValueError(f"{what}: reward function '{spec}': cannot import {spec.split(':')[0]} ({e})") from None
+            except UserCodeError as e:
+                raise ValueError(f"{what}: {e}") from None
             return
-        raise ValueError(f"{what}: reward source '{spec}': not 'gold[:task]', an existing model folder, nor a 'module:function' path")
+        raise ValueError(f"{what}: reward source '{spec}': {_not_a_source(spec)}")
     if not isinstance(spec, dict):
         raise ValueError(f"{what}: expected a string or a mapping, got {type(spec).__name__}")
     kind = spec.get("type") or ("function" if "function" in spec else "model" if "path" in spec else None)
@@ -505,8 +512,7 @@ def check_reward_spec(spec: Any, what: str = "reward") -> None:
 def _model_source(path: str | Path, spec: dict[str, Any]) -> RewardSource:
     import json
 
-    path = Path(path)
-    check_reward_folder(path)
+    path = check_reward_folder(path)
     options = {k: spec[k] for k in ("batch_size", "max_length", "device", "dtype") if k in spec}
     config = path / "config.json"
     kind = "scalar"
@@ -530,11 +536,11 @@ def build_reward_source(spec: str | dict[str, Any] | RewardSource) -> RewardSour
             return TaskGoldSource(spec.split(":", 1)[1] if ":" in spec else "sentiment")
         if spec in NAMED_SOURCES:
             return _named_source(spec)
-        if Path(spec).exists():
+        if Path(spec).exists() or looks_like_hub_id(spec):
             return _model_source(spec, {})
-        if _FUNCTION_PATH.match(spec):
+        if is_code_spec(spec):
             return FunctionSource(spec)
-        raise ValueError(f"reward source '{spec}': not 'gold[:task]', an existing model folder, nor a 'module:function' path")
+        raise ValueError(f"reward source '{spec}': {_not_a_source(spec)}")
     if not isinstance(spec, dict):
         raise TypeError(f"reward source: expected a string or a mapping, got {type(spec).__name__}")
     spec = dict(spec)

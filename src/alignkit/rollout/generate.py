@@ -26,9 +26,12 @@ Backends (``generate(..., backend=...)``), each a registered engine:
 
 Plain-text prompts and the chat template (``generate(..., chat_template=...)``, ``alignkit generate
 --no-chat-template``): a chat model given raw text often answers nothing (SmolLM2-135M-Instruct returns an
-empty completion for "What is the capital of France?"), so with ``chat_template="auto"`` (the default) a
-prompt given as a string is wrapped as one user message and rendered with the tokenizer's chat template
-and its generation prompt, when the tokenizer has a chat template. ``True`` always wraps (an error when
+empty completion for "What is the capital of France?"), so with ``chat_template="auto"`` (the default of
+``alignkit generate`` and ``alignkit eval --data``) a prompt given as a string is wrapped as one user
+message and rendered with the tokenizer's chat template and its generation prompt, when the tokenizer has a
+chat template. The Python default is ``False``: the training loops (online RL, iterative rounds, pair
+building) sample plain-text prompts as raw text, as the data layer encodes them for training (and as TRL
+does), so that what is sampled is what is trained; give prompts as message lists for the template. ``True`` always wraps (an error when
 the tokenizer has no template), ``False`` keeps the raw text (tokens of the text, no special tokens). The
 tiny models' tokenizer carries a template only for conversational data: the tiny models are trained on
 plain-text tasks, so ``"auto"`` keeps raw text for it (:func:`wraps_plain_prompts`). Prompts given as
@@ -99,7 +102,7 @@ def generate(
     job_ids: list[int] | None = None,
     engine: RolloutEngine | None = None,
     guide=None,
-    chat_template: bool | str = "auto",
+    chat_template: bool | str = False,
 ) -> list[Sample]:
     """``n`` samples for each prompt, grouped by prompt (sample ``i*n + j`` is prompt ``i``'s j-th).
 
@@ -110,7 +113,7 @@ def generate(
     ``0 .. len(jobs) - 1``). ``engine``: an engine the caller holds (``backend`` and ``vllm_options`` are
     then ignored); it is updated from ``model`` first (a no-op when it samples from ``model`` itself) and
     left open. ``guide``: a :class:`~alignkit.rollout.local.Guide` (``alignkit`` backend only).
-    ``chat_template``: ``"auto"`` (default), ``True`` or ``False``: whether plain-text prompts are rendered
+    ``chat_template``: ``False`` (default), ``"auto"`` or ``True``: whether plain-text prompts are rendered
     as a user message with the chat template (the module docstring; :func:`wraps_plain_prompts`).
     """
     originals = list(prompts)

@@ -22,6 +22,13 @@ One training step (``train.batch_size`` prompts over all processes) is :meth:`On
 Every rollout-wide statistic (reward transforms, batch std, moving baselines, whitening) goes through
 ``ctx.strategy`` (``gather``/``sum``), never a raw collective. Old log-probs are the trainer's kernel at
 the sampling temperature (not the sampler's), so the first update's ratio is exactly 1.
+
+Each stage's wall time is logged with the step (seconds; :data:`PHASES`): ``time/sample``, ``time/score``
+(scoring and reward shaping), ``time/logprobs`` (old / reference log-probs and critic values, wherever a
+stage asks for them), ``time/advantages`` (estimates and the update plan), ``time/collate`` (micro-batches
+of the update); the engine adds ``time/update`` (forward, backward, optimizer) and ``time/step``. Every
+``train.log_every`` steps the main process appends ``rl.log_samples`` of its samples to
+``<run>/samples.jsonl`` (``docs/runs.md``).
 """
 
 from __future__ import annotations
@@ -29,12 +36,14 @@ from __future__ import annotations
 import contextlib
 import math
 import statistics
+import time
 from typing import Any
 
 import torch
 from torch import nn
 
 from ...engine.contract import Algorithm, Metrics
+from ...engine.tracking import append_jsonl
 from ...models.logprobs import TargetLogProbs, packed_target_logps
 from ...models.reference import Reference
 from ...objectives import kl_penalty
@@ -43,10 +52,37 @@ from ...rollout import RolloutEngine, build_rollout_engine, generate
 from .batch import Rollout, RolloutBatch, Row, annotate, collate_rows, sample_context
 from .estimators import build_estimator, join_whitening
 
+# the rollout's timed stages, as logged (seconds per step); the engine adds time/update and time/step
+PHASES = ("time/sample", "time/score", "time/logprobs", "time/advantages", "time/collate")
+
+
+class PhaseTimer:
+    """Exclusive wall time per phase: time spent in a phase nested inside another (log-probs asked for while
+    rewards are shaped) counts only for the inner one, so the phases add up to at most the step's time."""
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self._stack: list[list] = []  # [phase, start, time in nested phases]
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        entry = [phase, time.perf_counter(), 0.0]
+        self._stack.append(entry)
+        try:
+            yield
+        finally:
+            self._stack.pop()
+            spent = time.perf_counter() - entry[1]
+            self.seconds[phase] += spent - entry[2]
+            if self._stack:
+                self._stack[-1][2] += spent
+
 
 class OnlineRL(Algorithm):
     name = "rl"
     data_kind = "prompt"
+    example_unit = "prompts"
+    key_metrics = ("reward", "kl", "completion_length", "finished")
 
     def __init__(self, recipe):
         super().__init__(recipe)
@@ -67,6 +103,13 @@ class OnlineRL(Algorithm):
 
     def updates_per_step(self) -> int:
         return self.cfg.update.epochs * self.cfg.update.mini_batches
+
+    def samples_per_example(self) -> int:
+        return self.cfg.sampling.group_size
+
+    def progress_info(self, loss: float, stats: dict[str, float]) -> str:
+        times = " ".join(f"{k.removeprefix('time/')} {stats[k]:.2f}" for k in (*PHASES, "time/update") if k in stats)
+        return f"loss {loss:.4f} reward {stats.get('reward', float('nan')):.3f} | s: {times}"
 
     def extra_modules(self) -> dict[str, nn.Module]:
         critic = self.estimator.value_model
@@ -139,20 +182,46 @@ class OnlineRL(Algorithm):
     def rollout(self, ctx, examples: list[dict[str, Any]]) -> tuple[list[list[dict]], dict[str, float]]:
         # the same seed on every process: a sample's stream is named by its example's global index (job ids)
         seed = ctx.seed * 100003 + ctx.step * 101
-        rollout = self.score(ctx, examples, self.sample(ctx, examples, seed))
-        batch = self.shape_rewards(ctx, rollout)
-        rollout.advantage = self.estimator.sequence_advantages(self, ctx, rollout)
-        if rollout.advantage is not None:
-            batch.advantage = rollout.advantage[batch.sample].float()
+        timer = self._timer = PhaseTimer()
+        with timer("time/sample"):
+            samples = self.sample(ctx, examples, seed)
+        with timer("time/score"):
+            rollout = self.score(ctx, examples, samples)
+            batch = self.shape_rewards(ctx, rollout)
+        with timer("time/advantages"):
+            rollout.advantage = self.estimator.sequence_advantages(self, ctx, rollout)
+            if rollout.advantage is not None:
+                batch.advantage = rollout.advantage[batch.sample].float()
         rollout.stats["kept"] = len(batch) / max(1, len(rollout.samples))
+        self.log_samples(ctx, rollout)
         if not len(batch):
             if self.estimator.whitens():
                 join_whitening(ctx)  # the other processes' whitening sums over every process
-            return [], rollout.stats
-        steps, skipped_weights = self.plan(batch, seed, rollout.stats)
-        self.annotate(ctx, [row for step in steps for unit in step for row in unit], self.estimator.annotations(self))
-        self.estimator.token_advantages(self, ctx, rollout, batch)
-        return self.updates(ctx, steps, skipped_weights), rollout.stats
+            return [], {**rollout.stats, **timer.seconds}
+        with timer("time/advantages"):
+            steps, skipped_weights = self.plan(batch, seed, rollout.stats)
+            self.annotate(ctx, [row for step in steps for unit in step for row in unit], self.estimator.annotations(self))
+            self.estimator.token_advantages(self, ctx, rollout, batch)
+        with timer("time/collate"):
+            updates = self.updates(ctx, steps, skipped_weights)
+        return updates, {**rollout.stats, **timer.seconds}
+
+    def log_samples(self, ctx, rollout: Rollout) -> None:
+        """Every ``train.log_every`` steps, the first ``rl.log_samples`` samples of the main process's share
+        (whole groups first) appended to ``<run>/samples.jsonl``: step (1-based, as in metrics.jsonl), prompt,
+        completion, reward (the reward source's score, as averaged into the logged ``reward``), the shaped
+        reward the advantages read, the sequence advantage (outcome estimators; null for token-level ones),
+        finished and completion tokens."""
+        k, step = self.cfg.log_samples, ctx.step + 1
+        if not k or not ctx.strategy.is_main or step % self.recipe.train.log_every:
+            return
+        advantage = rollout.advantage.tolist() if rollout.advantage is not None else None
+        rows = [{"step": step, "prompt": s.prompt, "completion": s.completion, "reward": float(rollout.raw_reward[i]),
+                 "shaped_reward": float(rollout.reward[i]), "advantage": advantage[i] if advantage is not None else None,
+                 "finished": bool(s.finished), "tokens": len(s.completion_ids)} for i, s in enumerate(rollout.samples[:k])]
+        out = self.recipe.output_dir
+        out.mkdir(parents=True, exist_ok=True)
+        append_jsonl(out / "samples.jsonl", rows)
 
     def engine_for(self, model, tokenizer) -> RolloutEngine:
         """The rollout engine sampling from ``model``, built on first use and held for the whole run
@@ -249,6 +318,11 @@ class OnlineRL(Algorithm):
         """Per-token log-probs / values the later stages read, on ``rows`` (in that order), unless known."""
         if not rows:
             return
+        timer = getattr(self, "_timer", None)
+        with timer("time/logprobs") if timer is not None else contextlib.nullcontext():
+            self._annotate(ctx, rows, names)
+
+    def _annotate(self, ctx, rows: list[Row], names: list[str]) -> None:
         batch, size = rows[0].batch, ctx.micro_batch_size or 64
         for name in names:
             if getattr(batch, name) is not None:  # e.g. from the KL in the reward
