@@ -74,7 +74,7 @@ def load_object(spec: str, what: str = "user code") -> Callable[..., Any]:
         module, where = _import_module(spec, target, what), target
     if not hasattr(module, attribute):
         raise UserCodeError(f"{what} '{spec}': {where} has no '{attribute}'{_close_hint(module, attribute)}; "
-                            f"callables it defines: {', '.join(defined_callables(module)) or '(none)'}")
+                            f"callables it defines: {shown_names(defined_callables(module))}")
     obj = getattr(module, attribute)
     if not callable(obj) or isinstance(obj, ModuleType):
         shown = " ".join(repr(obj).split())
@@ -92,6 +92,14 @@ def defined_callables(module: ModuleType) -> list[str]:
         if getattr(obj, "__module__", None) == module.__name__:
             out.append(name)
     return sorted(out)
+
+
+def shown_names(names: list[str], limit: int = 12) -> str:
+    """``names`` joined for a one-line error: at most ``limit`` of them, then how many more."""
+    if not names:
+        return "(none)"
+    more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def _close_hint(module: ModuleType, attribute: str) -> str:

@@ -10,7 +10,9 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from alignkit.core.registry import Registry
 
 
 class MetricsLog:
@@ -91,43 +93,62 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _open_tracker(name: str, run_dir: Path, config: dict[str, Any]):
+Tracker = Callable[[dict[str, float], int], None]
+TRACKERS: Registry[Callable[[Path, dict[str, Any]], Tracker]] = Registry("tracker")
+
+
+def _open_tracker(name: str, run_dir: Path, config: dict[str, Any]) -> Tracker:
+    opener = TRACKERS.get(name)
     try:
-        if name == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-            def log(numbers, step):
-                for k, v in numbers.items():
-                    writer.add_scalar(k, v, step)
-
-            log.close = writer.close  # type: ignore[attr-defined]
-            return log
-        if name == "wandb":
-            import wandb
-
-            run = wandb.init(dir=str(run_dir), config=config, name=run_dir.name)
-
-            def log(numbers, step):
-                run.log(numbers, step=step)
-
-            log.close = run.finish  # type: ignore[attr-defined]
-            return log
-        if name == "mlflow":
-            import mlflow
-
-            mlflow.start_run(run_name=run_dir.name)
-            mlflow.log_params({k: str(v)[:250] for k, v in _flatten(config).items()})
-
-            def log(numbers, step):
-                mlflow.log_metrics({k.replace("/", "_"): v for k, v in numbers.items()}, step=step)
-
-            log.close = mlflow.end_run  # type: ignore[attr-defined]
-            return log
+        return opener(run_dir, config)
     except ImportError as e:
         raise ImportError(f"train.report_to includes '{name}' but it is not installed ({e}); pip install 'alignkit[trackers]'") from None
-    raise ValueError(f"unknown tracker '{name}'; allowed: tensorboard, wandb, mlflow")
+
+
+@TRACKERS.register("tensorboard")
+def _tensorboard(run_dir: Path, config: dict[str, Any]) -> Tracker:
+    """Event files in ``<run>/tensorboard`` (``tensorboard --logdir runs``)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def log(numbers: dict[str, float], step: int) -> None:
+        for k, v in numbers.items():
+            writer.add_scalar(k, v, step)
+
+    log.close = writer.close  # type: ignore[attr-defined]
+    return log
+
+
+@TRACKERS.register("wandb")
+def _wandb(run_dir: Path, config: dict[str, Any]) -> Tracker:
+    """A W&B run named after the run folder, its files under ``<run>/wandb``; ``WANDB_MODE=offline`` keeps it
+    local (``wandb sync`` uploads it later), ``WANDB_PROJECT`` and the other ``WANDB_*`` variables apply."""
+    import wandb
+
+    run = wandb.init(dir=str(run_dir), config=config, name=run_dir.name)
+
+    def log(numbers: dict[str, float], step: int) -> None:
+        run.log(numbers, step=step)
+
+    log.close = run.finish  # type: ignore[attr-defined]
+    return log
+
+
+@TRACKERS.register("mlflow")
+def _mlflow(run_dir: Path, config: dict[str, Any]) -> Tracker:
+    """An MLflow run named after the run folder, in the store ``MLFLOW_TRACKING_URI`` names (a server, or a local
+    store such as ``file:./mlruns``); the recipe as flattened parameters; ``/`` in metric names becomes ``_``."""
+    import mlflow
+
+    mlflow.start_run(run_name=run_dir.name)
+    mlflow.log_params({k: str(v)[:250] for k, v in _flatten(config).items()})
+
+    def log(numbers: dict[str, float], step: int) -> None:
+        mlflow.log_metrics({k.replace("/", "_"): v for k, v in numbers.items()}, step=step)
+
+    log.close = mlflow.end_run  # type: ignore[attr-defined]
+    return log
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

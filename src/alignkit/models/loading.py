@@ -115,11 +115,12 @@ def check_model_folder(path: str | Path, what: str = "model", weights: bool = Tr
     else a one-line :class:`ModelFolderError`. ``what`` names the setting in messages (e.g. ``model.path``);
     ``weights=False`` checks the config only (a LoRA adapter folder holds the weights elsewhere).
     A Hub id is resolved first (:func:`resolve_model_path`); the folder checked is returned."""
+    written = str(path)  # as the user wrote it (Path() drops a leading ./)
     path = resolve_model_path(path, what)
     if not path.exists():
-        raise ModelFolderError(f"{what}: {path} does not exist")
+        raise ModelFolderError(f"{what}: {written} does not exist")
     if not path.is_dir():
-        raise ModelFolderError(f"{what}: {path} is a file; expected a model folder (config.json, *.safetensors, tokenizer files)")
+        raise ModelFolderError(f"{what}: {written} is a file; expected a model folder (config.json, *.safetensors, tokenizer files)")
     config = path / "config.json"
     if not config.exists():
         if (path / "adapter_config.json").exists():
