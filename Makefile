@@ -57,7 +57,7 @@ test-main: install
 	$(BIN)/python -m pytest -q
 
 test-vllm: install-vllm
-	$(VLLM_BIN)/python -m pytest -q -m vllm tests/test_vllm.py
+	$(VLLM_BIN)/python -m pytest -q -m vllm tests/test_vllm.py tests/test_readme.py
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not distributed and not vllm"

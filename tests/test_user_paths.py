@@ -113,3 +113,30 @@ def test_readme_data_files_and_file_reward_through_eval(tmp_path, tiny_dir):
     assert len(load_records(str(root / "recipes/data/thumbs.jsonl"), kind="unpaired")[0]) == 16
     bad = CliRunner().invoke(app, ["eval", str(tiny_dir), "--data", str(root / "recipes/data/pairs.jsonl"), "--reward", "./nope.py:fn"])
     assert bad.exit_code == 2 and "nope.py" in bad.output
+
+
+def test_a_gguf_file_is_a_model_source_converted_once(tmp_path, tiny_dir, monkeypatch):
+    """``model.path`` / a CLI model argument may be a ``.gguf`` file: converted once into the alignkit cache and
+    reused while the file is unchanged (the conversion itself is tested on the real file in test_real_model.py;
+    here it is a stand-in that copies the tiny model, to count calls)."""
+    import alignkit.models.convert as convert
+    from alignkit.models.loading import check_model_folder
+
+    calls = []
+
+    def stand_in(file, out, dtype="float32", overwrite=False, quiet=False):
+        calls.append(file)
+        shutil.copytree(tiny_dir, out)
+        return out
+
+    monkeypatch.setattr(convert, "convert_gguf", stand_in)
+    monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path / "cache"))
+    file = tmp_path / "my-model.Q8_0.gguf"
+    file.write_bytes(b"GGUF not really")
+    folder = check_model_folder(file)
+    assert folder.parent == tmp_path / "cache" / "gguf" and folder.name.startswith("my-model.Q8_0-")
+    result = CliRunner().invoke(app, ["generate", str(file), "-p", "review of the soup :", "--n", "1", "--max-new-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1, "the second use reuses the converted folder"
+    file.write_bytes(b"GGUF changed")  # another file at the same path: converted again
+    assert check_model_folder(file) != folder and len(calls) == 2

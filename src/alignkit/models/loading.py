@@ -70,6 +70,8 @@ def resolve_model_path(path: str | Path, what: str = "model", code: bool = False
     repository's ``*.py`` for ``trust_remote_code``). Anything else is returned unchanged, for
     :func:`check_model_folder` to name what is wrong with it."""
     local = Path(path).expanduser()
+    if local.is_file() and local.suffix == ".gguf":
+        return gguf_folder(local)
     if local.exists() or not looks_like_hub_id(path):
         return local
     from huggingface_hub import snapshot_download
@@ -89,6 +91,27 @@ def resolve_model_path(path: str | Path, what: str = "model", code: bool = False
         raise ModelFolderError(f"{what}: '{repo}' is not a local folder, nor a model the Hub gives out "
                                f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
     return Path(folder)
+
+
+def gguf_folder(file: Path) -> Path:
+    """A ``.gguf`` file as a model source: converted once (``models/convert.py``) into a plain ``transformers``
+    folder in the alignkit cache (``ALIGNKIT_CACHE``, else ``~/.cache/alignkit``; ``gguf/<name>-<key>``, the key
+    from the file's absolute path, size and modification time), which later runs reuse."""
+    import hashlib
+
+    from .convert import convert_gguf
+
+    stat = file.stat()
+    key = hashlib.sha1(f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    cache = Path(os.environ.get("ALIGNKIT_CACHE") or Path.home() / ".cache" / "alignkit").expanduser()
+    folder = cache / "gguf" / f"{file.stem}-{key}"
+    if (folder / "config.json").exists():
+        return folder
+    from ..core.progress import say
+
+    say(f"{file}: a GGUF file; converting it once to a transformers folder in {folder} (reused next time)")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return convert_gguf(file, folder, quiet=True)
 
 
 def _check_safetensors(file: Path) -> None:
