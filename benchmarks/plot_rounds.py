@@ -34,12 +34,18 @@ def main() -> None:
         print(run.name, "labels", labels, " ".join(f"({k:.2f}, {g:+.3f})" for k, g in zip(kl, gold)))
     ax.set_xlabel("KL to the starting model (nats, sampled)")
     ax.set_ylabel("mean gold reward (held-out prompts)")
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    save_figure(fig, [ax], args.out)
+
+
+def save_figure(fig, axes, out: Path) -> None:
+    """Light grids on ``axes``, a tight layout, and the figure written to ``out`` (its folder made)."""
+    for ax in axes:
+        ax.grid(alpha=0.3)
     fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=120)
-    print("wrote", args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    print("wrote", out)
 
 
 if __name__ == "__main__":

@@ -138,7 +138,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(tmp_path, tiny_dir, name, extra=(), algorithm="dpo"):
+def torchrun(tmp_path, tiny_dir, name, extra=(), algorithm="dpo", site=None):
+    """``alignkit train`` under torchrun with 2 processes; ``site``: a folder of extra packages put first on the
+    processes' import path (and its ``bin`` on PATH), e.g. DeepSpeed's."""
     overrides = [
         f"train.output_dir={tmp_path / name}", f"model.path={tiny_dir}", "task.n_train=64", "task.n_eval=0",
         "train.batch_size=8", "train.max_steps=4", "train.lr=1e-3", "train.progress=false", "train.warmup_steps=1",
@@ -146,7 +148,9 @@ def torchrun(tmp_path, tiny_dir, name, extra=(), algorithm="dpo"):
     ]
     (tmp_path / f"{algorithm}.yaml").write_text(f"algorithm: {algorithm}\n")
     tests = str(Path(__file__).parent)  # reward functions of tests/reward_fns.py load by module:function
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [site and str(site), tests, os.environ.get("PYTHONPATH")]))}
+    if site:
+        env["PATH"] = os.pathsep.join([str(Path(site) / "bin"), env["PATH"]])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
            "-m", "alignkit.cli", "train", str(tmp_path / f"{algorithm}.yaml"), *overrides]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

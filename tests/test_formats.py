@@ -307,7 +307,8 @@ BAD_ROWS = [
     ([{"chosen": [user("a"), assistant("b")], "rejected": [user("c"), assistant("d")]}], "pair",
      "row 1: field 'chosen': chosen and rejected do not start with the same prompt turn(s) (a user message)"),
     ([{"chosen": [user("a"), assistant("b"), user("more")], "rejected": [user("a"), assistant("c")]}], "pair",
-     "row 1: field 'chosen[2]': a 'user' turn after the shared prompt: chosen and rejected may differ only in their final assistant turn(s)"),
+     "row 1: field 'chosen[2]': a 'user' turn ends the reply after the shared prompt: a reply (one assistant turn, or a trajectory of "
+     "assistant, tool and user turns) starts and ends with an assistant turn"),
     ([{"prompt": "other", "chosen": [user("a"), assistant("b")], "rejected": [user("a"), assistant("c")]}], "pair",
      "row 1: field 'prompt': does not match any user turn that chosen and rejected start with"),
     ([{"conversations": [{"from": "human", "value": "x"}, {"from": "robot", "value": "y"}]}], "sft",

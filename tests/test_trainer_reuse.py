@@ -118,7 +118,7 @@ def test_reference_soft_refresh_and_swap(tiny_dir):
 
 
 def test_strategies_are_registered_and_one_process_is_single():
-    assert STRATEGIES.names() == ["ddp", "fsdp2", "single"]
+    assert STRATEGIES.names() == ["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp2", "single"]
     s = build_strategy("fsdp2")  # one process: always the single strategy
     assert s.name == "single" and s.world == 1 and s.mean({"a": 2.0}) == {"a": 2.0} and s.min_count(3) == 3
     with pytest.raises(KeyError, match="did you mean 'ddp'"):

@@ -1,4 +1,4 @@
-"""The ``alignkit`` command line: train, demo, generate, eval, eval-rm, iterate, bench, options, methods, tiny, fetch-model, convert-gguf."""
+"""The ``alignkit`` command line: train, demo, generate, eval, eval-rm, iterate, bench, options, methods, tiny, critique, fetch-model, convert-gguf."""
 
 from __future__ import annotations
 
@@ -44,14 +44,19 @@ def train(
         config = load_recipe(recipe, overrides or [])
         final = run(config)
     except _user_errors() as e:
-        from .engine.trainer import Interrupted
-
-        message = str(e)
-        if isinstance(e, Interrupted):  # the exact command that continues the run
-            again = " ".join(["alignkit train", str(recipe), *[o for o in overrides or [] if not o.startswith("train.resume=")], "train.resume=true"])
-            message = message.replace(Interrupted.RESUME, again)
-        _fail(message, getattr(e, "exit_code", 2))
+        _fail(_resume_message(e, "train", recipe, overrides), getattr(e, "exit_code", 2))
     typer.echo(f"final model: {final}")
+
+
+def _resume_message(e: Exception, command: str, recipe: Path, overrides: Optional[list[str]]) -> str:
+    """The error's message; for a stopped run (Interrupted) with the exact command that continues it."""
+    from .engine.trainer import Interrupted
+
+    message = str(e)
+    if isinstance(e, Interrupted):
+        again = " ".join([f"alignkit {command}", str(recipe), *[o for o in overrides or [] if not o.startswith("train.resume=")], "train.resume=true"])
+        message = message.replace(Interrupted.RESUME, again)
+    return message
 
 
 @app.command()
@@ -96,7 +101,7 @@ def generate(
     ),
     out: Optional[Path] = typer.Option(None, help="Write samples as JSON Lines here instead of printing."),
     strategy: Optional[str] = typer.Option(
-        None, help="A decoding strategy (policy = model + strategy): sample, best_of_n, rejection, args, product (docs/decoding.md)."
+        None, help="A decoding strategy (policy = model + strategy): sample, best_of_n, rejection, args, product, genarm, nudging, steer, value_guided, lookahead, w2s (docs/decoding.md)."
     ),
     strategy_option: Optional[list[str]] = typer.Option(
         None, "--strategy-option", "-O", help="KEY=VALUE option of the strategy (repeatable; YAML values), e.g. N=8 reward=gold."
@@ -182,7 +187,7 @@ def evaluate(
     seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(None, help="Folder for eval.json and report.html (default: the run folder)."),
     strategy: Optional[str] = typer.Option(
-        None, help="Evaluate model + this decoding strategy (sample, best_of_n, rejection, args, product): gold reward, its KL, its cost."
+        None, help="Evaluate model + this decoding strategy (sample, best_of_n, rejection, args, product, genarm, nudging, steer, value_guided, lookahead, w2s): gold reward, its KL, its cost."
     ),
     strategy_option: Optional[list[str]] = typer.Option(None, "--strategy-option", "-O", help="KEY=VALUE option of the strategy (repeatable)."),
     data: Optional[Path] = typer.Option(
@@ -333,7 +338,8 @@ def evaluate_reward_model(
         the_task = get_task(task) if task else None
         if data is not None:
             records, _ = load_records(data, kind="pair")
-            rows = [{k: r[k] for k in ("prompt", "chosen", "rejected", "margin") if k in r} for r in records]
+            rows = [{**{k: r[k] for k in ("prompt", "chosen", "rejected", "margin") if k in r},
+                     **{k: v for k, v in (r.get("meta") or {}).items() if k in ("group", "user")}} for r in records]
             if the_task is not None and not all(isinstance(r["prompt"], str) for r in rows):
                 the_task = None
         else:
@@ -360,8 +366,8 @@ def iterate(
 
     try:
         result = run(load_recipe(recipe, overrides or []))
-    except _user_errors() as e:
-        _fail(str(e))
+    except _user_errors() as e:  # a stopped run: the command that continues it at its round and step
+        _fail(_resume_message(e, "iterate", recipe, overrides), getattr(e, "exit_code", 2))
     gold = lambda e: None if e is None else round(e["gold_reward"], 4)  # noqa: E731
     rounds = [{"round": r["round"], "examples": r["examples"], "steps": r["steps"], "gold_reward": gold(r["eval"]),
                "kl": None if r["eval"] is None or r["eval"]["kl"] is None else round(r["eval"]["kl"], 3),
@@ -442,6 +448,29 @@ def tiny(
     except Exception as e:  # noqa: BLE001 - pydantic validation
         _fail(str(e))
     typer.echo(f"built {build_tiny(out, get_task().corpus(), config)}")
+
+
+@app.command()
+def critique(
+    model: Path = typer.Argument(..., help="Model folder whose samples are judged (e.g. runs/sft/final)."),
+    out: Path = typer.Option(..., "--out", "-o", help="JSON Lines file for the rows."),
+    task: str = typer.Option("sentiment", help="Built-in task whose prompts are sampled and whose critic judges (sentiment, arithmetic)."),
+    kind: str = typer.Option("critique", help="Row kind: critique (critique text, revision, label, score) or spans (good/bad character spans + critique)."),
+    n: int = typer.Option(256, help="Prompts sampled."),
+    samples: int = typer.Option(1, help="Completions per prompt."),
+    split: str = typer.Option("train", help="Task split of the prompts (train, eval, test)."),
+    seed: int = typer.Option(0, help="Seed of the samples and of the revisions' word choices."),
+    max_new_tokens: int = typer.Option(48, help="Most tokens per sample."),
+) -> None:
+    """Language-feedback data from a model's own samples: each sample judged by the task's programmatic critic (docs/feedback.md)."""
+    from .algorithms.feedback import critique_samples
+
+    try:
+        rows = critique_samples(model, task, n, split, kind, samples=samples, seed=seed, max_new_tokens=max_new_tokens, out=out)
+    except _user_errors() as e:
+        _fail(str(e))
+    negative = sum(1 for r in rows if not r.get("label", not any(s["label"] == "bad" for s in r.get("spans", []))))
+    typer.echo(f"wrote {len(rows)} {kind} rows ({negative} with a negative judgment) to {out}")
 
 
 def _convert(source: Path, out: Path, dtype: str, force: bool, quiet: bool) -> None:

@@ -78,7 +78,7 @@ class TaskConfig(Section):
     name: Literal["sentiment", "arithmetic", "multi_objective", "pluralistic", "intransitive"] = Field(
         "sentiment", description="built-in task: sentiment (controlled sentiment), arithmetic (verifiable sums), multi_objective (sentiment vs brevity), pluralistic (user groups), intransitive")
     seed: int = Field(0, description="seed of the task's generator: prompts, sampled completions and labels")
-    level: int = Field(1, ge=0, le=3, description="arithmetic difficulty (0-3)")
+    level: int = Field(1, ge=0, le=4, description="arithmetic difficulty (0-4; 4: three-digit sums and differences, for the calculator environment)")
     n_train: int = Field(2048, gt=0, description="training rows generated when data.train is unset (pairs, prompts, ... of the algorithm's data kind)")
     n_eval: int = Field(256, ge=0, description="held-out rows generated for evaluation when data.train is unset; 0: no eval set")
     label_temperature: float = Field(0.25, gt=0, description="temperature T of generated labels: Bradley–Terry P(a over b) = sigmoid((r_a - r_b) / T), thumbs up sigmoid(r / T); lower: less noise")
@@ -96,11 +96,11 @@ class DataConfig(Section):
     eval: str | None = Field(None, description="eval data, as train; null: task-generated (task.n_eval rows) when train is too, else no eval set")
     train_split: str | None = Field(None, description="split of data.train when it is a dataset with several (Hub, dataset folder, saved DatasetDict); null: train, else its only split")
     eval_split: str | None = Field(None, description="split of data.eval when it has several; null: test, validation, valid or dev (the first present), else its only split")
-    format: str = Field("auto", description="public format of the rows (alignkit.data.formats.FORMATS: alignkit, openai, ultrafeedback, implicit_prompt, hh_raw, sharegpt, alpaca, or one you register); auto: detected from each source's first row")
+    format: str = Field("auto", description="public format of the rows (alignkit.data.formats.FORMATS: alignkit, openai, ultrafeedback, implicit_prompt, hh_raw, sharegpt, alpaca, system (a row's system message / value profile / principle list folded into its prompt), or one you register); auto: detected from each source's first row")
     columns: dict[str, str] = Field(default_factory=dict, description="renames applied before the format is read, {alignkit field: source column}, e.g. {prompt: question, chosen: response_j, rejected: response_k}")
     extra_columns: Literal["keep", "drop"] = Field("keep", description="fields outside the record kind's schema: keep (as metadata, in batch['meta']) or drop")
     score_margin: bool = Field(False, description="a pair row with score_chosen and score_rejected and no margin gets margin = score_chosen - score_rejected (reward.margin uses it)")
-    kind: str = Field("auto", description="record kind of the rows (a name in alignkit.data.kinds.RECORD_KINDS: sft, pair, unpaired, ranked, prompt, ratings, steps, or one you register); auto: the algorithm's own kind (ranked also feeds dpo and reward)")
+    kind: str = Field("auto", description="record kind of the rows (a name in alignkit.data.kinds.RECORD_KINDS: sft, pair, unpaired, ranked, prompt, ratings, steps, critique, spans, or one you register); auto: the algorithm's own kind (ranked also feeds dpo and reward)")
     max_length: int = Field(256, gt=1, description="most tokens in a row: prompt + completion (the longest completion of a pair or ranking)")
     truncation: Literal["error", "left", "right", "skip"] = Field(
         "error", description="a row over max_length: error raises; left drops prompt tokens from the start; right cuts the completion's end; skip leaves it out")
@@ -127,7 +127,9 @@ class TrainConfig(Section):
     warmup_ratio: float = Field(0.0, ge=0, le=1, description="warmup as a share of all optimizer updates (used when warmup_steps is null)")
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip the global gradient norm to this before each update; null: no clipping")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: forward passes and losses under bfloat16 autocast; fp32: no autocast")
-    distributed: Literal["ddp", "fsdp2"] = Field("ddp", description="with several processes: DDP (replicated) or FSDP2 (sharded parameters, gradients, optimizer state)")
+    distributed: Literal["ddp", "fsdp2", "deepspeed_zero2", "deepspeed_zero3"] = Field(
+        "ddp", description="with several processes: DDP (replicated), FSDP2 (sharded parameters, gradients, optimizer state), or DeepSpeed ZeRO-2 "
+        "(sharded gradients and optimizer state) / ZeRO-3 (also parameters; needs alignkit[deepspeed], docs/scale.md)")
     log_every: int = Field(1, gt=0, description="steps between metrics records (metrics.jsonl and trackers)")
     eval_every: int | None = Field(None, gt=0, description="steps between evaluations on the eval set (also at step 0 and the last step); null: no evaluation")
     save_every: int | None = Field(None, gt=0, description="steps between resumable checkpoints (output_dir/checkpoint-<step>); null: none")
@@ -245,6 +247,22 @@ class DAPOConfig(Section):
     overlong_penalty: float = Field(1.0, ge=0, description="shape: reward subtracted from a completion of max_new_tokens tokens (less within the buffer)")
 
 
+class EnvConfig(Section):
+    """Online RL over multi-turn trajectories (``rl.env``): an environment answers every assistant turn, and a
+    trajectory (every turn, with the environment's tokens masked out of the loss) is one sample (``docs/agents.md``)."""
+
+    name: str = Field(..., description="the environment: a registered name (calculator, guess_number, self_correction: alignkit.envs.ENVIRONMENTS) or module:Class / ./file.py:Class")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the environment's constructor, e.g. {high: 31} for guess_number")
+    max_turns: int = Field(4, ge=1, description="most assistant turns per episode (an environment may set fewer of its own)")
+    max_tokens: int = Field(256, ge=2, description="most tokens of a whole trajectory (prompt, turns, environment tokens); a turn that reaches it, or an observation that leaves no room, ends the episode marked truncated")
+    reward: Literal["sum", "final"] = Field("sum", description="a trajectory's reward: the sum of its turns' rewards, or the last turn's")
+    credit: Literal["trajectory", "turn"] = Field("trajectory", description="trajectory: the trajectory's reward after its last token; turn (ppo, reinforce_pp): each turn's reward after that turn's last token, so a turn's return counts only the rewards from it on")
+    tools: list[str] | None = Field(None, description="tool names (alignkit.envs.TOOLS, e.g. [calc]) offered instead of the environment's own; null: the environment's")
+    describe_tools: bool = Field(True, description="show the tools' JSON schemas to the policy (tools= of the chat template, else in the system message); false for a model that learned them")
+    first_turn_kl: float = Field(0.0, ge=0, description="SCoRe stage I: coefficient of an extra KL to the reference on the first turn's tokens only (in the loss); 0: off")
+    truncated_reward: float | None = Field(None, description="the reward of a truncated trajectory (cut by max_new_tokens or max_tokens), e.g. the reward of a lost game, so that the length limit is no way out of an episode; null: what its turns earned")
+
+
 # the names of alignkit.rewards.transforms.TRANSFORMS (config sits below rewards; a test keeps the two equal)
 REWARD_TRANSFORMS = ("none", "log_sigmoid", "clip", "whiten")
 # estimators whose advantage compares a sample with the other samples of its prompt (0 for a group of 1)
@@ -270,6 +288,7 @@ class RLConfig(Section):
     policy: PolicyLossConfig = Field(default_factory=PolicyLossConfig, description="stage 5: policy loss, aggregation, clipping")
     update: UpdateConfig = Field(default_factory=UpdateConfig, description="stage 5: epochs and mini-batches over each rollout")
     log_samples: int = Field(4, ge=0, description="every train.log_every steps, append this many of the step's samples (prompt, completion, reward, advantage) to output_dir/samples.jsonl; 0: none")
+    env: EnvConfig | None = Field(None, description="multi-turn episodes with an environment (docs/agents.md): each sample is a whole trajectory rewarded by the environment; null: single completions scored by rl.reward")
 
     @property
     def policy_loss(self) -> str:
@@ -305,6 +324,15 @@ class RLConfig(Section):
             raise ValueError("rl.sampling.behavior=reference (off-policy samples) is for rl.estimator=copg, which needs no importance weights")
         if (self.ppo.macro_len or self.ppo.dense_reward_model) and est != "ppo":
             raise ValueError("rl.ppo.macro_len and rl.ppo.dense_reward_model apply to rl.estimator=ppo")
+        if self.env is not None:
+            if est in ("remax", "p3o", "copg"):
+                raise ValueError(f"rl.env: rl.estimator={est} is not supported over multi-turn trajectories (use grpo, dr_grpo, rloo, reinforce, reinforce_pp(_baseline) or ppo)")
+            if self.reward != "gold":
+                raise ValueError("rl.env: the environment gives the rewards; leave rl.reward at gold")
+            if self.dapo.overlong == "shape":
+                raise ValueError("rl.env: rl.dapo.overlong=shape measures one completion's length; use filter (drops truncated trajectories) or rl.env.max_tokens")
+            if self.env.credit == "turn" and est not in ("ppo", "reinforce_pp"):
+                raise ValueError(f"rl.env.credit=turn puts each turn's reward on its own tokens, for rl.estimator=ppo or reinforce_pp (got {est}); use credit=trajectory")
         return self
 
 
@@ -327,6 +355,9 @@ class DPOConfig(Section):
     reference_update_alpha: float = Field(0.6, ge=0, le=1, description="TR-DPO soft update: ref <- alpha * policy + (1 - alpha) * ref")
     curriculum: bool = Field(False, description="Curry-DPO: with data.kind=ranked, train on ranked pairs easy to hard (largest score gap first), unshuffled")
     xpo_alpha: float | None = Field(None, ge=0, description="XPO (Xie et al. 2024): add alpha * log pi(y_ref) to each pair's loss, y_ref the side the reference sampled (rows from iterate.builder=vs_opponent with iterate.opponent=reference); null: off")
+    group_robust: bool = Field(False, description="group-robust DPO (Ramesh et al. 2024): weight each pair's loss by alpha_g / p_g of its group g (metadata dpo.group_key; p_g the group's share), alpha updated every step by exponentiated gradient on the groups' losses (docs/pluralistic.md)")
+    group_key: str = Field("group", description="group_robust: the row field (metadata) naming each pair's group")
+    group_eta: float = Field(0.05, gt=0, description="group_robust: step size eta of alpha_g <- alpha_g exp(eta L_g) / normaliser")
 
     @model_validator(mode="after")
     def _check_dpo(self) -> "DPOConfig":
@@ -362,9 +393,12 @@ class ListwiseConfig(Section):
 class SPPOConfig(Section):
     """Self-play win-rate regression (``algorithm: sppo``): per-sample rows with an estimated win rate."""
 
-    loss: Literal["sppo", "nash_md"] = Field("sppo", description="sppo: SPPO, (log pi(y)/pi_t(y) - eta (P(y > pi_t) - 1/2))^2 (Wu et al. 2024); nash_md: Nash-MD's policy gradient on the win rate against the mixture opponent, reward P - 1/2 - beta log pi/pi_ref (Munos et al. 2023)")
+    loss: Literal["sppo", "nash_md", "online_ipo", "soft_dpo"] = Field("sppo", description="sppo: SPPO, (log pi(y)/pi_t(y) - eta (P(y > pi_t) - 1/2))^2 (Wu et al. 2024); nash_md: Nash-MD's policy gradient on the win rate against the mixture opponent, reward P - 1/2 - beta log pi/pi_ref (Munos et al. 2023); on pair rows with a soft preference P (iterate.builder=soft_pairs): online_ipo: (h - (P - 1/2)/tau)^2 (online IPO, IPO-MD, INPO, EGPO), soft_dpo: -[P log sig(beta h) + (1 - P) log sig(-beta h)] (OSP)")
     eta: float = Field(1.0, gt=0, description="SPPO eta: the log-ratio target is eta * (win rate - 1/2)")
-    beta: float = Field(0.1, ge=0, description="nash_md: KL coefficient (tau) of the regularised game; the per-sample reward is P(y > y') - 1/2 - beta * log pi(y)/pi_ref(y)")
+    beta: float = Field(0.1, ge=0, description="nash_md: KL coefficient (tau) of the regularised game; the per-sample reward is P(y > y') - 1/2 - beta * log pi(y)/pi_ref(y); soft_dpo: the DPO beta")
+    tau: float = Field(0.1, gt=0, description="online_ipo: the IPO regularisation tau; the margin target is (P - 1/2)/tau (INPO: 1/eta)")
+    kl_own: float = Field(0.0, ge=0, description="HyPO (pair losses): weight lambda of the reverse KL E_(y ~ pi)[log pi(y)/pi_ref(y)] estimated on each row's fresh own sample (iterate.builder=hypo); 0: off")
+    optimism: float = Field(0.0, description="SELM / VPO (pair losses): add optimism * (log pi/pi_ref(chosen) + log pi/pi_ref(rejected))/2, the log-ratio on the reference's own samples; > 0 optimistic exploration, < 0 VPO's offline pessimism")
 
 
 class RewardConfig(Section):
@@ -372,8 +406,10 @@ class RewardConfig(Section):
     ratings regression on ranked data, a pairwise preference model, a multi-objective (ArmoRM-style
     gated) model, or a process (per-step) reward model."""
 
-    type: Literal["scalar", "preference", "multi_objective", "process"] = Field(
-        "scalar", description="scalar: one score per completion; preference: PairRM-style pair model; multi_objective: ArmoRM-style heads + gate; process: per-step PRM")
+    type: Literal["scalar", "preference", "multi_objective", "process", "mixture", "pal", "vpl", "arm"] = Field(
+        "scalar", description="scalar: one score per completion; preference: PairRM-style pair model; multi_objective: ArmoRM-style heads + gate; process: per-step PRM; "
+        "mixture: MaxMin-RLHF's EM mixture of K BT heads over users; pal: PAL ideal points (prototypes + user weights); vpl: VPL user latent from a few pairs (docs/pluralistic.md); "
+        "arm: GenARM's autoregressive reward model, a causal LM whose summed token log-probs are the reward (docs/decoding.md)")
     loss: Literal["bradley_terry", "hinge"] = Field("bradley_terry", description="scalar pair loss: bradley_terry -log sigmoid(r_c - r_r - m), or hinge max(0, m + 1 - (r_c - r_r)); m: the margin")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="bradley_terry: share eps of the loss given to the swapped label, (1 - eps) BT + eps BT(r_r, r_c)")
     margin: bool = Field(False, description="subtract the pair's 'margin' field inside the BT sigmoid")
@@ -390,6 +426,79 @@ class RewardConfig(Section):
     gate_trains_body: bool = Field(False, description="multi_objective: the BT loss also trains the body through the prompt representation the gate reads")
     step_split: str | None = Field(None, description="process: regex; a completion is cut after every match into steps (default newline; the sentiment task cuts before 'and'/'but')")
     step_aggregate: Literal["min", "prod", "mean", "last"] = Field("min", description="process: how score() reduces per-step probabilities")
+    user_key: str = Field("user", description="mixture, pal, vpl: the row field (metadata) naming the user who labelled the pair")
+    components: int = Field(2, ge=1, description="mixture: K reward heads (user clusters); pal: K prototypes")
+    em_every: int = Field(25, ge=1, description="mixture: optimizer steps (M-step) between E-steps that re-assign users to clusters; pal: steps between re-fits of every training user's weights on their pairs")
+    em_hard: bool = Field(True, description="mixture: E-step assigns each user to its most likely cluster (MaxMin-RLHF); false: soft responsibilities")
+    feature_dim: int = Field(8, ge=1, description="pal, vpl: dimension of the learned features f(x, y)")
+    latent_dim: int = Field(4, ge=1, description="vpl: dimension of the user latent z")
+    kl_weight: float = Field(0.01, ge=0, description="vpl: weight of KL(q(z | user's pairs) || N(0, I)) in the loss")
+    arm_beta: float = Field(1.0, gt=0, description="arm: beta_r of GenARM's loss -log sigmoid(beta_r (sum log pi_r(y_c|x) - sum log pi_r(y_r|x))); the reward is beta_r sum log pi_r(y|x)")
+    context_pairs: int = Field(4, ge=1, description="vpl: labelled pairs of the same user the encoder reads for each training pair")
+
+
+class HindsightConfig(Section):
+    """Chain of Hindsight (``feedback.method: hindsight``): one sequence per pair with feedback phrases."""
+
+    better: str = Field("A better answer:", description="feedback phrase before the preferred answer (also the phrase to condition on at inference: prompt + ' ' + better)")
+    worse: str = Field("A worse answer:", description="feedback phrase before the dispreferred answer")
+    order: Literal["worse_first", "random"] = Field("random", description="random (the paper): each pair's order drawn from (seed, row), so either phrase follows the prompt; worse_first: always prompt, worse phrase, y-, better phrase, y+")
+    train_on: Literal["both", "better"] = Field("both", description="answer tokens trained: both answers (the paper) or only the preferred one; feedback phrases and the prompt are never trained")
+
+
+class CUTConfig(Section):
+    """CUT (``feedback.method: cut``): judgment-based unlikelihood on the tokens a negative judgment explains."""
+
+    flag: Literal["spans", "ratio"] = Field("spans", description="which tokens are inappropriate: spans (the bad spans of spans rows) or ratio (the paper's rule: p(y_t|x, judgment, y<t) > lambda * p(y_t|x, y<t))")
+    ratio_lambda: float = Field(1.1, gt=0, description="lambda of the ratio rule")
+    unlikelihood_weight: float = Field(1.0, ge=0, description="weight of the unlikelihood term -log(1 - p(y_t|x, y<t)) of flagged tokens")
+    judgment_weight: float = Field(1.0, ge=0, description="weight of the aligned term -log p(y|x, judgment) of negatively judged completions (0: off)")
+    template: str = Field("{prompt} (judgment: {judgment})", description="the judgment-conditioned context of the ratio rule and the aligned term; placeholders {prompt}, {judgment}")
+
+
+class CRLFTConfig(Section):
+    """C-RLFT (``feedback.method: c_rlft``): quality-class-conditioned weighted SFT (OpenChat)."""
+
+    field: str = Field("quality", description="row field (metadata) naming each row's quality class")
+    classes: dict[str, float] = Field(default_factory=lambda: {"expert": 1.0, "other": 0.1}, description="class -> reward weight r_c of its rows' NLL (the paper: 1 for expert data, 0.1 for sub-optimal)")
+    template: str = Field("<{cls}> {prompt}", description="the class-conditioned prompt; placeholders {cls}, {prompt}")
+    inference_class: str | None = Field(None, description="class to condition on at inference; null: the class of the largest weight")
+
+
+class RewardAugmentedConfig(Section):
+    """Reward-augmented DPO (``feedback.method: reward_augmented``): score-conditioned relabelling of pairs, then DPO (``dpo.*``)."""
+
+    template: str = Field("<score {score}> {prompt}", description="the score-conditioned prompt; placeholders {score}, {prompt}")
+    digits: int = Field(1, ge=0, le=4, description="decimals the scores are written with")
+    chosen_field: str = Field("score_chosen", description="row field holding the chosen completion's score")
+    rejected_field: str = Field("score_rejected", description="row field holding the rejected completion's score")
+    keep_original: bool = Field(False, description="also keep each unconditioned pair (3 examples per pair instead of 2)")
+    inference_score: float | None = Field(None, description="score to condition on at inference; null: the largest score in the training data")
+
+
+class ILFConfig(Section):
+    """ILF (``feedback.method: ilf``): refine with the critique, select the best refinement, fine-tune on it."""
+
+    template: str = Field("{prompt}{completion} (feedback: {critique}) improved:", description="the refinement prompt; placeholders {prompt}, {completion}, {critique}")
+    samples: int = Field(4, ge=0, description="K refinements sampled per critique row from the current policy (0: only the row's revision)")
+    use_revision: bool = Field(True, description="a row's revision (written by a person or a programmatic critic) is a candidate too")
+    reward: Any = Field("gold", description="the reward source that selects the best refinement (gold: the task's gold reward; a reward model folder, module:function, ...)")
+    rounds: int = Field(1, gt=0, description="refine -> select -> fine-tune rounds; refinements are drawn again from the current policy at the start of each")
+    refine_weight: float = Field(0.0, ge=0, description="weight of -log p(y*|refinement prompt), which teaches the policy to refine (0: only -log p(y*|x), the paper's loss)")
+    max_new_tokens: int = Field(32, gt=0, description="most tokens per refinement")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the refinements")
+
+
+class FeedbackConfig(Section):
+    """Language feedback and conditioned training (``algorithm: feedback``, ``docs/feedback.md``): Chain of
+    Hindsight, CUT, ILF, C-RLFT and reward-augmented DPO, one registered method each."""
+
+    method: str = Field("hindsight", description="a name in alignkit.algorithms.feedback.FEEDBACK_METHODS: hindsight, cut, ilf, c_rlft, reward_augmented")
+    hindsight: HindsightConfig = Field(default_factory=HindsightConfig, description="Chain of Hindsight")
+    cut: CUTConfig = Field(default_factory=CUTConfig, description="CUT (judgment-based unlikelihood)")
+    c_rlft: CRLFTConfig = Field(default_factory=CRLFTConfig, description="C-RLFT (class-conditioned weighted SFT)")
+    reward_augmented: RewardAugmentedConfig = Field(default_factory=RewardAugmentedConfig, description="reward-augmented DPO")
+    ilf: ILFConfig = Field(default_factory=ILFConfig, description="ILF (imitation learning from language feedback)")
 
 
 class IterateConfig(Section):
@@ -403,10 +512,12 @@ class IterateConfig(Section):
     samples_per_prompt: int = Field(4, ge=1, description="K: completions sampled per prompt from the current policy")
     steps_per_round: int = Field(8, gt=0, description="optimizer steps (batches of train.batch_size) trained on each round's examples")
     judge: Any = Field("gold", description="gold, preference (the task's oracle; {type: preference, model: <folder>} for a preference model), {type: llm, model: policy|<folder>, mode: score|choice, template: ...}, none, or any reward-source spec (reward model folder, module:function, mapping)")
-    builder: str = Field("best_vs_worst", description="example builder (alignkit.loops.BUILDERS): best_vs_worst, all_pairs, random_pairs, large_margin, rso, spin (pairs, for algorithm dpo); best_of_k (sft)")
+    builder: str = Field("best_vs_worst", description="example builder (alignkit.loops.BUILDERS): best_vs_worst, all_pairs, random_pairs, large_margin, rso, spin (pairs, for algorithm dpo); best_of_k (sft); win_rate, win_rate_vs_opponent, soft_pairs (algorithm sppo)")
     builder_params: dict[str, Any] = Field(default_factory=dict, description="keyword parameters of the builder, e.g. {margin: 0.5} (large_margin), {beta: 0.5} (rso), {top: 1} (best_of_k)")
-    reference: Literal["previous", "fixed", "soft"] = Field("previous", description="the DPO reference each round: previous (the iterate the round starts from), fixed (the starting model), soft (ref <- a * policy + (1 - a) * ref after each round)")
-    reference_alpha: float = Field(0.5, ge=0, le=1, description="soft reference update: a")
+    reference: Literal["previous", "fixed", "soft", "geometric", "momentum"] = Field("previous", description="the DPO reference each round: previous (the iterate the round starts from), fixed (the starting model), soft (ref <- a * policy + (1 - a) * ref after each round), geometric (INPO: log ref = (1 - a) log pi_t + a log pi_start, a = eta * tau), momentum (accelerated PO: log ref = (1 + a) log pi_t - a log pi_(t-1), Nesterov extrapolation); a = reference_alpha")
+    reference_alpha: float = Field(0.5, ge=0, le=1, description="a of the soft, geometric and momentum references")
+    update: Literal["step", "extragradient"] = Field("step", description="step: each round's steps move the policy; extragradient (EGPO): the round's steps from theta_t give theta_(t+1/2), the same steps from there give the update applied to theta_t")
+    checkpoint_rounds: bool = Field(True, description="write a resumable checkpoint and the loop's state after every round (alignkit iterate ... train.resume=true continues a killed run at its round and step)")
     reset_optimizer: bool = Field(False, description="clear the AdamW moments at the start of every round after the first (the learning-rate schedule continues)")
     temperature: float = Field(1.0, gt=0, description="sampling temperature of the round's completions")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling of the round's completions")
@@ -424,11 +535,11 @@ class IterateConfig(Section):
     eval_every: int = Field(1, gt=0, description="rounds between evaluations (the last round is always evaluated); online variants (steps_per_round=1) raise it")
 
 
-ALGORITHMS = ("sft", "dpo", "kto", "pro", "reward", "rl", "sppo")
+ALGORITHMS = ("sft", "dpo", "kto", "pro", "reward", "rl", "sppo", "feedback")
 
 
 class Recipe(Section):
-    algorithm: Literal["sft", "dpo", "kto", "pro", "reward", "rl", "sppo"]
+    algorithm: Literal["sft", "dpo", "kto", "pro", "reward", "rl", "sppo", "feedback"]
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -440,6 +551,7 @@ class Recipe(Section):
     unpaired: UnpairedConfig = Field(default_factory=UnpairedConfig)
     listwise: ListwiseConfig = Field(default_factory=ListwiseConfig)
     sppo: SPPOConfig = Field(default_factory=SPPOConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig, description="algorithm feedback: Chain of Hindsight, CUT, ILF, C-RLFT, reward-augmented DPO")
     iterate: IterateConfig | None = Field(None, description="iterative alignment (alignkit iterate): rounds of sample, judge, build, train; null: not iterative")
 
     @model_validator(mode="after")
@@ -447,6 +559,9 @@ class Recipe(Section):
         t = self.train
         if t.distributed == "fsdp2" and (self.algorithm == "rl" or self.model.lora is not None):
             raise ValueError("train.distributed=fsdp2 supports full-model offline training (sft, dpo, kto, pro, reward) for now; use ddp for rl or LoRA")
+        if t.distributed.startswith("deepspeed") and (self.algorithm == "rl" or self.model.lora is not None or t.nonfinite == "skip"):
+            raise ValueError(f"train.distributed={t.distributed} supports full-model offline training (sft, dpo, kto, pro, reward) with "
+                             "train.nonfinite=stop for now; use ddp for rl or LoRA (docs/scale.md)")
         if t.micro_batch_size is not None and t.batch_size % t.micro_batch_size:
             raise ValueError(f"train.batch_size ({t.batch_size}) must be a multiple of train.micro_batch_size ({t.micro_batch_size})")
         return self

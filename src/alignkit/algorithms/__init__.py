@@ -18,6 +18,7 @@ from ..config import ConfigError, Recipe
 from ..core.registry import check_params
 from ..engine.contract import Algorithm
 from .dpo import DPO
+from .feedback import Feedback
 from .listwise import Listwise
 from .reward import RewardModelling
 from .rl import OnlineRL
@@ -25,7 +26,7 @@ from .selfplay import SPPO
 from .sft import SFT
 from .unpaired import Unpaired
 
-ALGORITHMS: dict[str, type[Algorithm]] = {"sft": SFT, "dpo": DPO, "kto": Unpaired, "pro": Listwise, "reward": RewardModelling, "rl": OnlineRL, "sppo": SPPO}
+ALGORITHMS: dict[str, type[Algorithm]] = {"sft": SFT, "dpo": DPO, "kto": Unpaired, "pro": Listwise, "reward": RewardModelling, "rl": OnlineRL, "sppo": SPPO, "feedback": Feedback}
 
 
 def build_algorithm(recipe: Recipe) -> Algorithm:

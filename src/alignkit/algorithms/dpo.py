@@ -65,6 +65,17 @@ def pair_logps(module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, to
     return sums[:b], sums[b:], batch["chosen_tokens"], batch["rejected_tokens"]
 
 
+def group_weights(examples, key: str, eta: float):
+    """Group-robust DPO's state from the training pairs' group field (metadata ``key``)."""
+    from ..objectives.pluralistic import GroupWeights
+
+    names = [(e.get("meta") or {}).get(key) for e in examples]
+    if any(n is None for n in names):
+        row = next(e.get("row", e.get("index")) for e, n in zip(examples, names) if n is None)
+        raise ValueError(f"dpo.group_robust needs every pair to name its group in the field '{key}' (row {row} has none; set dpo.group_key)")
+    return GroupWeights(names, eta)
+
+
 def xpo_exploration(chosen: torch.Tensor, rejected: torch.Tensor, batch) -> torch.Tensor:
     """XPO's exploration term per pair (Xie et al. 2024, "Exploratory preference optimization"): ``log π(y_ref|x)``,
     the policy's summed log-prob of the side of the pair the reference sampled; rows carry it as metadata
@@ -91,6 +102,7 @@ class DPO(Algorithm):
         self.reference: Reference | None = None
         self.needs_reference = self._needs_reference()
         self.shuffle = not self.cfg.curriculum
+        self.groups = None  # group-robust DPO's weights (dpo.group_robust)
 
     def _needs_reference(self) -> bool:
         from ..objectives.pairwise import PAIRWISE_LOSSES
@@ -140,6 +152,8 @@ class DPO(Algorithm):
     # ----------------------------------------------------------------------------------------------
     def setup(self, ctx) -> None:
         model = ctx.model
+        if self.cfg.group_robust and self.groups is None:
+            self.groups = group_weights(ctx.train_examples, self.cfg.group_key, self.cfg.group_eta)
         if self.packing and not supports_packing(model):
             self.packing = False  # e.g. flash-attention takes no custom 4-D mask
         if not self.needs_reference:
@@ -171,6 +185,9 @@ class DPO(Algorithm):
     def after_step(self, ctx, step: int) -> None:
         """TR-DPO (Gorbatovski et al. 2024): refresh the reference every ``reference_update_every`` steps,
         softly (ref <- a * policy + (1 - a) * ref) or by copying the policy."""
+        if self.groups is not None:
+            total = ctx.strategy.sum(torch.stack([self.groups.sums, self.groups.counts]).to(ctx.device)).cpu()
+            self.groups.update(total[0], total[1])  # every process takes the same exponentiated-gradient step
         if self.cfg.reference_update == "none" or step % self.cfg.reference_update_every:
             return
         a = 1.0 if self.cfg.reference_update == "hard" else self.cfg.reference_update_alpha
@@ -208,6 +225,10 @@ class DPO(Algorithm):
             b = chosen.shape[0]
             weights = wpo_weights(token_logps[:b], mask[:b]) * wpo_weights(token_logps[b:], mask[b:])
             losses = losses * weights
+        if self.groups is not None:
+            names = (batch.get("meta") or {}).get(cfg.group_key)
+            group_index, plain = self.groups.indices(names), losses.detach()
+            losses = losses * self.groups.weights(names, losses, record=torch.is_grad_enabled())
         explore = xpo_exploration(chosen, rejected, batch) if cfg.xpo_alpha is not None else None
         if explore is not None:
             losses = losses + cfg.xpo_alpha * explore
@@ -226,6 +247,11 @@ class DPO(Algorithm):
         }
         if cfg.wpo:
             metrics["wpo/weight"] = (weights.detach().sum(), n)
+        if self.groups is not None:
+            metrics.update({f"group_alpha/{g}": (float(a) * n, n) for g, a in zip(self.groups.names, self.groups.alpha.tolist())})
+            for k, g in enumerate(self.groups.names):  # the unweighted DPO loss of each group's pairs
+                mine = group_index == k
+                metrics[f"group_loss/{g}"] = (float(plain[mine.to(plain.device)].sum()), float(mine.sum()))
         if explore is not None:
             marked = (torch.as_tensor(batch["meta"]["opponent"]) != 0).float().sum()
             metrics["xpo/logps_reference_sample"] = (explore.detach().sum(), float(marked))

@@ -85,7 +85,7 @@ class Unpaired(Algorithm):
                 partner = examples[(i + 1) % len(examples)]
                 completion = partner["input_ids"][len(partner["prompt_ids"]) :]
                 e["kl_ids"] = e["prompt_ids"] + completion
-                e["kl_mask"] = [0] * len(e["prompt_ids"]) + [1] * len(completion)
+                e["kl_mask"] = [0] * len(e["prompt_ids"]) + partner["loss_mask"][len(partner["prompt_ids"]) :]  # a trajectory's tool turns stay untrained
         module = ctx.reference(keep=False)
 
         def reference(batch):

@@ -18,6 +18,10 @@ Preference pairs have two layouts:
   carries an explicit ``source_index`` (the position whose hidden state predicts it). With ``row_tokens``
   several pairs share a row (block-diagonal attention: a pair never sees another pair).
 
+Trajectory replies (:mod:`alignkit.data.trajectory`): a pair example may carry ``chosen_mask`` /
+``rejected_mask`` (1 on a reply's assistant tokens, 0 on its tool and user turns); both layouts then train
+only those tokens (:func:`reply_mask`), the others stay in the input as context.
+
 Metadata: examples that carry a ``"meta"`` dict (a row's fields outside its kind's schema, see
 :mod:`alignkit.data.kinds`) give the batch a ``"meta"`` entry, one value per example in batch order (per
 pair, not per sequence): a CPU tensor when every value is a number or a bool, else a list (``None`` where an
@@ -81,13 +85,20 @@ def collate_sft(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 def collate_pairs(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     ids, masks = [], []
-    for key in ("chosen_ids", "rejected_ids"):
+    for key in ("chosen", "rejected"):
         for e in examples:
-            ids.append(e["prompt_ids"] + e[key])
-            masks.append([0] * len(e["prompt_ids"]) + [1] * len(e[key]))
+            ids.append(e["prompt_ids"] + e[f"{key}_ids"])
+            masks.append([0] * len(e["prompt_ids"]) + reply_mask(e, key))
     batch = collate_sequences(ids, masks, pad_id)
     batch["index"] = torch.tensor([e["index"] for e in examples], dtype=torch.long)
     return attach_meta(batch, examples)
+
+
+def reply_mask(example: dict, side: str) -> list[int]:
+    """Which tokens of a pair's ``side`` ("chosen" / "rejected") are trained: its ``{side}_mask`` (a
+    trajectory's assistant tokens, :mod:`alignkit.data.trajectory`), else every token."""
+    mask = example.get(f"{side}_mask")
+    return list(mask) if mask is not None else [1] * len(example[f"{side}_ids"])
 
 
 def _packed_tensors(shape: tuple[int, int], pad_id: int) -> tuple[torch.Tensor, ...]:
@@ -159,7 +170,7 @@ def collate_pairs_packed(examples: list[dict], pad_id: int, row_tokens: int | No
                 sources = positions - 1
                 if length:
                     sources[0] = start + n_p - 1  # the last prompt token predicts the first completion token
-                keep = sources >= start
+                keep = (sources >= start) & torch.tensor(reply_mask(e, ("chosen", "rejected")[side]), dtype=torch.bool)
                 positions, sources = positions[keep], sources[keep]
                 loss_mask[r, positions] = 1
                 source_index[r, positions] = sources

@@ -203,7 +203,9 @@ def pair_row(prompt: Any, chosen: Any, rejected: Any, extras: dict[str, Any], ct
 
 def split_shared_prompt(chosen: list[dict], rejected: list[dict], ctx: FormatContext) -> tuple[list[dict], list[dict], list[dict]]:
     """``(prompt, chosen reply, rejected reply)`` of two whole conversations: the prompt is their longest
-    shared message prefix, which must end with a user (or tool) turn; the replies must be assistant turns."""
+    shared message prefix, which must end with a user (or tool) turn; each reply is one assistant turn or a
+    trajectory (assistant turns interleaved with tool and user turns, ``alignkit.data.trajectory``) that
+    starts and ends with an assistant turn, so two trajectories may diverge at any turn."""
     n = 0
     while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
         n += 1
@@ -216,10 +218,10 @@ def split_shared_prompt(chosen: list[dict], rejected: list[dict], ctx: FormatCon
     for name, conversation in (("chosen", chosen), ("rejected", rejected)):
         if len(conversation) == n:
             raise ctx.error(name, "has no reply after the shared prompt")
-        for j in range(n, len(conversation)):
+        for j, where in ((n, "starts"), (len(conversation) - 1, "ends")):
             if conversation[j].get("role") != "assistant":
-                raise ctx.error(f"{name}[{j}]", f"a {conversation[j].get('role')!r} turn after the shared prompt: chosen and rejected "
-                                              "may differ only in their final assistant turn(s)")
+                raise ctx.error(f"{name}[{j}]", f"a {conversation[j].get('role')!r} turn {where} the reply after the shared prompt: a reply "
+                                              "(one assistant turn, or a trajectory of assistant, tool and user turns) starts and ends with an assistant turn")
     return chosen[:n], chosen[n:], rejected[n:]
 
 
@@ -290,7 +292,7 @@ def _convert_implicit(data: dict[str, Any], ctx: FormatContext) -> dict[str, Any
 
 
 def _is_full_conversation(value: Any) -> bool:
-    return _is_messages(value) and any(m.get("role") != "assistant" for m in value)
+    return _is_messages(value) and value[0].get("role") != "assistant"  # a reply (or trajectory) after a prompt starts with the assistant
 
 
 def _is_ultrafeedback(data: dict[str, Any]) -> bool:

@@ -41,6 +41,7 @@ from typing import Any, Callable
 
 from ..core.registry import Registry
 from .errors import DataError, RowTooLong, check_messages, check_text, number_field
+from .trajectory import check_conversation, check_reply, reply_mask, split_trajectory
 
 DEFAULT_STEP_SPLIT = r"\n"
 ENCODED_KEYS = ("row", "_row", "index", "prompt_ids")  # keys an encoded example adds to its row
@@ -154,17 +155,26 @@ def _check_sft(data: dict[str, Any], ctx: RowContext) -> dict[str, Any]:
         messages = data["messages"]
         if not any(m["role"] == "assistant" for m in messages):
             raise ctx.error("messages", "has no assistant turn to train on")
+        check_conversation(messages, "messages", ctx.source, ctx.row)
         tools = data.get("tools")
         if tools is None:
             return {"messages": messages}
         if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
             raise ctx.error("tools", "expected a list of tool schemas ({type: function, function: {name, description, parameters}})")
         return {"messages": messages, "tools": tools}
-    return {"prompt": ctx.text(data, "prompt"), "completion": ctx.text(data, "completion")}
+    out = {"prompt": ctx.text(data, "prompt"), "completion": ctx.text(data, "completion")}
+    check_reply(out["prompt"], out["completion"], "completion", ctx.source, ctx.row)
+    return out
 
 
 def _check_unpaired(data: dict[str, Any], ctx: RowContext) -> dict[str, Any]:
+    if "messages" in data and "prompt" not in data:  # a whole trajectory: the prompt is what precedes its first assistant turn
+        check_messages(data["messages"], ctx.source, ctx.row, "messages")
+        check_conversation(data["messages"], "messages", ctx.source, ctx.row)
+        prompt, completion = split_trajectory(data["messages"], ctx.source, ctx.row)
+        data = {**data, "prompt": prompt, "completion": completion}
     out = {"prompt": ctx.text(data, "prompt"), "completion": ctx.text(data, "completion")}
+    check_reply(out["prompt"], out["completion"], "completion", ctx.source, ctx.row)
     label = data["label"]
     if isinstance(label, str) and label.lower() in ("true", "false", "1", "0"):
         label = label.lower() in ("true", "1")
@@ -180,6 +190,8 @@ def _check_pair(data: dict[str, Any], ctx: RowContext) -> dict[str, Any]:
     out = {"prompt": ctx.text(data, "prompt"), "chosen": ctx.text(data, "chosen"), "rejected": ctx.text(data, "rejected")}
     if data["chosen"] == data["rejected"]:
         raise ctx.error("rejected", "is identical to 'chosen' (the pair carries no preference)")
+    for name in ("chosen", "rejected"):
+        check_reply(out["prompt"], out[name], name, ctx.source, ctx.row)
     if data.get("margin") is not None:
         out["margin"] = ctx.number(data["margin"], "margin")
     return out
@@ -277,6 +289,17 @@ def _completions(encoder: Any, record: dict[str, Any], fields: list[str]) -> tup
     return encoder.fit(prompt, completions, row)
 
 
+def _reply_masks(encoder: Any, record: dict[str, Any], fields: list[str], fitted: list[list[int]]) -> dict[str, list[int]]:
+    """``{field}_mask`` for each message-list reply with tool or user turns (1 on assistant tokens), cut to the
+    reply's fitted (possibly right-truncated) length; text replies and single assistant turns get none."""
+    out = {}
+    for name, ids in zip(fields, fitted):
+        mask = reply_mask(encoder, record["prompt"], record[name], record.get("_row", 0))
+        if mask is not None:
+            out[f"{name}_mask"] = mask[: len(ids)]
+    return out
+
+
 def _encode_sft(encoder: Any, record: dict[str, Any]) -> dict[str, Any]:
     row = record.get("_row", 0)
     if "messages" in record:
@@ -288,7 +311,8 @@ def _encode_sft(encoder: Any, record: dict[str, Any]) -> dict[str, Any]:
             ids, mask = (ids[-m:], mask[-m:]) if encoder.truncation == "left" else (ids[:m], mask[:m])
         return {"input_ids": ids, "loss_mask": mask, "row": row}
     prompt, (completion,) = _completions(encoder, record, ["completion"])
-    return {"prompt_ids": prompt, "row": row, "input_ids": prompt + completion, "loss_mask": [0] * len(prompt) + [1] * len(completion)}
+    mask = _reply_masks(encoder, record, ["completion"], [completion]).get("completion_mask", [1] * len(completion))
+    return {"prompt_ids": prompt, "row": row, "input_ids": prompt + completion, "loss_mask": [0] * len(prompt) + mask}
 
 
 def _encode_unpaired(encoder: Any, record: dict[str, Any]) -> dict[str, Any]:
@@ -298,6 +322,7 @@ def _encode_unpaired(encoder: Any, record: dict[str, Any]) -> dict[str, Any]:
 def _encode_pair(encoder: Any, record: dict[str, Any]) -> dict[str, Any]:
     prompt, (chosen, rejected) = _completions(encoder, record, ["chosen", "rejected"])
     out = {"prompt_ids": prompt, "row": record.get("_row", 0), "chosen_ids": chosen, "rejected_ids": rejected}
+    out.update(_reply_masks(encoder, record, ["chosen", "rejected"], [chosen, rejected]))  # trajectories: tool/user turns untrained
     if "margin" in record:
         out["margin"] = record["margin"]
     return out
@@ -391,8 +416,8 @@ register_kind("sft", fields=("prompt", "completion", "messages", "tools"), requi
 register_kind("pair", fields=("prompt", "chosen", "rejected", "margin"), required=("prompt", "chosen", "rejected"),
               check=_check_pair, encode=_encode_pair, infer=((10, lambda d: "chosen" in d or "rejected" in d),),
               description="prompt + chosen + rejected (optional margin)")
-register_kind("unpaired", fields=("prompt", "completion", "label"), required=("prompt", "completion", "label"),
-              check=_check_unpaired, encode=_encode_unpaired, infer=((30, lambda d: "label" in d),),
+register_kind("unpaired", fields=("prompt", "completion", "label", "messages"), required=("prompt", "completion", "label"),
+              alternatives=(("messages", "label"),), check=_check_unpaired, encode=_encode_unpaired, infer=((30, lambda d: "label" in d),),
               description="prompt + completion + label")
 register_kind("ranked", fields=("prompt", "completions", "scores", "ranks"), required=("prompt", "completions"),
               check=_check_ranked, encode=_encode_ranked, infer=((20, lambda d: "completions" in d),),
@@ -423,3 +448,6 @@ def _encode_win_rate(encoder: Any, record: dict[str, Any]) -> dict[str, Any]:
 
 register_kind("win_rate", fields=("prompt", "completion", "win_rate"), required=("prompt", "completion", "win_rate"),
               check=_check_win_rate, encode=_encode_win_rate, description="prompt + completion + win_rate (estimated P(y ≻ π_t) in [0, 1], SPPO)")
+
+
+from . import feedback_kinds  # noqa: E402,F401  (registers the critique and spans kinds and the system format)

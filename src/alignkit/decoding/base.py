@@ -35,7 +35,7 @@ class Cost:
     ``tokens_generated``: completion tokens produced by the policy's decoder, discarded candidates included;
     ``reward_calls`` / ``reward_sequences``: calls of the reward source and the (prompt, completion) pairs
     they scored; ``wall_s``: wall-clock seconds of the strategy (``estimate_s``, the time spent on an optional
-    KL estimate, is reported apart and not included)."""
+    KL estimate or on fitting a value model before decoding, is reported apart and not included)."""
 
     forwards: dict[str, int] = field(default_factory=dict)
     tokens_processed: dict[str, int] = field(default_factory=dict)
@@ -207,7 +207,7 @@ def strategy_names() -> list[str]:
 
 
 def _registered() -> None:
-    from . import guided, sampling  # noqa: F401  (registers the built-in strategies)
+    from . import genarm, guided, nudging, sampling, search, steering, value  # noqa: F401  (registers the built-in strategies)
 
 
 @contextmanager

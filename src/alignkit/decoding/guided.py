@@ -100,7 +100,7 @@ def _name(spec) -> str:
     return str(spec) if isinstance(spec, (str, Path)) else type(spec).__name__
 
 
-def _check_backend(ctx: Context, name: str) -> None:
+def check_backend(ctx: Context, name: str) -> None:
     if ctx.backend not in ("alignkit", "auto"):
         raise ValueError(f"decoding strategy {name!r} runs on alignkit's decode loop (a guide); backend {ctx.backend!r} cannot take it")
 
@@ -109,16 +109,30 @@ def _check_backend(ctx: Context, name: str) -> None:
 def args(ctx: Context, reward="gold", k: int = 10, w: float = 1.0) -> Decoding:
     """ARGS: top-``k`` next tokens scored by ``logit + w * reward(prefix + token)``; greedy with the call's
     ``greedy=True`` (ARGS-greedy), else sampled from the scores over the k candidates."""
-    _check_backend(ctx, "args")
+    check_backend(ctx, "args")
     source = ctx.reward(reward)
     result = run_guided(ctx, lambda prompts: ARGSGuide(source, ctx.tokenizer, prompts, k=k, w=w))
     result.stats = {"k": k, "w": w, "greedy": ctx.sampling.greedy, "reward_sequences_per_token": k}
     return result
 
 
-def _as_list(value, name: str) -> list:
+def load_guides(ctx: Context, specs: Sequence[Any], strategy: str, role: str = "guide") -> list:
+    """The guide models of ``specs`` (folders or model objects), counted as ``role`` (``role0``, ``role1``, ...
+    for several), each checked to share the model's vocabulary."""
+    models = [ctx.load_model(spec, f"{role}{i}" if len(specs) > 1 else role) for i, spec in enumerate(specs)]
+    vocab = ctx.model.get_output_embeddings().weight.shape[0]
+    for spec, m in zip(specs, models):
+        size = m.get_output_embeddings().weight.shape[0]
+        if size != vocab:
+            raise ValueError(f"{strategy}: {role} {_name(spec)} has a vocabulary of {size}, the model {vocab}; "
+                             f"a {role} model must share the model's tokenizer")
+    return models
+
+
+def as_list(value, name: str, strategy: str = "product") -> list:
+    """``value`` as a list (one item, or a list / tuple); ``ValueError`` naming the option when it is missing."""
     if value is None:
-        raise ValueError(f"decoding strategy 'product' needs {name}")
+        raise ValueError(f"decoding strategy {strategy!r} needs {name}")
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
@@ -127,20 +141,20 @@ def product(ctx: Context, guide=None, alpha=1.0) -> Decoding:
     """A product of experts ``pi_base * prod_i pi_guide_i^alpha_i``: ``guide`` a model folder or model object,
     or a list of them; ``alpha`` one weight or one per guide (chosen at run time; GenARM: ``alpha = 1 / beta``).
     Each guide keeps its own KV cache in lockstep with the batch."""
-    _check_backend(ctx, "product")
-    specs = _as_list(guide, "guide=PATH (or a list)")
-    alphas = [float(a) for a in _as_list(alpha, "alpha")]
+    return weighted_guides(ctx, "product", guide, alpha)
+
+
+def weighted_guides(ctx: Context, strategy: str, guide, alpha, role: str = "guide") -> Decoding:
+    """Decode with ``logits + sum_i alpha_i log_softmax(guide_i)``: ``guide`` one model (folder or object) or a
+    list, ``alpha`` one weight (for every guide) or one per guide; each guide's KV cache in lockstep."""
+    check_backend(ctx, strategy)
+    specs = as_list(guide, f"{role}=PATH (or a list)", strategy)
+    alphas = [float(a) for a in as_list(alpha, "alpha", strategy)]
     if len(alphas) == 1 and len(specs) > 1:
         alphas = alphas * len(specs)
     if len(alphas) != len(specs):
-        raise ValueError(f"product: {len(specs)} guides but {len(alphas)} alpha values")
-    models = [ctx.load_model(spec, f"guide{i}" if len(specs) > 1 else "guide") for i, spec in enumerate(specs)]
-    vocab = ctx.model.get_output_embeddings().weight.shape[0]
-    for spec, m in zip(specs, models):
-        size = m.get_output_embeddings().weight.shape[0]
-        if size != vocab:
-            raise ValueError(f"product: guide {_name(spec)} has a vocabulary of {size}, the model {vocab}; "
-                             "a guide must share the model's tokenizer")
+        raise ValueError(f"{strategy}: {len(specs)} {role} models but {len(alphas)} weights")
+    models = load_guides(ctx, specs, strategy, role)
     result = run_guided(ctx, lambda prompts: ProductGuide([CachedModelGuide(m, a, ctx.pad_id) for m, a in zip(models, alphas)]))
-    result.stats = {"alpha": alphas, "guides": [_name(s) for s in specs]}
+    result.stats = {"alpha": alphas, f"{role}s": [_name(s) for s in specs]}
     return result

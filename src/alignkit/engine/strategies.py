@@ -7,12 +7,13 @@ full state dicts for saving, and every collective the loop and the algorithms us
 a strategy that is not torch.distributed (e.g. Ray actors) can stand in for it.
 
 Registered: ``single`` (one process), ``ddp`` (DistributedDataParallel), ``fsdp2`` (``fully_shard`` per
-decoder layer). ``train.distributed`` names the multi-process strategy; one process is always ``single``.
+decoder layer), ``deepspeed_zero2``/``deepspeed_zero3`` (:mod:`alignkit.engine.deepspeed`). ``train.distributed`` names the multi-process strategy; one process is always ``single``.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 from torch import nn
@@ -91,6 +92,16 @@ class Strategy:
         """Full (model, optimizer) state dicts when parameters are sharded (a collective); else None."""
         return None
 
+    def prepare(self, policy: nn.Module, optimizer, train) -> tuple[nn.Module, Any]:
+        """After the optimizer and schedule exist: (module to run, optimizer to step). A strategy whose
+        engine owns the update (DeepSpeed) takes the optimizer over here; ``train`` is ``recipe.train``."""
+        return policy, optimizer
+
+    def clip_grad_norm(self, params: list[torch.Tensor], max_norm: float) -> float | None:
+        """Clip the gradients to ``max_norm`` before the update and return their norm (None: the engine
+        clips inside its step and the norm is not known before it)."""
+        return torch.nn.utils.clip_grad_norm_(params, max_norm).item()
+
 
 STRATEGIES.register("single", Strategy)
 
@@ -142,3 +153,6 @@ def build_strategy(name: str = "ddp") -> Strategy:
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return Strategy()
     return STRATEGIES.get(name)()
+
+
+from . import deepspeed as _deepspeed  # noqa: E402,F401 - registers deepspeed_zero2 / deepspeed_zero3 (DeepSpeed is imported only when used)

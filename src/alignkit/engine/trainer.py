@@ -399,7 +399,7 @@ class Trainer:
             losses.append(loss.item())
             norm = None
             if self.cfg.max_grad_norm is not None:
-                norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm).item()
+                norm = self.strategy.clip_grad_norm(params, self.cfg.max_grad_norm)
             if problem := self._nonfinite(losses[-1], norm, params):
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.cfg.nonfinite == "stop":
@@ -517,6 +517,7 @@ class Trainer:
         warmup = self.cfg.warmup_steps if self.cfg.warmup_steps is not None else int(self.cfg.warmup_ratio * (self.schedule_steps or total) * updates)
         span = (self.schedule_steps or total) * updates
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.cfg.scheduler, warmup, span))
+        self.policy, self.optimizer = self.strategy.prepare(self.policy, self.optimizer, self.cfg)  # DeepSpeed takes the update over
         self._params = [p for p in self.policy.parameters() if p.requires_grad]
         if self.resumed_from is not None:
             sharded = self.policy if self.strategy.sharded else None

@@ -144,8 +144,10 @@ DATA_METRICS: Registry[Callable[..., dict[str, Any]]] = Registry("data evaluatio
 
 @DATA_METRICS.register("pair")
 def pair_metrics(examples: list[dict[str, Any]], scorer: Scorer, notes: list[str]) -> dict[str, Any]:
-    chosen = [(e["prompt_ids"] + e["chosen_ids"], [0] * len(e["prompt_ids"]) + [1] * len(e["chosen_ids"])) for e in examples]
-    rejected = [(e["prompt_ids"] + e["rejected_ids"], [0] * len(e["prompt_ids"]) + [1] * len(e["rejected_ids"])) for e in examples]
+    from ..data.collate import reply_mask  # a trajectory's tool and user turns are not the model's: not scored
+
+    chosen = [(e["prompt_ids"] + e["chosen_ids"], [0] * len(e["prompt_ids"]) + reply_mask(e, "chosen")) for e in examples]
+    rejected = [(e["prompt_ids"] + e["rejected_ids"], [0] * len(e["prompt_ids"]) + reply_mask(e, "rejected")) for e in examples]
     lc, nc = scorer.logps(chosen)
     lr, nr = scorer.logps(rejected)
     out: dict[str, Any] = {

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..models.loading import load_policy_for_inference, load_tokenizer
 from ..rollout.generate import Sample, generate, sample_logprobs
+from .groups import policy_group_metrics
 from .metrics import distinct_n, kl_estimates, mean_and_se, self_bleu, win_rate, win_rate_from_preferences
 
 
@@ -182,14 +183,22 @@ class ReferenceEvaluator:
         ``n_prompts`` test prompts; ``options`` as for the constructor."""
         return cls(task, load_tokenizer(reference_dir), load_policy_for_inference(reference_dir), task.prompts(n_prompts, "test"), **options)
 
-    def evaluate(self, model_or_dir, name: str = "") -> dict[str, Any]:
+    def evaluate(self, model_or_dir, name: str = "", strategy: str | None = None, strategy_options: dict[str, Any] | None = None) -> dict[str, Any]:
         """One evaluation point: gold reward (± s.e.), KL (k1, k3), win rate, length, words, malformed fraction,
-        distinct-2, self-BLEU, ``gold/<part>`` for tasks that split their gold reward, proxy and six samples."""
+        distinct-2, self-BLEU, ``gold/<part>`` for tasks that split their gold reward, proxy and six samples.
+        With ``strategy`` the policy is the model + that decoding strategy: its KL (to the reference, when the
+        strategy has log-probs; else ``None``), ``cost/...`` and ``strategy/...`` keys are added."""
         model = load_policy_for_inference(model_or_dir) if isinstance(model_or_dir, (str, Path)) else model_or_dir
-        scored = sample_and_score(model, self.tokenizer, self.task, self.prompts, self.reference, self.n_samples, self.max_new_tokens, self.seed)
         point: dict[str, Any] = {"name": name}
+        if strategy is None:
+            scored = sample_and_score(model, self.tokenizer, self.task, self.prompts, self.reference, self.n_samples, self.max_new_tokens, self.seed)
+        else:
+            scored, result = strategy_and_score(model, self.tokenizer, self.task, self.prompts, strategy, strategy_options, self.reference,
+                                                self.n_samples, self.max_new_tokens, self.seed)
+            point.update(result.cost.flat())
+            point.update({f"strategy/{k}": v for k, v in result.stats.items() if not isinstance(v, (list, dict))})
         point["gold_reward"], point["gold_reward_se"] = mean_and_se(scored.gold)
-        point.update(scored.kl)
+        point.update(scored.kl or {"kl_k1": None, "kl_k3": None})
         point["kl"] = point["kl_k1"]
         point["win_rate"] = self.win_rate(scored)
         point["length"] = scored.length()
@@ -198,6 +207,7 @@ class ReferenceEvaluator:
         point["distinct_2"] = distinct_n(scored.completions, 2)
         point["self_bleu"] = self_bleu(scored.completions, max_texts=100)
         point.update(self.gold_parts(scored))
+        point.update(policy_group_metrics(self.task, scored.prompts, scored.completions, self.reference_samples.completions))
         if self.proxy is not None:
             point["proxy"] = float(self.proxy.score(scored.prompts, scored.completions).float().mean())
         point["samples"] = scored.examples(6, gold_key="gold")

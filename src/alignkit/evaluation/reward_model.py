@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from .groups import accuracy_by
+
 
 def _ranks(x: torch.Tensor) -> torch.Tensor:
     order = torch.argsort(x, stable=True)
@@ -107,6 +109,8 @@ def evaluate_pairs(source: Any, rows: list[dict[str, Any]], task: Any = None, te
             margins = gap
     if margins is not None:
         out["by_margin"] = accuracy_by_bucket(correct, margins)
+    for key in ("group", "user"):  # rows that name who labelled them: accuracy per group / user, the worst one
+        out.update(accuracy_by(rc.tolist(), rr.tolist(), [r.get(key) for r in rows], key))
     return out
 
 

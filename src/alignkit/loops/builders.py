@@ -5,7 +5,8 @@ completion when there is one) and returns index tuples into the group, which the
 the trained algorithm's record kind:
 
 * ``kind = "pair"`` builders return ``(chosen, rejected)`` index pairs (:data:`REAL` is the data's real
-  completion), trained with ``algorithm: dpo`` and any ``dpo.loss``;
+  completion), trained with ``algorithm: dpo`` and any ``dpo.loss``, or ``(chosen, rejected, P(chosen ≻ rejected))``
+  triples (``soft_pairs``: the row's ``preference``, for the soft-label pair losses of ``algorithm: sppo``);
 * ``kind = "sft"`` builders return ``(index,)`` singletons, trained with ``algorithm: sft``.
 * ``kind = "win_rate"`` builders return ``(index, win rate)`` tuples (SPPO), trained with ``algorithm: sppo``;
   the group's pairwise preference matrix, when the judge made one, is ``group.extra["preferences"]``.
@@ -32,6 +33,7 @@ from typing import Any, Callable
 from ..core.registry import Registry, check_params
 
 REAL = -1  # the index of a group's real (data) completion
+REAL_REJECTED = -2  # the index of the data's rejected completion (offline pairs: HyPO)
 
 Builder = Callable[..., "list[tuple[int, ...]]"]
 BUILDERS: Registry[Builder] = Registry("example builder")
@@ -48,6 +50,8 @@ class Group:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def text(self, index: int) -> str | None:
+        if index == REAL_REJECTED:
+            return self.extra.get("real_rejected")
         return self.real if index == REAL else self.completions[index]
 
     def scored(self) -> list[int]:
@@ -153,6 +157,25 @@ def spin(group: Group, rng: random.Random, per_prompt: int = 1) -> list[tuple[in
     return [(REAL, i) for i in own[:per_prompt]]
 
 
+@BUILDERS.register("hypo", kind="pair", needs_scores=False, needs_real=True, needs_pairs=True, own_sample=True)
+def hypo(group: Group, rng: random.Random) -> list[tuple[int, int]]:
+    """HyPO (Song et al. 2024): the data's offline pair ``(chosen, rejected)`` for the DPO term; the loop attaches the
+    policy's first sample of the prompt as the row's ``own`` (the fresh sample of the reverse-KL term, ``sppo.kl_own``)."""
+    if group.real is None or group.extra.get("real_rejected") is None:
+        raise ValueError("builder 'hypo' needs offline pairs: data.train rows with chosen and rejected (or the task's labelled pairs)")
+    return [(REAL, REAL_REJECTED)] if group.real != group.extra["real_rejected"] else []
+
+
+@BUILDERS.register("cream", kind="pair", needs_scores=True)
+def cream(group: Group, rng: random.Random) -> list[tuple[int, int, float]]:
+    """CREAM: the best vs the worst by the judge's scores, with the round's rank consistency ``C`` of the group
+    (``iterate.judge: cream``) as the soft label: ``soft_dpo`` then gives ``C·L_DPO(y+, y−) + (1 − C)·L_DPO(y−, y+)``."""
+    c = group.extra.get("consistency")
+    if c is None:  # no second ranking (another judge, or fewer than two samples both judges scored): a hard label
+        c = 1.0
+    return [(best, worst, float(c)) for best, worst in best_vs_worst(group, rng)]
+
+
 @BUILDERS.register("best_of_k", kind="sft", needs_scores=True)
 def best_of_k(group: Group, rng: random.Random, top: int = 1, min_score: float | None = None) -> list[tuple[int]]:
     """RAFT / RSF: the ``top`` highest-scored samples (ties: the first), optionally only those scoring at
@@ -244,6 +267,39 @@ def win_rate_vs_opponent(group: Group, rng: random.Random, temperature: float = 
     return out
 
 
+@BUILDERS.register("soft_pairs", kind="pair", needs_scores=True)
+def soft_pairs(group: Group, rng: random.Random, among: str = "all", temperature: float = 1.0, pairs: int | None = None,
+               ties: bool = True) -> list[tuple[int, int, float]]:
+    """Online IPO / IPO-MD / INPO / OSP: pairs with a soft preference, ``(chosen, rejected, P(chosen ≻ rejected))``.
+
+    Every pair ``i < j`` of scored samples with different texts among ``among`` (``all``; ``policy``: the policy's
+    K; ``opponent``: the opponent's M, e.g. both from the geometric mixture for IPO-MD), oriented so that
+    ``P ≥ 1/2`` (a tie, ``P = 1/2``, keeps the earlier sample first: it still pulls the margin to 0). ``P`` is the
+    pairwise judge's ``P(y_i ≻ y_j)``, else Bradley–Terry on the scores, ``σ((s_i − s_j)/temperature)``.
+    ``pairs``: at most that many per prompt, drawn by the round's seeded rng; ``ties: false`` leaves out pairs with
+    ``P = 1/2`` (e.g. for DPO, which reads every pair as a hard preference). Trained with ``algorithm: sppo``,
+    ``sppo.loss: online_ipo`` or ``soft_dpo`` (the row's ``preference``)."""
+    if temperature <= 0:
+        raise ValueError(f"builder 'soft_pairs': temperature must be positive, got {temperature}")
+    if among not in ("all", "policy", "opponent"):
+        raise ValueError(f"builder 'soft_pairs': among must be all, policy or opponent, not {among!r}")
+    opponents = set(group.extra.get("opponents") or ())
+    if among == "opponent" and not opponents:
+        _opponents(group, "soft_pairs")  # names the setting
+    idx = [i for i in group.scored() if among == "all" or (i in opponents) == (among == "opponent")]
+    out = []
+    for a in range(len(idx)):
+        for b in range(a + 1, len(idx)):
+            i, j = idx[a], idx[b]
+            p = _preference(group, i, j, temperature)
+            if p is None or group.completions[i] == group.completions[j] or (not ties and p == 0.5):
+                continue
+            out.append((i, j, float(p)) if p >= 0.5 else (j, i, 1.0 - float(p)))
+    if pairs is not None and len(out) > pairs:
+        out = [out[k] for k in sorted(rng.sample(range(len(out)), pairs))]
+    return out
+
+
 def build_builder(name: str, params: dict[str, Any] | None = None) -> Callable[[Group, random.Random], list[tuple[int, ...]]]:
     """The builder ``name`` with its keyword ``params`` checked (unknown or missing ones named)."""
     if name not in BUILDERS:
@@ -261,5 +317,7 @@ def build_builder(name: str, params: dict[str, Any] | None = None) -> Callable[[
     build.kind = fn.kind  # type: ignore[attr-defined]
     build.needs_scores = fn.needs_scores  # type: ignore[attr-defined]
     build.needs_real = getattr(fn, "needs_real", False)  # type: ignore[attr-defined]
+    build.needs_pairs = getattr(fn, "needs_pairs", False)  # type: ignore[attr-defined]
+    build.own_sample = getattr(fn, "own_sample", False)  # type: ignore[attr-defined]
     build.builder_name = name  # type: ignore[attr-defined]
     return build

@@ -16,6 +16,9 @@ Registered judges (``iterate.judge``: a name, ``{type: name, ...params}``, or an
   folder) prompted with a template asking for a score (``mode: score``) or a choice between two responses
   (``mode: choice``); answers are decoded greedily and parsed by :func:`parse_score` / :func:`parse_choice`.
   An answer that does not parse gives no score and is counted (``judge/unparseable``) in the round's stats;
+* ``cream`` — CREAM's consistency-regularised self-rewarding: the ``llm`` judge on the live policy and on a
+  frozen copy of the previous iterate; the scores are the live policy's, and each group's
+  ``consistency`` is the Kendall-τ agreement of the two rankings, ``(τ + 1)/2`` (:func:`rank_consistency`);
 * ``none`` — no scores (for builders that need none, e.g. SPIN).
 """
 
@@ -38,6 +41,7 @@ class Judgement:
     preferences: list[list[list[float | None]]] | None = None  # per group: [i][j] = P(i ≻ j)
     answers: list[list[Any]] | None = None  # per group, per sample: what an LLM judge said (score mode)
     stats: dict[str, float] = field(default_factory=dict)
+    consistency: list[float | None] | None = None  # per group: CREAM's rank agreement of this round's and last round's judge
 
 
 @dataclass
@@ -233,6 +237,41 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
+def rank_consistency(a: list[float | None], b: list[float | None]) -> float | None:
+    """``(τ_b + 1)/2`` with Kendall's ``τ_b = (concordant − discordant) / sqrt((n − ties_a)(n − ties_b))`` over the
+    ``n`` pairs of samples both lists score (ties in both lists at the same places are agreement: identical lists
+    give 1); None with fewer than two such samples or when either list ties everything."""
+    idx = [i for i in range(len(a)) if a[i] is not None and b[i] is not None]
+    pairs = [(i, j) for n, i in enumerate(idx) for j in idx[n + 1 :]]
+    sign_a = [(a[i] > a[j]) - (a[i] < a[j]) for i, j in pairs]
+    sign_b = [(b[i] > b[j]) - (b[i] < b[j]) for i, j in pairs]
+    denominator = (sum(x != 0 for x in sign_a) * sum(y != 0 for y in sign_b)) ** 0.5
+    if not denominator:
+        return None
+    return (sum(x * y for x, y in zip(sign_a, sign_b)) / denominator + 1) / 2
+
+
+class ConsistencyJudge(Judge):
+    """CREAM (Wang et al. 2024): self-rewarding scores from ``current`` (the live policy as judge) and the rank
+    agreement with ``previous`` (the same judge on the previous iterate's weights), which then moves to the
+    live policy's weights for the next round."""
+
+    def __init__(self, current: "LLMJudge", previous: "LLMJudge"):
+        self.current, self.previous = current, previous
+        self.name = f"cream:{current.name}"
+
+    def judge(self, prompts, groups):
+        from .references import copy_weights
+
+        now = self.current.judge(prompts, groups)
+        before = self.previous.judge(prompts, groups)
+        consistency = [rank_consistency(x, y) for x, y in zip(now.scores, before.scores)]
+        known = [c for c in consistency if c is not None]
+        stats = {**now.stats, **{f"previous_{k}": v for k, v in before.stats.items()}, "cream/consistency": sum(known) / len(known) if known else float("nan")}
+        copy_weights(self.current.model, self.previous.model)
+        return Judgement(now.scores, answers=now.answers, stats=stats, consistency=consistency)
+
+
 class NoJudge(Judge):
     name = "none"
 
@@ -290,6 +329,17 @@ def _llm(env: JudgeEnv, model: str = "policy", mode: str = "score", template: st
     judge = LLMJudge(lm, tokenizer, mode, template, max_new_tokens, low, high, both_orders, env.batch_size, env.progress)
     judge.name = f"llm:{model}:{mode}"
     return judge
+
+
+@JUDGES.register("cream")
+def _cream(env: JudgeEnv, template: str | None = None, max_new_tokens: int = 6, low: float = 1.0, high: float = 10.0) -> Judge:
+    import copy
+
+    from ..models.reference import frozen
+
+    current = _llm(env, "policy", "score", template, max_new_tokens, low, high)
+    previous_env = JudgeEnv(task=env.task, model=frozen(copy.deepcopy(env.model)), tokenizer=env.tokenizer, batch_size=env.batch_size, progress=env.progress)
+    return ConsistencyJudge(current, _llm(previous_env, "policy", "score", template, max_new_tokens, low, high))
 
 
 @JUDGES.register("none")

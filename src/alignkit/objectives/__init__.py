@@ -12,6 +12,8 @@ module              contents
 ``kl``              :func:`kl_penalty` (:data:`KL_ESTIMATORS`), :func:`kl_in_reward`
 ``aggregation``     :func:`aggregate` (:data:`AGGREGATIONS`): token -> scalar reductions
 ``policy``          :func:`policy_loss` (:data:`POLICY_LOSSES`), :func:`copg_loss`
+``offpolicy``       :func:`off_policy_correction` (:data:`OFF_POLICY_CORRECTIONS`: TIS, MIS, sequence-level, decoupled
+                    PPO), :func:`corrected_policy_loss`: samples from a behaviour policy (docs/scale.md)
 ``value``           :func:`value_loss` (clipped PPO critic loss)
 ``reward``          reward-model losses (:data:`REWARD_LOSSES`)
 ``selfplay``        win-rate regressions: :func:`selfplay_loss` (:data:`SELFPLAY_LOSSES`: SPPO), :func:`online_ipo_loss`
@@ -24,6 +26,7 @@ from .advantages import OUTCOME_ADVANTAGES, MovingBaseline, gae, macro_action_ad
 from .aggregation import AGGREGATIONS, aggregate
 from .kl import KL_ESTIMATORS, kl_in_reward, kl_penalty
 from .listwise import LISTWISE_LOSSES, curriculum_pairs, listwise_loss, register_listwise
+from .offpolicy import OFF_POLICY_CORRECTIONS, Correction, corrected_policy_loss, off_policy_correction
 from .pairwise import (
     PAIRWISE_LOSSES,
     PairLogps,
@@ -46,6 +49,7 @@ __all__ = [
     "AGGREGATIONS",
     "KL_ESTIMATORS",
     "LISTWISE_LOSSES",
+    "OFF_POLICY_CORRECTIONS",
     "OUTCOME_ADVANTAGES",
     "PAIRWISE_LOSSES",
     "POLICY_LOSSES",
@@ -56,8 +60,10 @@ __all__ = [
     "PairLogps",
     "RunningMean",
     "UnpairedLogps",
+    "Correction",
     "aggregate",
     "combine",
+    "corrected_policy_loss",
     "copg_loss",
     "curriculum_pairs",
     "gae",
@@ -67,6 +73,7 @@ __all__ = [
     "listwise_loss",
     "macro_action_advantages",
     "macro_gae",
+    "off_policy_correction",
     "outcome_advantages",
     "pairwise_advantages",
     "pairwise_loss",

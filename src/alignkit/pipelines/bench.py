@@ -19,6 +19,11 @@ A suite is a YAML file (see ``recipes/bench/``)::
         checkpoints: true                   # one point per saved checkpoint as well as the final model
         pairs: {label_noise: 0.2}           # per-method changes to the suite's pairs
         x: 0.2                              # optional: a point on a "final gold reward vs x" plot
+      - name: best-of-N                     # a policy = model + decoding strategy (docs/decoding.md), no training:
+        strategy: best_of_n                 #   evaluated on the same prompts, with its cost/... keys
+        options: {reward: gold}
+        sweep: [{N: 4}, {N: 16}]            # sweeps override the strategy's options
+        model: runs/sft/final               # optional (default: the suite's start model)
       - name: iterative DPO
         type: iterative_dpo                 # rounds of: sample from the current policy, label, DPO
         rounds: 3
@@ -205,6 +210,14 @@ class Bench:
                 if method.get("type") == "iterative_dpo":
                     self._iterative(method, override, sft, pairs_spec, run_dir, evaluator, base)
                     continue
+                if "strategy" in method:  # a policy = model + decoding strategy: nothing to train
+                    model = method.get("model", str(sft))
+                    options = {**(method.get("options") or {}), **override}
+                    point = evaluator.evaluate(model, f"{name}[{label}]", strategy=method["strategy"], strategy_options=options)
+                    self.points.append({**point, **base, "step": "final", "final": True, "dir": model})
+                    kl = "none (a search)" if point["kl"] is None else f"{point['kl']:.2f}"
+                    self.say(f"{name} [{label}]: gold {point['gold_reward']:+.3f}, KL {kl}, {point['cost/wall_s']:.1f} s")
+                    continue
                 recipe = self._recipe(method, sft, None)
                 if recipe.get("algorithm") in ("dpo",):
                     recipe = self._recipe(method, sft, self.pairs_file(pairs_spec, sft, name))
@@ -274,7 +287,7 @@ def draw_figures(points: list[dict[str, Any]], out: Path, title: str) -> dict[st
     methods = list(dict.fromkeys(p["method"] for p in points if p["method"] != "start"))
 
     def series(method):
-        pts = [p for p in points if p["method"] == method]
+        pts = [p for p in points if p["method"] == method and p["kl"] is not None]  # a search strategy has no KL
         return ([start] if start else []) + sorted(pts, key=lambda p: p["kl"])
 
     frontier = {m: [(p["kl"], p["gold_reward"], "", p["gold_reward_se"]) for p in series(m)] for m in methods}

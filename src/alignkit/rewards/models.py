@@ -138,6 +138,8 @@ def load_any_reward_model(path: str | Path, model_config: Any = None):
         model = MultiObjectiveRewardModel.from_pretrained(path, model_config)
     elif reward_type_of(path) == "process":
         model = load_reward_model(path, model_config, token_level=True)
+    elif reward_type_of(path) == "mixture":  # K reward heads, one per user cluster (MaxMin-RLHF; docs/pluralistic.md)
+        model = load_reward_model(path, model_config, num_labels=int(json.loads((Path(path) / "config.json").read_text())["components"]))
     else:
         model = load_reward_model(path, model_config)
     return model.eval()

@@ -40,6 +40,7 @@ from .transforms import ENSEMBLE_REDUCTIONS, apply_transform, ensemble_reduce
 # reward sources named by one word (`rl.reward: vader`): name -> "module:Class", imported when built
 NAMED_SOURCES: Registry[str] = Registry("named reward source")
 NAMED_SOURCES.register("vader", "alignkit.rewards.vader:VaderSource")  # VADER sentiment of the completion (rewards/vader.py)
+NAMED_SOURCES.register("code", "alignkit.rewards.code:CodeRewardSource")  # the row's unit tests in a sandbox (rewards/code.py)
 
 
 def _named_source(name: str) -> "RewardSource":
@@ -518,6 +519,8 @@ def _model_source(path: str | Path, spec: dict[str, Any]) -> RewardSource:
     kind = "scalar"
     if config.exists():
         kind = json.loads(config.read_text()).get("reward_type", "scalar")
+    if kind == "arm":
+        raise ValueError(f"{path} is an autoregressive reward model (GenARM); use it as a decoding guide: --strategy genarm -O arm={path}")
     if spec.get("type") == "preference" or kind == "preference":
         return PreferenceModelSource(path, reference=spec.get("reference"), **options)
     if kind == "multi_objective":

@@ -76,4 +76,8 @@ def task_rows(task: Any, kind: str, n: int, split: str, config: Any = None) -> l
                         completions.append(c)
                 rows.append({"prompt": prompt, "completions": completions, "scores": task.gold_rewards([prompt] * 4, completions)})
         return rows
-    raise ValueError(f"the {task.name} task cannot generate '{kind}' data; it makes sft, pair, unpaired, ranked and prompt rows")
+    if kind in ("critique", "spans"):  # language feedback written by the task's critic (tasks/critics.py)
+        from .critics import feedback_rows
+
+        return feedback_rows(task, kind, n, split)
+    raise ValueError(f"the {task.name} task cannot generate '{kind}' data; it makes sft, pair, unpaired, ranked, prompt, critique and spans rows")

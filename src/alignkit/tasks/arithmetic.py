@@ -9,6 +9,7 @@ level  operands         operators
 1      0 .. 9           +
 2      0 .. 19          +, -
 3      0 .. 49          +, -
+4      0 .. 999         +, -
 =====  ==============  ==========
 
 The SFT corpus is *noisy* on purpose (``sft_error_rate`` of its answers are off by one or two), so a
@@ -25,7 +26,7 @@ from typing import Any
 
 from .base import TASKS, TaskBase
 
-LEVELS = {0: (4, "+"), 1: (9, "+"), 2: (19, "+-"), 3: (49, "+-")}
+LEVELS = {0: (4, "+"), 1: (9, "+"), 2: (19, "+-"), 3: (49, "+-"), 4: (999, "+-")}
 _NUMBER = re.compile(r"^\s*(-?\d+)\s*\.\s*$")
 
 

@@ -13,6 +13,7 @@ each group's, so evaluations can report the worst group (egalitarian view) as we
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ class PluralisticTask(SentimentTask):
 
     minority_share: float = 0.2
     groups: tuple[tuple[str, float, float], ...] | None = None
+    users_per_group: int = 8  # each pair is labelled by one user of its group (row field ``user``, e.g. ``minority-3``)
     name: str = field(default="pluralistic", init=False)
     label_salt = "pluralistic"
     reward_attributes = None
@@ -78,13 +80,18 @@ class PluralisticTask(SentimentTask):
                 return g
         return self.groups[-1][0]
 
+    def user_of(self, group: str, prompt: str, a: str, b: str) -> str:
+        """The user of ``group`` who labels this pair: a hash of the pair (no draw from the label stream)."""
+        return f"{group}-{zlib.crc32(f'{prompt}|{a}|{b}'.encode()) % self.users_per_group}"
+
     def pair_judge(self, temperature: float):
         """Each pair is labelled by a group drawn by its share (Bradley–Terry on that group's reward); the
-        row records the group in ``group``."""
+        row records the group in ``group`` and the labelling user (one of ``users_per_group`` per group,
+        who share the group's reward) in ``user``."""
 
         def judge(prompt: str, a: str, b: str, rng: random.Random):
             group = self.draw_group(rng)
             p_a = bt_probability(self.group_rewards(prompt, a)[group], self.group_rewards(prompt, b)[group], temperature)
-            return p_a, {"group": group}
+            return p_a, {"group": group, "user": self.user_of(group, prompt, a, b)}
 
         return judge

@@ -48,13 +48,18 @@ Process: ``step_accuracy`` (logit > 0 against label > 0.5), ``steps`` per row.
 
 from __future__ import annotations
 
+from .arm import ARMRewardModelling
 from .base import REWARD_TYPES, RewardModelling, RowRewardModelling
+from .mixture import MixtureRewardModelling
 from .multi_objective import MultiObjectiveRewardModelling
+from .pal import PALRewardModelling
 from .preference import PreferenceRewardModelling
 from .process import ProcessRewardModelling
 from .scalar import ScalarRewardModelling
+from .vpl import VPLRewardModelling
 
 __all__ = [
     "REWARD_TYPES", "RewardModelling", "RowRewardModelling", "ScalarRewardModelling", "PreferenceRewardModelling",
-    "MultiObjectiveRewardModelling", "ProcessRewardModelling",
+    "MultiObjectiveRewardModelling", "ProcessRewardModelling", "ARMRewardModelling",
+    "MixtureRewardModelling", "PALRewardModelling", "VPLRewardModelling",
 ]

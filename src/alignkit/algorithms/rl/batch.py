@@ -19,7 +19,7 @@ from torch import Tensor
 from ...data.collate import collate_shared_prefix
 
 # RolloutBatch token field -> the key micro-batches carry it under (what the losses read)
-TOKEN_KEYS = {"old_logp": "old_logp", "ref_logp": "ref_logp", "token_advantage": "token_adv", "returns": "returns", "values": "old_values"}
+TOKEN_KEYS = {"old_logp": "old_logp", "ref_logp": "ref_logp", "token_advantage": "token_adv", "returns": "returns", "values": "old_values", "turn": "turn"}
 
 
 @dataclass
@@ -66,6 +66,11 @@ class RolloutBatch:
     then): ``advantage [N]`` (sequence-level) or ``token_advantage [N, T]``, ``old_logp``, ``ref_logp``
     (log-probs at the sampling temperature), ``values`` (the critic's, at sampling time), ``returns``
     (critic targets) and ``dense_logp`` (RTO's dense reward model), all ``[N, T]`` float32.
+
+    Multi-turn trajectories (``rl.env``, :class:`alignkit.envs.Trajectory`): the completion is every turn
+    with the environment's tokens between them, and ``completion_mask`` is 0 on those (the sample's own
+    mask); ``turn [N, T]`` (long) is the turn index of each policy token (-1 elsewhere) and
+    ``token_reward [N, T]`` each turn's reward on that turn's last token (``rl.env.credit: turn``).
     """
 
     input_ids: Tensor
@@ -83,6 +88,8 @@ class RolloutBatch:
     values: Tensor | None = None
     returns: Tensor | None = None
     dense_logp: Tensor | None = None
+    turn: Tensor | None = None
+    token_reward: Tensor | None = None
 
     @classmethod
     def from_samples(cls, rollout: Rollout, index: list[int], unit_size: int | None, pad_id: int) -> "RolloutBatch":
@@ -93,15 +100,23 @@ class RolloutBatch:
         width = max(lengths, default=0)
         input_ids = torch.full((n, width), pad_id, dtype=torch.long)
         completion_mask = torch.zeros((n, width), dtype=torch.long)
+        trajectories = bool(samples) and all(hasattr(s, "completion_mask") for s in samples)
+        turn = torch.full((n, width), -1, dtype=torch.long) if trajectories else None
+        token_reward = torch.zeros((n, width), dtype=torch.float32) if trajectories else None
         for r, s in enumerate(samples):
             p = len(s.prompt_ids)
             input_ids[r, : lengths[r]] = torch.tensor(s.prompt_ids + s.completion_ids, dtype=torch.long)
-            completion_mask[r, p : lengths[r]] = 1
+            if trajectories:  # environment tokens inside the completion are not the policy's
+                completion_mask[r, p : lengths[r]] = torch.tensor(s.completion_mask, dtype=torch.long)
+                turn[r, p : lengths[r]] = torch.tensor(s.token_turns(), dtype=torch.long)
+                token_reward[r, p : lengths[r]] = torch.tensor(s.token_rewards(), dtype=torch.float32)
+            else:
+                completion_mask[r, p : lengths[r]] = 1
         sample = torch.tensor(index, dtype=torch.long)
         unit = sample // unit_size if unit_size else torch.full((n,), -1, dtype=torch.long)
         return cls(input_ids=input_ids, completion_mask=completion_mask, length=torch.tensor(lengths, dtype=torch.long),
                    prompt_len=torch.tensor([len(s.prompt_ids) for s in samples], dtype=torch.long), sample=sample, unit=unit,
-                   reward=rollout.reward[sample].float(), pad_id=pad_id)
+                   reward=rollout.reward[sample].float(), pad_id=pad_id, turn=turn, token_reward=token_reward)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -127,8 +142,9 @@ class RolloutBatch:
         return torch.zeros(self.input_ids.shape, dtype=torch.float32)
 
     def rows(self) -> list["Row"]:
-        units = self.unit.tolist()
-        return [Row(self, i, None if u < 0 else u, int(n), int(p)) for i, (u, n, p) in enumerate(zip(units, self.length.tolist(), self.prompt_len.tolist()))]
+        units, policy = self.unit.tolist(), self.completion_mask.sum(-1).tolist()
+        return [Row(self, i, None if u < 0 else u, int(n), int(p), int(k))
+                for i, (u, n, p, k) in enumerate(zip(units, self.length.tolist(), self.prompt_len.tolist(), policy))]
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,10 +156,16 @@ class Row:
     unit: int | None
     length: int
     prompt_len: int
+    policy_tokens: int = -1  # completion tokens the policy chose (mask 1); -1: all of them
 
     @property
     def completion_tokens(self) -> int:
         return self.length - self.prompt_len
+
+    @property
+    def trained_tokens(self) -> int:
+        """The row's tokens in the loss: its completion minus any environment tokens."""
+        return self.completion_tokens if self.policy_tokens < 0 else self.policy_tokens
 
 
 def collate_rows(rows: list[Row], share_prompts: bool) -> dict[str, Tensor]:

@@ -135,7 +135,24 @@ def policy_gradient_loss(cfg: "RLConfig", logp: Tensor, batch: dict[str, Tensor]
         kl_term = aggregate(kl_penalty(cfg.kl.estimator, logp, batch["ref_logp"]), target, aggregation, **agg_params)
         total = total + cfg.kl.beta * kl_term
         metrics["policy/kl_loss"] = (kl_term.detach() * weight, weight)
+    if reference and cfg.env is not None and cfg.env.first_turn_kl > 0:
+        # SCoRe stage I: the first turn's tokens held close to the reference, aggregated like the loss's tokens
+        first = (batch["turn"] == 0).to(logp.dtype)
+        kl_first = aggregate(kl_penalty(cfg.kl.estimator, logp, batch["ref_logp"]) * first, target, aggregation, **agg_params)
+        total = total + cfg.env.first_turn_kl * kl_first
+        metrics["policy/first_turn_kl"] = (kl_first.detach() * weight, weight)
     return total, metrics
+
+
+def turn_credit(cfg: "RLConfig") -> bool:
+    """``rl.env.credit: turn``: each turn's reward on its own turn's last token (token rewards)."""
+    return cfg.env is not None and cfg.env.credit == "turn"
+
+
+def sequence_or_token_rewards(cfg: "RLConfig", batch: RolloutBatch) -> Tensor:
+    """What the token-level estimators put on the tokens: ``batch.reward [N]`` (on each row's last token), or
+    with ``rl.env.credit: turn`` each turn's reward on that turn's last token (``batch.token_reward [N, T]``)."""
+    return batch.token_reward if turn_credit(cfg) else batch.reward
 
 
 def whiten(ctx, adv: Tensor, mask: Tensor) -> Tensor:
@@ -223,7 +240,7 @@ class ReinforcePP(Outcome):
     group's mean."""
 
     def token_returns(self) -> bool:
-        return self.cfg.kl.beta > 0 and self.cfg.kl.in_reward
+        return (self.cfg.kl.beta > 0 and self.cfg.kl.in_reward) or turn_credit(self.cfg)
 
     whitens = token_returns
 
@@ -237,7 +254,11 @@ class ReinforcePP(Outcome):
         if self.name == "reinforce_pp_baseline":  # groups never span processes: this process's rewards
             scores = outcome_advantages("dr_grpo", scores, rollout.group_size)
         mask = batch.completion_mask.float()
-        token_rewards = kl_in_reward(scores[batch.sample], batch.old_logp, batch.ref_logp, mask, self.cfg.kl.beta, kind=self.cfg.kl.estimator)
+        rewards = batch.token_reward if turn_credit(self.cfg) else scores[batch.sample]
+        beta = self.cfg.kl.beta if self.cfg.kl.in_reward else 0.0
+        logp = batch.old_logp if batch.old_logp is not None else batch.zeros()
+        ref = batch.ref_logp if batch.ref_logp is not None else logp
+        token_rewards = kl_in_reward(rewards, logp, ref, mask, beta, kind=self.cfg.kl.estimator)
         returns, _ = gae(token_rewards, torch.zeros_like(mask), mask, gamma=1.0, lam=1.0)
         batch.token_advantage = whiten(ctx, returns, mask)
 
@@ -252,4 +273,5 @@ def build_estimator(cfg: "RLConfig") -> Estimator:
     return ESTIMATORS.get(cfg.estimator)(cfg)
 
 
-__all__ = ["ESTIMATORS", "Estimator", "Outcome", "build_estimator", "join_whitening", "policy_gradient_loss", "targets", "whiten"]
+__all__ = ["ESTIMATORS", "Estimator", "Outcome", "build_estimator", "join_whitening", "policy_gradient_loss", "sequence_or_token_rewards", "targets",
+           "turn_credit", "whiten"]

@@ -92,8 +92,15 @@ class OnlineRL(Algorithm):
         self.reference: Reference | None = None
         self.reward_source = None
         self.engines: dict[int, RolloutEngine] = {}  # id(sampling model) -> its held rollout engine
-        # groups share their prompt's forward in the update (packed rows); PPO's critic reads padded rows
-        self.share_prompts = self.cfg.update.share_prompts and not self.estimator.critic
+        # groups share their prompt's forward in the update (packed rows); PPO's critic reads padded rows;
+        # trajectories (rl.env) carry environment tokens the packed layout would train
+        self.share_prompts = self.cfg.update.share_prompts and not self.estimator.critic and self.cfg.env is None
+        self.env_class = None
+        if self.cfg.env is not None:  # the environment class and its options, checked before any model work
+            from ...envs import check_options, environment_class
+
+            self.env_class = environment_class(self.cfg.env.name)
+            check_options(self.env_class, self.cfg.env.options)
 
     # ----------------------------------------------------------------------------------------------
     # engine hooks
@@ -121,10 +128,12 @@ class OnlineRL(Algorithm):
 
         if self.share_prompts and not supports_packing(ctx.model):
             self.share_prompts = False  # e.g. flash-attention takes no custom 4-D mask
-        spec = self.cfg.reward if self.cfg.reward != "gold" else f"gold:{self.recipe.task.name}"
-        self.reward_source = build_reward_source(spec)
+        if self.env_class is None:
+            spec = self.cfg.reward if self.cfg.reward != "gold" else f"gold:{self.recipe.task.name}"
+            self.reward_source = build_reward_source(spec)
         self.estimator.setup(self, ctx)
-        if self.cfg.kl.beta > 0 or self.cfg.ppo.dense_reward_model or self.cfg.sampling.behavior == "reference":
+        first_turn_kl = self.cfg.env is not None and self.cfg.env.first_turn_kl > 0
+        if self.cfg.kl.beta > 0 or first_turn_kl or self.cfg.ppo.dense_reward_model or self.cfg.sampling.behavior == "reference":
             self.reference = ctx.reference(keep=True, temperature=self.cfg.sampling.temperature)
 
     @torch.no_grad()
@@ -133,6 +142,12 @@ class OnlineRL(Algorithm):
         if not examples:
             return {}
         n = self.cfg.sampling.eval_samples
+        if self.env_class is not None:  # episodes: the mean trajectory reward and the environment's metrics
+            from ...envs import episode_stats
+
+            rows = [e for e in examples for _ in range(n)]
+            trajectories = self.episodes(ctx.model, ctx.tokenizer, rows, 12345, _job_ids(examples, n))
+            return {"reward": statistics.fmean(t.reward for t in trajectories), **episode_stats(trajectories)}
         samples = self.generate(ctx.model, ctx.tokenizer, [e["prompt"] for e in examples], n, seed=12345, job_ids=_job_ids(examples, n))
         context = sample_context(examples, n)
         prompts, completions = [s.prompt for s in samples], [s.completion for s in samples]
@@ -243,9 +258,26 @@ class OnlineRL(Algorithm):
             engine.close()
         self.engines = {}
 
+    def episodes(self, model, tokenizer, rows, seed: int, job_ids: list[int]) -> list:
+        """Multi-turn trajectories (:func:`alignkit.envs.run_episodes`), one per row, sampled by the held
+        engine of ``model`` with the recipe's sampling settings (``max_new_tokens`` bounds one turn)."""
+        from ...envs import Limits, run_episodes
+        from ...rollout import Sampling
+
+        s, env = self.cfg.sampling, self.cfg.env
+        engine = self.engine_for(model, tokenizer)
+        engine.update_from(model)
+        limits = Limits(max_turns=env.max_turns, max_tokens=env.max_tokens, reward=env.reward, tools=env.tools, describe_tools=env.describe_tools,
+                        truncated_reward=env.truncated_reward)
+        sampling = Sampling(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, seed=seed)
+        options = dict(env.options)
+        return run_episodes(engine, lambda: self.env_class(**options), rows, job_ids, sampling, limits, batch_size=s.batch_size or max(1, len(rows)))
+
     def sample(self, ctx, examples, seed: int) -> list:
-        """Stage 1: ``group_size`` completions per prompt, consecutive."""
+        """Stage 1: ``group_size`` completions per prompt, consecutive (with ``rl.env``: whole trajectories)."""
         g = self.cfg.sampling.group_size
+        if self.env_class is not None:
+            return self.episodes(ctx.model, ctx.tokenizer, [e for e in examples for _ in range(g)], seed, _job_ids(examples, g))
         sampler, context = ctx.model, contextlib.nullcontext
         if self.cfg.sampling.behavior == "reference":  # off-policy rollouts from the frozen starting policy
             sampler, context = self.reference.model, self.reference.context
@@ -257,7 +289,13 @@ class OnlineRL(Algorithm):
         n, rank = len(samples), ctx.strategy.rank
         rollout = Rollout(examples, samples, self.cfg.sampling.group_size, reward=torch.empty(0), raw_reward=torch.empty(0),
                           finished=torch.tensor([s.finished for s in samples]), keep=torch.ones(n, dtype=torch.bool), own=slice(rank * n, (rank + 1) * n))
-        rewards = self.reward_source.score([s.prompt for s in samples], [s.completion for s in samples], **rollout.context()).float().cpu()
+        if self.env_class is not None:  # trajectories carry the environment's rewards
+            from ...envs import episode_stats
+
+            rewards = torch.tensor([t.reward for t in samples], dtype=torch.float32)
+            rollout.stats.update(episode_stats(samples))
+        else:
+            rewards = self.reward_source.score([s.prompt for s in samples], [s.completion for s in samples], **rollout.context()).float().cpu()
         rollout.reward, rollout.raw_reward = rewards, rewards.clone()
         rollout.stats.update({
             "reward": rewards.mean().item(),
@@ -379,7 +417,7 @@ class OnlineRL(Algorithm):
             trained[smallest] = step[smallest]
         kept = {id(r) for unit in trained for r in unit}
         left_out = [r for unit in step for r in unit if id(r) not in kept]
-        return [u for u in trained if u], sum(self.estimator.row_weight(r.completion_tokens) for r in left_out), len(left_out)
+        return [u for u in trained if u], sum(self.estimator.row_weight(r.trained_tokens) for r in left_out), len(left_out)
 
     def updates(self, ctx, steps: list[list[list[Row]]], skipped_weights: list[float]) -> list[list[dict]]:
         """Stage 5: ``epochs`` passes over the planned steps, each split into the engine's micro-batches."""

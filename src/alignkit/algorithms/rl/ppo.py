@@ -12,7 +12,7 @@ from torch import nn
 
 from ...models.logprobs import TargetLogProbs, _unwrap
 from ...objectives import gae, kl_in_reward, macro_gae, value_loss
-from .estimators import ESTIMATORS, Estimator, policy_gradient_loss, targets, whiten
+from .estimators import ESTIMATORS, Estimator, policy_gradient_loss, sequence_or_token_rewards, targets, whiten
 
 
 class TargetValues(nn.Module):
@@ -95,7 +95,7 @@ class PPO(Estimator):
         logp = batch.old_logp if batch.old_logp is not None else zeros
         ref = batch.ref_logp if batch.ref_logp is not None else zeros
         beta = cfg.kl.beta if self.shapes_kl(algo) else 0.0
-        token_rewards = kl_in_reward(batch.reward, logp, ref, mask, beta, kind=cfg.kl.estimator)
+        token_rewards = kl_in_reward(sequence_or_token_rewards(cfg, batch), logp, ref, mask, beta, kind=cfg.kl.estimator)
         if batch.dense_logp is not None:
             # RTO: r_t += beta_d * (log pi_dpo(a_t) - log pi_ref(a_t)) on every completion token.
             token_rewards = token_rewards + cfg.ppo.dense_reward_beta * (batch.dense_logp - ref) * mask
