@@ -151,6 +151,9 @@ METHODS: tuple[Method, ...] = (
     _rl("CoPG (on- or off-policy)", "Flet-Berliac et al. 2024", "copg", "rl.sampling.group_size=2", "rl.kl.beta=0.05", "rl.policy.loss=auto", "rl.policy.aggregation=auto"),
     Method("MA-RLHF macro actions", "online RL", "Chai et al. 2024", ("train", "recipes/ppo.yaml", "rl.ppo.macro_len=4")),
     Method("CISPO policy loss", "online RL", "MiniMax 2025", ("train", "recipes/grpo.yaml", "rl.policy.loss=cispo"), ("policy_loss:cispo",)),
+    Method("truncated importance sampling for rollout/trainer mismatch (TIS)", "online RL", "Yao et al. 2025", ("train", "recipes/grpo.yaml", "rl.off_policy.correction=tis")),
+    Method("masked importance sampling (MIS, IcePop-style)", "online RL", "Ring-1T 2025", ("train", "recipes/grpo.yaml", "rl.off_policy.correction=mis")),
+    Method("decoupled PPO objective (proximal vs behaviour policy)", "online RL", "Hilton et al. 2021", ("train", "recipes/ppo.yaml", "rl.off_policy.correction=decoupled")),
     Method("GSPO policy loss", "online RL", "Zheng et al. 2025", ("train", "recipes/grpo.yaml", "rl.policy.loss=gspo"), ("policy_loss:gspo",)),
     # iterative and self-play
     Method("iterative / online DPO (best-vs-worst pairs)", "iterative and self-play", "Xu et al. 2023; Xiong et al. 2024",

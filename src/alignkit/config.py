@@ -225,6 +225,18 @@ class UpdateConfig(Section):
     skip_zero_advantage: bool = Field(True, description="leave samples whose advantage is exactly 0 (e.g. zero-variance groups) out of the update's forward/backward; their tokens stay in the mean's denominator, so the update is the same (outcome estimators without a KL loss term)")
 
 
+class OffPolicyConfig(Section):
+    """Online RL, stage 5: importance corrections for samples drawn by a behaviour policy μ other than the
+    policy at the sampling weights (``rl.off_policy``; formulas in ``docs/scale.md``). μ's log-probs are the
+    rollout engine's own (``Sample.logprobs``): a vLLM engine's (the engine-vs-trainer mismatch) or, with
+    ``rl.sampling.behavior: reference``, the frozen starting policy's."""
+
+    correction: Literal["none", "tis", "mis", "seq_tis", "seq_mis", "decoupled"] = Field(
+        "none", description="none; tis: truncated IS min(ρ, cap); mis: masked IS (tokens with ρ outside [low, high] leave the loss); seq_tis / seq_mis: "
+                            "one ratio per sequence; decoupled: decoupled PPO (clip on π/π_old, weight π_old/μ); ρ = π_old/μ per token")
+    params: dict[str, Any] = Field(default_factory=dict, description="the correction's parameters, e.g. {cap: 2.0} (tis), {low: 0.5, high: 5.0} (mis), {ratio: geometric|product} (seq_*)")
+
+
 class PPOConfig(Section):
     """Online RL: the critic and GAE of ``rl.estimator=ppo`` (``rl.ppo``), with MA-RLHF macro actions and RTO dense rewards."""
 
@@ -289,6 +301,7 @@ class RLConfig(Section):
     update: UpdateConfig = Field(default_factory=UpdateConfig, description="stage 5: epochs and mini-batches over each rollout")
     log_samples: int = Field(4, ge=0, description="every train.log_every steps, append this many of the step's samples (prompt, completion, reward, advantage) to output_dir/samples.jsonl; 0: none")
     env: EnvConfig | None = Field(None, description="multi-turn episodes with an environment (docs/agents.md): each sample is a whole trajectory rewarded by the environment; null: single completions scored by rl.reward")
+    off_policy: OffPolicyConfig = Field(default_factory=OffPolicyConfig, description="stage 5: importance corrections for samples from another behaviour policy (docs/scale.md)")
 
     @property
     def policy_loss(self) -> str:
@@ -320,8 +333,17 @@ class RLConfig(Section):
         for i, t in enumerate(self.reward_transforms):
             if t.get("name") not in REWARD_TRANSFORMS:
                 raise ValueError(f"rl.reward_transforms[{i}].name: got {t.get('name')!r}; allowed: {', '.join(REWARD_TRANSFORMS)}")
-        if self.sampling.behavior == "reference" and est != "copg":
-            raise ValueError("rl.sampling.behavior=reference (off-policy samples) is for rl.estimator=copg, which needs no importance weights")
+        correcting = self.off_policy.correction != "none"
+        if self.sampling.behavior == "reference" and est != "copg" and not correcting:
+            raise ValueError("rl.sampling.behavior=reference (off-policy samples) is for rl.estimator=copg, which needs no importance weights, "
+                             "or for an importance correction (rl.off_policy.correction: tis, mis, ...)")
+        if correcting:
+            if est in ("p3o", "copg"):
+                raise ValueError(f"rl.off_policy: rl.estimator={est} trains with its own pairwise loss; corrections apply to the policy-gradient estimators and ppo")
+            if self.sampling.backend == "hf":
+                raise ValueError("rl.off_policy needs the behaviour policy's log-probs, which rl.sampling.backend=hf does not report (use auto, alignkit or vllm)")
+            if self.env is not None:
+                raise ValueError("rl.off_policy over multi-turn trajectories (rl.env) is not supported yet")
         if (self.ppo.macro_len or self.ppo.dense_reward_model) and est != "ppo":
             raise ValueError("rl.ppo.macro_len and rl.ppo.dense_reward_model apply to rl.estimator=ppo")
         if self.env is not None:

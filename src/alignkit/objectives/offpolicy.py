@@ -183,6 +183,7 @@ def corrected_policy_loss(
     aggregation: str = "token_mean",
     loss_params: dict | None = None,
     correction_params: dict | None = None,
+    aggregation_params: dict | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """A policy loss of :data:`POLICY_LOSSES` on samples from μ, corrected::
 
@@ -192,7 +193,8 @@ def corrected_policy_loss(
     π_prox for ``decoupled``); ``behaviour_logp`` μ; ``advantages`` ``[B]`` or ``[B, T]``. With ``loss``
     ``ppo_clip`` and ``correction`` ``decoupled`` this is the decoupled PPO objective
     ``-(π_prox/μ) min(r A, clip(r, 1-ε, 1+ε) A)``, ``r = π/π_prox``. Dropped tokens stay in the
-    denominator. Returns ``(loss, metrics)``: the policy loss's metrics and the correction's.
+    denominator; ``aggregation_params`` go to the aggregation (e.g. ``max_len``). Returns ``(loss, metrics)``:
+    the policy loss's metrics and the correction's.
     """
     if logp.shape != mask.shape or old_logp.shape != mask.shape:
         raise ValueError(f"logp, old_logp and mask must be [B, T] alike, got {tuple(logp.shape)}, {tuple(old_logp.shape)} and {tuple(mask.shape)}")
@@ -203,4 +205,4 @@ def corrected_policy_loss(
     adv = masked(_token_adv(advantages, logp), valid)
     per_token, metrics = fn(logp, old_logp.detach(), adv, valid, **(loss_params or {}))
     weighted = masked(fix.weight.to(per_token.dtype) * per_token, fix.kept)  # never 0 * inf at a dropped token
-    return aggregate(weighted, valid, aggregation), {**metrics, **fix.metrics}
+    return aggregate(weighted, valid, aggregation, **(aggregation_params or {})), {**metrics, **fix.metrics}

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ...core.registry import Registry
 from ...engine.contract import Metrics
 from ...models.logprobs import TargetLogProbs
-from ...objectives import MovingBaseline, aggregate, gae, kl_in_reward, kl_penalty, outcome_advantages, policy_loss
+from ...objectives import MovingBaseline, aggregate, corrected_policy_loss, gae, kl_in_reward, kl_penalty, outcome_advantages, policy_loss
 from .batch import Rollout, RolloutBatch
 
 if TYPE_CHECKING:
@@ -72,7 +72,8 @@ class Estimator:
     def annotations(self, algo: "OnlineRL") -> list[str]:
         """Token fields the update rows need: old log-probs for more than one update per rollout (a single
         on-policy update uses its own detached log-probs: the same values), reference log-probs for the KL."""
-        out = ["old_logp"] if algo.updates_per_step() > 1 else []
+        correcting = algo.cfg.off_policy.correction != "none"  # ρ = π_old/μ needs π_old even for one update
+        out = ["old_logp"] if algo.updates_per_step() > 1 or correcting else []
         return out + (["ref_logp"] if algo.reference is not None else [])
 
     def annotators(self) -> dict[str, nn.Module]:
@@ -127,7 +128,14 @@ def policy_gradient_loss(cfg: "RLConfig", logp: Tensor, batch: dict[str, Tensor]
     agg_params = {"max_len": cfg.sampling.max_new_tokens} if aggregation == "seq_mean_token_sum_norm" else {}
     advantages = batch["token_adv"] if "token_adv" in batch else batch["advantage"]
     old_logp = batch["old_logp"] if "old_logp" in batch else logp.detach()
-    total, pg_metrics = policy_loss(name, logp, old_logp, advantages, target, aggregation=aggregation, **params, **agg_params)
+    correction = cfg.off_policy.correction
+    if correction == "none":
+        total, pg_metrics = policy_loss(name, logp, old_logp, advantages, target, aggregation=aggregation, **params, **agg_params)
+    else:
+        if "behaviour_logp" not in batch:
+            raise ValueError(f"rl.off_policy.correction={correction}: the rollout engine reported no log-probs of its samples")
+        total, pg_metrics = corrected_policy_loss(name, correction, logp, old_logp, batch["behaviour_logp"], advantages, target, aggregation=aggregation,
+                                                  loss_params=params, correction_params=cfg.off_policy.params, aggregation_params=agg_params)
     metrics: Metrics = {f"policy/{k}": (v.detach() * weight, weight) for k, v in pg_metrics.items()}
     if reference:  # sequence-level k1 estimate of KL(pi || pi_ref) on the samples
         metrics["kl"] = (((logp.detach() - batch["ref_logp"]) * target).sum(), float(target.shape[0]))
