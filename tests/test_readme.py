@@ -172,7 +172,8 @@ def test_the_real_model_install_line_is_what_make_install_did():
 def test_the_vllm_line_runs_in_the_vllm_environment(tmp_path):
     pytest.importorskip("vllm")
     (line,) = [line for line in command_lines() if "rl.sampling.backend=vllm" in line]
+    (start,) = [line for line in command_lines() if line.startswith("alignkit train recipes/sft.yaml") and "runs/sft-vllm" in line]
     (tmp_path / "recipes").symlink_to(ROOT / "recipes")
-    run_line("alignkit train recipes/sft.yaml", tmp_path)
+    run_line(start, tmp_path)
     run_line(line, tmp_path)
     assert (tmp_path / "runs/grpo-vllm/final").exists()
