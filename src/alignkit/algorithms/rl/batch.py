@@ -65,7 +65,7 @@ class RolloutBatch:
     its prompt's forward, or a pair; -1: none), ``reward [N]`` (float). Filled by later stages (None until
     then): ``advantage [N]`` (sequence-level) or ``token_advantage [N, T]``, ``old_logp``, ``ref_logp``
     (log-probs at the sampling temperature), ``behaviour_logp`` (the rollout engine's own log-probs of the
-    sampled tokens, μ of ``rl.off_policy``; set when every sample reports them), ``values`` (the critic's, at sampling time), ``returns``
+    sampled tokens, μ of ``rl.off_policy``; set when a correction is on and every sample reports them), ``values`` (the critic's, at sampling time), ``returns``
     (critic targets) and ``dense_logp`` (RTO's dense reward model), all ``[N, T]`` float32.
 
     Multi-turn trajectories (``rl.env``, :class:`alignkit.envs.Trajectory`): the completion is every turn
@@ -94,8 +94,9 @@ class RolloutBatch:
     behaviour_logp: Tensor | None = None
 
     @classmethod
-    def from_samples(cls, rollout: Rollout, index: list[int], unit_size: int | None, pad_id: int) -> "RolloutBatch":
-        """Rows for samples ``index`` of ``rollout``; ``unit_size``: consecutive samples per unit (None: no units)."""
+    def from_samples(cls, rollout: Rollout, index: list[int], unit_size: int | None, pad_id: int, behaviour: bool = False) -> "RolloutBatch":
+        """Rows for samples ``index`` of ``rollout``; ``unit_size``: consecutive samples per unit (None: no units);
+        ``behaviour``: also keep the sampler's log-probs as ``behaviour_logp`` (``rl.off_policy``)."""
         samples = [rollout.samples[i] for i in index]
         n = len(samples)
         lengths = [len(s.prompt_ids) + len(s.completion_ids) for s in samples]
@@ -114,16 +115,16 @@ class RolloutBatch:
                 token_reward[r, p : lengths[r]] = torch.tensor(s.token_rewards(), dtype=torch.float32)
             else:
                 completion_mask[r, p : lengths[r]] = 1
-        behaviour = None
-        if samples and not trajectories and all(getattr(s, "logprobs", None) is not None for s in samples):
-            behaviour = torch.zeros((n, width), dtype=torch.float32)
+        behaviour_logp = None
+        if behaviour and samples and not trajectories and all(getattr(s, "logprobs", None) is not None for s in samples):
+            behaviour_logp = torch.zeros((n, width), dtype=torch.float32)
             for r, s in enumerate(samples):
-                behaviour[r, len(s.prompt_ids) : lengths[r]] = torch.tensor(s.logprobs, dtype=torch.float32)
+                behaviour_logp[r, len(s.prompt_ids) : lengths[r]] = torch.tensor(s.logprobs, dtype=torch.float32)
         sample = torch.tensor(index, dtype=torch.long)
         unit = sample // unit_size if unit_size else torch.full((n,), -1, dtype=torch.long)
         return cls(input_ids=input_ids, completion_mask=completion_mask, length=torch.tensor(lengths, dtype=torch.long),
                    prompt_len=torch.tensor([len(s.prompt_ids) for s in samples], dtype=torch.long), sample=sample, unit=unit,
-                   reward=rollout.reward[sample].float(), pad_id=pad_id, turn=turn, token_reward=token_reward, behaviour_logp=behaviour)
+                   reward=rollout.reward[sample].float(), pad_id=pad_id, turn=turn, token_reward=token_reward, behaviour_logp=behaviour_logp)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]

@@ -336,7 +336,7 @@ class OnlineRL(Algorithm):
         shaped = self.shapes_outcome_rewards()
         rows = [i for i in range(len(rollout.samples)) if tokens[i] and (keep[i] or shaped)]
         unit_size = g if self.share_prompts else 2 if self.estimator.pairs else None  # a group or pair stays in one micro-batch
-        batch = RolloutBatch.from_samples(rollout, rows, unit_size, ctx.tokenizer.pad_token_id)
+        batch = RolloutBatch.from_samples(rollout, rows, unit_size, ctx.tokenizer.pad_token_id, behaviour=cfg.off_policy.correction != "none")
         if shaped:
             # r_i - beta * sum_t KL_t(pi_old || pi_ref) on the sample's tokens (verl's use_kl_in_reward), before the
             # group statistics; samples with no token keep r_i. REINFORCE++ puts the KL on each token instead.
