@@ -6,6 +6,21 @@ import threading
 import time
 
 
+def matmul_flops(size: int = 1024, seconds: float = 2.0, dtype: str = "fp32") -> float:
+    """The machine's matmul rate (FLOP/s) in ``dtype`` (fp32 | bf16): a size^3 product repeated for ``seconds``."""
+    import torch
+
+    kind = torch.bfloat16 if dtype == "bf16" else torch.float32
+    x, y = torch.randn(size, size, dtype=kind), torch.randn(size, size, dtype=kind)
+    for _ in range(3):
+        x @ y
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        x @ y
+        n += 1
+    return 2 * size**3 * n / (time.perf_counter() - start)
+
+
 class PeakRSS:
     """Samples this process's RSS in a thread; ``peak - base`` is the growth during the block."""
 

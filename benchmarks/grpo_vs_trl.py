@@ -1,4 +1,4 @@
-"""GRPO with alignkit vs TRL's GRPOTrainer: same tiny model, prompts, reward and settings, fp32, on this machine.
+"""GRPO with alignkit vs TRL's GRPOTrainer: same tiny model, prompts, reward and settings, fp32 or bf16, on this machine.
 
     HF_HUB_OFFLINE=1 python benchmarks/grpo_vs_trl.py             # defaults below, a few minutes on 2 cores
     HF_HUB_OFFLINE=1 python benchmarks/grpo_vs_trl.py --steps 4   # quicker
@@ -55,7 +55,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-from _common import PeakRSS, review_context  # noqa: E402  (benchmarks/ is the script folder)
+from _common import PeakRSS, matmul_flops, review_context  # noqa: E402  (benchmarks/ is the script folder)
 
 
 def bench_prompts(args) -> list[str]:
@@ -124,14 +124,14 @@ def run_alignkit(work: Path, args) -> dict:
                 "estimator": "grpo", "reward": "gold",
                 "sampling": {"group_size": args.group, "max_new_tokens": args.max_new_tokens, "temperature": 1.0, "top_p": 1.0,
                              "batch_size": args.prompts * args.group},
-                "kl": {"beta": 0.0}, "advantage": {"std": "group"},
+                "kl": {"beta": args.beta}, "advantage": {"std": "group"},
                 "policy": {"loss": "ppo_clip", "aggregation": "token_mean", "clip_low": 0.2, "clip_high": 0.2},
                 "update": {"epochs": 1, "mini_batches": 1, "skip_zero_advantage": not args.no_skip_zero_advantage},
             },
             "train": {
                 "output_dir": str(work / "alignkit-run"), "seed": 0, "max_steps": args.steps, "batch_size": args.prompts,
                 "lr": args.lr, "scheduler": "linear", "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 1.0,
-                "precision": "fp32", "log_every": 1, "progress": False, "save_final": False,
+                "precision": args.precision, "log_every": 1, "progress": False, "save_final": False, "overwrite": True,
                 "micro_batch_tokens": args.micro_batch_tokens or None,
             },
         }
@@ -186,10 +186,10 @@ def run_trl(work: Path, args) -> dict:
         output_dir=str(work / "trl-run"), seed=0, max_steps=args.steps,
         per_device_train_batch_size=args.prompts * args.group, gradient_accumulation_steps=1, steps_per_generation=1,
         num_generations=args.group, max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
-        beta=0.0, num_iterations=1, epsilon=0.2, scale_rewards="group", loss_type="dapo", mask_truncated_completions=False,
+        beta=args.beta, num_iterations=1, epsilon=0.2, scale_rewards="group", loss_type="dapo", mask_truncated_completions=False,
         learning_rate=args.lr, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, adam_beta1=0.9,
         adam_beta2=0.999, adam_epsilon=1e-8, optim="adamw_torch", max_grad_norm=1.0,
-        bf16=False, fp16=False, gradient_checkpointing=False, use_vllm=False, shuffle_dataset=False,
+        bf16=args.precision == "bf16", fp16=False, gradient_checkpointing=False, use_vllm=False, shuffle_dataset=False,
         logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
     )
     trainer = GRPOTrainer(model=model, reward_funcs=gold_reward, args=config, train_dataset=dataset, processing_class=tokenizer)
@@ -234,14 +234,29 @@ def prepare(work: Path, args) -> None:
     from alignkit.models.tiny import TinyModelConfig, build_tiny
     from alignkit.tasks.sentiment import SentimentTask
 
-    if (work / "policy" / "config.json").exists() and (work / "policy" / "shape.json").read_text() == json.dumps([args.hidden, args.layers, args.sft_steps]):
+    key = json.dumps([args.model, args.tokenizer, args.hidden, args.layers, args.sft_steps])
+    if (work / "policy" / "config.json").exists() and (work / "policy" / "shape.json").read_text() == key:
+        return
+    shutil.rmtree(work / "policy", ignore_errors=True)
+    if args.model:  # a real checkpoint, used as it is
+        shutil.copytree(args.model, work / "policy")
+        (work / "policy" / "shape.json").write_text(key)
         return
     shape = TinyModelConfig(hidden_size=args.hidden, num_layers=args.layers, num_heads=4, intermediate_size=4 * args.hidden)
-    build_tiny(work / "base", SentimentTask().corpus(), shape)
+    if args.tokenizer:  # a tiny body on a real tokenizer's vocabulary
+        from transformers import AutoTokenizer
+
+        from alignkit.models.tiny import build_model
+
+        shutil.rmtree(work / "base", ignore_errors=True)
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        build_model(tokenizer, shape).save_pretrained(work / "base")
+        tokenizer.save_pretrained(work / "base")
+    else:
+        build_tiny(work / "base", SentimentTask().corpus(), shape)
     if args.sft_steps == 0:  # random weights: no sample stops, every completion is max_new_tokens long
-        shutil.rmtree(work / "policy", ignore_errors=True)
         shutil.copytree(work / "base", work / "policy")
-        (work / "policy" / "shape.json").write_text(json.dumps([args.hidden, args.layers, args.sft_steps]))
+        (work / "policy" / "shape.json").write_text(key)
         return
     recipe = load_recipe(
         {
@@ -252,9 +267,8 @@ def prepare(work: Path, args) -> None:
         }
     )
     final = train(recipe)
-    shutil.rmtree(work / "policy", ignore_errors=True)
     shutil.copytree(final, work / "policy")
-    (work / "policy" / "shape.json").write_text(json.dumps([args.hidden, args.layers, args.sft_steps]))
+    (work / "policy" / "shape.json").write_text(key)
 
 
 def generation_only(work: Path, args) -> dict[str, float]:
@@ -290,6 +304,10 @@ def main() -> None:
     p.add_argument("--group", type=int, default=8, help="samples per prompt (num_generations)")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--model", help="a checkpoint folder to train as it is (default: a tiny Llama built and SFT-ed here)")
+    p.add_argument("--tokenizer", help="with the tiny Llama: this tokenizer's vocabulary (e.g. SmolLM2's 49k) instead of the task's 443 tokens")
+    p.add_argument("--beta", type=float, default=0.0, help="KL coefficient; > 0 adds a reference model on both sides")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast on both sides (fp32 master weights)")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--sft-steps", type=int, default=60, help="0: random weights (completions never stop early)")
@@ -314,16 +332,24 @@ def main() -> None:
 
     n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(str(work / "policy")).parameters())
     print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, threads per side: {args.threads or torch.get_num_threads()}")
-    print(f"model: llama hidden {args.hidden}, {args.layers} layers, {n_params / 1e6:.2f} M parameters, SFT {args.sft_steps} steps")
+    config = AutoModelForCausalLM.from_pretrained(str(work / "policy")).config
+    print(f"model: {args.model or 'tiny llama'}: hidden {config.hidden_size}, {config.num_hidden_layers} layers, vocab {config.vocab_size}, "
+          f"{n_params / 1e6:.2f} M parameters{'' if args.model else f', SFT {args.sft_steps} steps'}")
     print(f"settings: {args.steps} steps x {args.prompts} prompts x {args.group} samples, max {args.max_new_tokens} new tokens, "
-          f"lr {args.lr}, beta 0, fp32, no gradient checkpointing, no vLLM")
+          f"lr {args.lr}, beta {args.beta}, {args.precision}, no gradient checkpointing, no vLLM")
 
+    from alignkit.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(work / "policy")
+    prompt_tokens = sum(len(tokenizer(x, add_special_tokens=False)["input_ids"]) for x in bench_prompts(args)) / (args.steps * args.prompts)
+    peak = matmul_flops(dtype=args.precision)
+    print(f"{args.precision} matmul 1024x1024: {peak / 1e9:.1f} GFLOP/s; mean prompt {prompt_tokens:.1f} tokens")
     gen = generation_only(work, args)
     print(f"generation only (one rollout, best of 3): model.generate {gen['hf']:.3f} s, alignkit {gen['alignkit']:.3f} s, "
           f"{gen['hf'] / gen['alignkit']:.2f}x")
 
     forwarded = ["--work", str(work)]
-    for name in ("steps", "prompts", "group", "max_new_tokens", "lr", "threads", "context_reviews", "micro_batch_tokens"):
+    for name in ("steps", "prompts", "group", "max_new_tokens", "lr", "threads", "context_reviews", "micro_batch_tokens", "beta", "precision"):
         forwarded += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if args.no_skip_zero_advantage:
         forwarded.append("--no-skip-zero-advantage")
@@ -363,6 +389,17 @@ def main() -> None:
     print(f"{'mean completion length':34}{a['completion_length']:>16.1f}{t['completion_length']:>16.1f}")
     print(f"{'mean reward':34}{a['reward']:>16.3f}{t['reward']:>16.3f}")
     print(f"{'samples with advantage 0 skipped':34}{a['zero_advantage_skipped']:>16.0%}{'0%':>16}")
+    # model FLOPs per phase as a share of the matmul rate: the update is 6 N per token trained (prompt +
+    # completion; alignkit trains fewer samples when it skips zero advantages), generation 2 N per new token
+    samples = args.prompts * args.group
+    for r in (a, t):
+        trained = samples * (1 - r.get("zero_advantage_skipped", 0.0)) * (prompt_tokens + r["completion_length"])
+        r["update_flops"] = 6 * n_params * trained / ((r["seconds"] - r["rollout_seconds"]) / args.steps)
+        r["generate_flops"] = 2 * n_params * samples * r["completion_length"] / (r["generate_seconds"] / args.steps)
+    print(f"{'update GFLOP/s (6N x tokens)':34}{a['update_flops'] / 1e9:>16.1f}{t['update_flops'] / 1e9:>16.1f}")
+    print(f"{'  share of the matmul rate':34}{a['update_flops'] / peak:>16.1%}{t['update_flops'] / peak:>16.1%}")
+    print(f"{'generation GFLOP/s (2N x tokens)':34}{a['generate_flops'] / 1e9:>16.1f}{t['generate_flops'] / 1e9:>16.1f}")
+    print(f"{'  share of the matmul rate':34}{a['generate_flops'] / peak:>16.1%}{t['generate_flops'] / peak:>16.1%}")
     rounds = [tr / al for al, tr in zip(runs["alignkit"], runs["trl"])]
     steady_rounds = [tr / al for al, tr in zip(steady["alignkit"], steady["trl"])]
     loop_rounds = [tr / al for al, tr in zip(loop["alignkit"], loop["trl"])]
@@ -372,7 +409,8 @@ def main() -> None:
           f"per round {' '.join(f'{x:.2f}x' for x in loop_rounds)}, median {sorted(loop_rounds)[len(loop_rounds) // 2]:.2f}x")
     print(f"speed-up alignkit / TRL, steady state:     {min(steady['trl']) / min(steady['alignkit']):.2f}x steps/s (best vs best); "
           f"per round {' '.join(f'{x:.2f}x' for x in steady_rounds)}")
-    (work / "summary.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "n_params": n_params, "generation_only": gen,
+    (work / "summary.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "n_params": n_params, "matmul_flops": peak,
+                                                   "prompt_tokens": prompt_tokens, "generation_only": gen,
                                                    "runs": runs, "loop": loop, "steady": steady, "results": results}, indent=1))
 
 

@@ -14,6 +14,12 @@ marks target ``t`` at any position.
 decoder, keeps only the hidden states that predict a masked target, and applies the output head to those
 rows alone, in the model's compute precision, upcasting only the selected rows' logits to fp32 for the
 log-softmax. Wrapping (rather than post-processing the logits) keeps DDP/FSDP hooks on the one forward.
+
+At real vocabularies (32k-150k) the ``[targets x vocab]`` logits dominate memory: :func:`chunked_target_logps`
+applies a plain linear head in chunks of rows and recomputes each chunk's logits in the backward, so no
+``[targets x vocab]`` tensor is ever kept (forward and backward). ``TargetLogProbs`` uses it whenever the head
+is a plain ``nn.Linear`` held whole by this process (not a LoRA, FSDP or ZeRO-3 wrapped head) and the caller
+does not ask for the logits.
 """
 
 from __future__ import annotations
@@ -85,6 +91,95 @@ def packed_target_logps(module: nn.Module, input_ids: torch.Tensor, segment: tor
     return token_logps[loss_mask.bool()]
 
 
+# rows of logits per chunk: about 2**24 fp32 values (64 MiB) at any vocabulary
+CHUNK_VALUES = 2**24
+
+
+def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
+    device = weight.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return weight.dtype
+
+
+class _ChunkedTargetLogProbs(torch.autograd.Function):
+    """log softmax(h W^T + b)[target] / temperature per row, chunk by chunk; the backward recomputes each
+    chunk's logits: d/dlogits = (onehot(target) - softmax) * grad / temperature."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, chunk, dtype):
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(dtype)
+            b = None if bias is None else bias.to(dtype)
+            out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+            lse = torch.empty_like(out)
+            for start in range(0, hidden.shape[0], chunk):
+                end = start + chunk
+                logits = _chunk_logits(hidden[start:end], w, b, temperature)
+                lse[start:end] = torch.logsumexp(logits, dim=-1)
+                out[start:end] = logits.gather(-1, targets[start:end, None]).squeeze(-1) - lse[start:end]
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.temperature, ctx.chunk, ctx.dtype = temperature, chunk, dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        temperature, chunk, dtype = ctx.temperature, ctx.chunk, ctx.dtype
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(dtype)
+            b = None if bias is None else bias.to(dtype)
+            for start in range(0, hidden.shape[0], chunk):
+                end = start + chunk
+                h = hidden[start:end].to(dtype)
+                g = grad[start:end].float()
+                probs = (_chunk_logits(h, w, b, temperature) - lse[start:end, None]).exp_()
+                grad_logits = probs.mul_(-g[:, None])
+                grad_logits.scatter_add_(-1, targets[start:end, None], g[:, None])
+                if temperature != 1.0:
+                    grad_logits.div_(temperature)
+                if need_b:
+                    grad_b += grad_logits.sum(0)
+                grad_logits = grad_logits.to(dtype)
+                if need_h:
+                    grad_h[start:end] = (grad_logits @ w).to(hidden.dtype)
+                if need_w and dtype == torch.float32:
+                    grad_w.addmm_(grad_logits.t(), h)
+                elif need_w:
+                    grad_w += (grad_logits.t() @ h).float()
+        return (grad_h, None if grad_w is None else grad_w.to(weight.dtype), None if grad_b is None else grad_b.to(bias.dtype),
+                None, None, None, None)
+
+
+def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    logits = hidden.to(weight.dtype) @ weight.t()
+    if bias is not None:
+        logits = logits + bias
+    logits = logits.float()
+    return logits / temperature if temperature != 1.0 else logits
+
+
+def chunked_target_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None = None,
+                         temperature: float = 1.0, chunk: int | None = None) -> torch.Tensor:
+    """``log softmax((hidden @ weight.T + bias) / temperature)[targets]`` for ``hidden`` [N, H], as fp32 [N],
+    without a ``[N, vocab]`` tensor kept for the backward. The matmuls run in the autocast dtype when autocast
+    is on (else the weight's dtype); the log-softmax in fp32, like the unchunked path."""
+    chunk = chunk or max(1, CHUNK_VALUES // weight.shape[0])
+    return _ChunkedTargetLogProbs.apply(hidden, weight, bias, targets, float(temperature), int(chunk), _compute_dtype(weight))
+
+
+def _plain_head(head: nn.Module | None) -> bool:
+    """A linear head this process holds whole: not LoRA-wrapped, FSDP2-sharded (DTensor) or ZeRO-3 partitioned."""
+    if type(head) is not nn.Linear:
+        return False
+    weight = head.weight
+    return type(weight) in (torch.Tensor, nn.Parameter) and not hasattr(weight, "ds_id") and weight.dim() == 2
+
+
 class TargetLogProbs(nn.Module):
     """``forward(input_ids, attention_mask, loss_mask) -> [B, T]`` target log-probs (0 off the mask)."""
 
@@ -119,15 +214,18 @@ class TargetLogProbs(nn.Module):
             rows, cols = loss_mask.nonzero(as_tuple=True)
             sources = source_index[rows, cols]
         out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+        targets = input_ids[rows, cols]
         if decoder is not None and decoder is not core and head is not None:
             hidden = decoder(**kwargs).last_hidden_state
+            if _plain_head(head) and not return_logits:
+                picked = chunked_target_logps(hidden[rows, sources], head.weight, targets, head.bias, self.temperature)
+                return out.index_put((rows, cols), picked)
             logits = head(hidden[rows, sources])
         else:
             logits = self.model(**kwargs).logits[rows, sources]
         logits = logits.float()
         if self.temperature != 1.0:
             logits = logits / self.temperature
-        targets = input_ids[rows, cols]
         picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         out = out.index_put((rows, cols), picked)
         return (out, logits, (rows, cols)) if return_logits else out
