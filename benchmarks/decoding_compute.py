@@ -1,9 +1,12 @@
 """Inference-time alignment on the controlled-sentiment task: gold reward against compute for every decoding
-strategy (with a DPO-trained policy as a reference point), nudging against its threshold gamma, and activation
+strategy (with DPO- and PPO-trained policies as reference points, their KL to the base reported), nudging against its threshold gamma, and activation
 steering against its strength alpha.
 
     python benchmarks/decoding_compute.py --base runs/sft/final --small runs/sft-small/final \\
-        --small-aligned runs/dpo-small/final --dpo runs/dpo/final --small-arm runs/arm-small/final --out docs/figures
+        --small-aligned runs/dpo-small/final --dpo runs/dpo/final --ppo runs/ppo/final --small-arm runs/arm-small/final --out docs/figures
+
+``--only "DPO-trained,PPO-trained"`` (label prefixes) re-runs only those points, merged into an existing
+``decoding.json``; only the models those points use need to be given then.
 
 Compute is the model FLOPs of a call, ``2 * parameters * token positions run`` summed over every model the
 strategy ran (policy, guides, ARMs, value models, nudging model; the gold reward is a program and costs nothing
@@ -30,7 +33,7 @@ def model_flops(cost: dict[str, Any], params: dict[str, int]) -> float:
 
 
 def n_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters()) if model is not None else 0
 
 
 def main() -> None:
@@ -38,7 +41,9 @@ def main() -> None:
     parser.add_argument("--base", type=Path, help="the base (SFT) model being aligned at inference time")
     parser.add_argument("--small", type=Path, help="a smaller SFT model with the same tokenizer (w2s: the untuned model)")
     parser.add_argument("--small-aligned", type=Path, help="the smaller model after DPO (nudging model, w2s tuned, Transfer Q*)")
-    parser.add_argument("--dpo", type=Path, help="the base model after DPO (the trained reference point)")
+    parser.add_argument("--dpo", type=Path, help="the base model after DPO (a trained reference point)")
+    parser.add_argument("--ppo", type=Path, nargs="+", help="the base model after PPO (recipes/ppo.yaml; the other trained reference point); "
+                        "several folders (checkpoints) give one point each, to pick the one at the DPO point's KL")
     parser.add_argument("--small-arm", type=Path, help="an autoregressive reward model (reward.type: arm) from the small model")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=32)
@@ -51,7 +56,7 @@ def main() -> None:
     if args.plot_only:
         return plot(json.loads((args.out / "decoding.json").read_text()), args.out)
     missing = [name for name in ("base", "small", "small_aligned", "dpo", "small_arm") if getattr(args, name) is None]
-    if missing:
+    if args.base is None or (missing and not args.only):
         parser.error("needs " + ", ".join("--" + m.replace("_", "-") for m in missing))
 
     import torch
@@ -65,8 +70,11 @@ def main() -> None:
     prompts = task.prompts(args.prompts, "test")
     tok = load_tokenizer(args.base)
     base = load_policy_for_inference(args.base)
-    small, aligned = load_policy_for_inference(args.small), load_policy_for_inference(args.small_aligned)
-    arm = load_policy_for_inference(args.small_arm)
+
+    def load(path):  # with --only, the models of the points left out may be missing
+        return load_policy_for_inference(path) if path is not None else None
+
+    small, aligned, arm = load(args.small), load(args.small_aligned), load(args.small_arm)
     size = {"policy": n_params(base), "small": n_params(small), "aligned": n_params(aligned), "arm": n_params(arm)}
     parts = set(args.parts.split(","))
     points: dict[str, list[dict[str, Any]]] = {}
@@ -103,8 +111,11 @@ def main() -> None:
             pts.append(run(f"DeAL lookahead k=4 depth={depth} (gold)", "lookahead", {"reward": "gold", "k": 4, "depth": depth}))
         pts.append(run("weak-to-strong beams=2 expand=4", "w2s", {"tuned": aligned, "untuned": small, "beams": 2, "expand": 4, "chunk": 4},
                        roles={"small0": size["aligned"], "small1": size["small"]}))
-        dpo = load_policy_for_inference(args.dpo)
-        pts.append(run("DPO-trained policy (sample)", "sample", model=dpo))
+        trained = [("DPO-trained policy (sample)", args.dpo)] if args.dpo else []
+        ppo = args.ppo or []
+        trained += [(f"PPO-trained policy (sample){'' if len(ppo) == 1 else ', ' + path.parent.name + '/' + path.name}", path) for path in ppo]
+        for label, path in trained:  # trained reference points: their KL to the base is in the point
+            pts.append(run(label, "sample", model=load_policy_for_inference(path), reference_point=True, path=str(path)))
         points["compute"] = pts
 
     if "nudging" in parts:
@@ -151,8 +162,11 @@ def plot(points: dict[str, list[dict[str, Any]]], out: Path) -> None:
     if "compute" in points:
         fig, ax = plt.subplots(figsize=(8, 5))
         for p in points["compute"]:
-            ax.errorbar(p["flops_per_prompt"], p["gold"], yerr=p["gold_se"], fmt="o", capsize=2)
-            ax.annotate(p["label"], (p["flops_per_prompt"], p["gold"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            trained = p.get("reference_point") or p["label"].startswith(("DPO-trained", "PPO-trained"))
+            ax.errorbar(p["flops_per_prompt"], p["gold"], yerr=p["gold_se"], fmt="*" if trained else "o", ms=10 if trained else 6, capsize=2,
+                        color="black" if trained else None)
+            label = f"{p['label']}, KL {p['kl']:.2f}" if trained and p.get("kl") is not None else p["label"]
+            ax.annotate(label, (p["flops_per_prompt"], p["gold"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
         ax.set(xlabel="model FLOPs per prompt (2 x params x token positions, all models)", ylabel="gold reward",
                title="inference-time strategies on controlled sentiment")

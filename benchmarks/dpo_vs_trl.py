@@ -203,7 +203,7 @@ def token_lengths(tok, rows: list[dict]) -> list[tuple[int, int, int]]:
     if isinstance(rows[0]["prompt"], list):
         def ids(messages, generation_prompt=False):
             out = tok.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True)
-            return out["input_ids"] if isinstance(out, dict) else out
+            return out["input_ids"] if hasattr(out, "keys") else out  # a BatchEncoding in transformers 5
         lengths = []
         for r in rows:
             n_p = len(ids(r["prompt"], True))

@@ -11,6 +11,12 @@ pairs are the "few labelled pairs" (MaxMin: an E-step on them; PAL: the user's w
 VPL: the encoder reads them; BT ignores them), the rest are scored: accuracy per user, averaged per group.
 Users seen in training use what the model stored for them (MaxMin's cluster, PAL's weights).
 
+Part 3 (``--conditioned``), conditioned reward models: the context-aware RM (``reward.type: context``) and
+SALMON's principle-following RM (``reward.type: principles``) trained from the task; the context RM scores
+each group's held-out pairs under the group's training wordings, unseen wordings and the other group's
+wordings; the principles RM ranks held-out pairs under one principle at a time against that principle's
+judge, and how often swapping positive/negative (concise/detailed) flips its ranking.
+
 Part 2, policies, from the SFT model ``--sft``: DPO and group-robust DPO on the task's pairs, and with
 ``--rl`` GRPO on the BT reward model against GRPO on the mixture's min over heads (MaxMin). Each policy
 is evaluated on 128 held-out prompts: per-group gold reward, win rate against the SFT model's samples
@@ -151,11 +157,75 @@ def policies(out: Path, sft: Path, rl: bool, rm_dir: Path | None, prompts: int, 
     task = get_task("pluralistic")
     evaluator = ReferenceEvaluator.from_dir(task, sft, n_prompts=prompts, n_samples=2)
     keep = ("gold_reward", "gold_reward_se", "kl", "win_rate", "gold/majority", "gold/minority", "gold/worst_group",
-            "win_rate/majority", "win_rate/minority", "malformed")
+            "win_rate/majority", "win_rate/minority", "malformed", "gold/majority_se", "gold/minority_se")
     result = {"sft": {k: v for k, v in evaluator.evaluate(sft, "sft").items() if k in keep}}
     for name, folder in finals.items():
         result[name] = {k: v for k, v in evaluator.evaluate(folder, name).items() if k in keep}
         print(name, json.dumps(result[name]), flush=True)
+    return result
+
+
+def conditioned_models(out: Path, steps: int, pairs: int, reuse: bool = False) -> dict:
+    """Part 3: the context-aware RM and SALMON's principle-conditioned RM, trained from the task (the tiny model
+    from scratch), scored on held-out pairs under each condition."""
+    import random
+
+    from alignkit.algorithms import train
+    from alignkit.algorithms.reward.context import distinct_pair, group_contexts
+    from alignkit.algorithms.reward.principles import PRINCIPLES, principle_score, principle_text
+    from alignkit.config import TaskConfig, load_recipe
+    from alignkit.rewards import build_reward_source
+    from alignkit.tasks import get_task, task_rows
+
+    config = TaskConfig(name="pluralistic")
+    task = get_task(config)
+    folders = {}
+    for kind in ("context", "principles"):
+        folder = out / "conditioned" / kind / "final"
+        if not (reuse and folder.exists()):
+            folder = train(load_recipe(f"recipes/pluralistic/{kind}_reward.yaml", [
+                f"train.max_steps={steps}", "train.progress=false", "train.eval_every=1000", f"train.output_dir={out / 'conditioned' / kind}",
+                "task.n_train=4096"]))
+        folders[kind] = folder
+    result: dict = {"steps": steps}
+    # context: each group's held-out pairs (labelled by that group) under its own training wordings, unseen
+    # wordings, and the other group's wordings
+    rows = task_rows(task, "pair", pairs, "test", config)
+    seen, unseen = group_contexts(task, "train"), group_contexts(task, "unseen")
+    ctx: dict = {}
+    for group in task.group_names:
+        mine = [r for r in rows if r["group"] == group]
+        other = next(g for g in task.group_names if g != group)
+        prompts = [r["prompt"] for r in mine]
+        for label, wordings in (("seen", seen[group]), ("unseen", unseen[group]), ("other_group", seen[other])):
+            accs = {}
+            for w in wordings:
+                source = build_reward_source({"type": "model", "path": str(folders["context"]), "context": w})
+                d = source.score(prompts, [r["chosen"] for r in mine]) - source.score(prompts, [r["rejected"] for r in mine])
+                accs[w] = accuracy(d)
+            ctx[f"{group}/{label}"] = sum(accs.values()) / len(accs)
+            ctx[f"{group}/{label}/per_wording"] = accs
+        ctx[f"{group}/pairs"] = len(mine)
+    result["context"] = ctx
+    print("context", json.dumps({k: v for k, v in ctx.items() if "per_wording" not in k}), flush=True)
+    # principles: held-out base pairs ranked under one principle, against that principle's judge
+    rng = random.Random(f"{task.seed}-principles-eval")
+    prompts, a, b = [], [], []
+    for p in task.prompts(pairs, "test"):
+        x, y = distinct_pair(task, p, rng)
+        prompts.append(p), a.append(x), b.append(y)
+    margins, pr = {}, {}
+    for name in PRINCIPLES:
+        source = build_reward_source({"type": "model", "path": str(folders["principles"]), "principles": principle_text([name])})
+        margins[name] = source.score(prompts, a) - source.score(prompts, b)
+        gold = torch.tensor([principle_score(task, [name], p, x) - principle_score(task, [name], p, y) for p, x, y in zip(prompts, a, b)])
+        keep = gold != 0
+        pr[f"accuracy/{name}"] = float(((margins[name] > 0) == (gold > 0))[keep].float().mean())
+        pr[f"pairs/{name}"] = int(keep.sum())
+    for x, y in (("positive", "negative"), ("concise", "detailed")):
+        pr[f"flipped/{x}_vs_{y}"] = float(((margins[x] > 0) != (margins[y] > 0)).float().mean())
+    result["principles"] = pr
+    print("principles", json.dumps(pr), flush=True)
     return result
 
 
@@ -165,7 +235,7 @@ def figure(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [k for k in ("reward_models", "policies") if k in result]
+    panels = [k for k in ("reward_models", "policies", "conditioned") if k in result]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         if panel == "reward_models":
@@ -178,6 +248,17 @@ def figure(result: dict, path: Path) -> None:
             ax.axhline(0.5, color="grey", lw=0.5)
             ax.set_ylabel("pair accuracy (mean over users)")
             ax.set_title("reward models: users seen in training / new users")
+        elif panel == "conditioned":
+            ctx, pr = result[panel]["context"], result[panel]["principles"]
+            labels = [f"{g}\n{w}" for g in ("majority", "minority") for w in ("seen", "unseen", "other_group")]
+            values = [ctx[f"{g}/{w}"] for g in ("majority", "minority") for w in ("seen", "unseen", "other_group")]
+            names = [k.split("/", 1)[1] for k in pr if k.startswith("accuracy/")]
+            ax.bar(range(len(values)), values, 0.7, label="context RM: group's pairs under a context")
+            ax.bar([len(values) + 0.5 + i for i in range(len(names))], [pr[f"accuracy/{n}"] for n in names], 0.7, label="principles RM: one principle")
+            ax.set_xticks(list(range(len(values))) + [len(values) + 0.5 + i for i in range(len(names))], labels + names, fontsize=6, rotation=30)
+            ax.axhline(0.5, color="grey", lw=0.5)
+            ax.set_ylabel("pair accuracy")
+            ax.set_title("conditioned reward models (held-out pairs)")
         else:
             pol = result[panel]
             names = list(pol)
@@ -208,6 +289,9 @@ def main() -> None:
     parser.add_argument("--skip-rm", action="store_true")
     parser.add_argument("--reuse", action="store_true", help="reward models whose final folder exists are evaluated, not trained again")
     parser.add_argument("--skip-policies", action="store_true")
+    parser.add_argument("--conditioned", action="store_true", help="part 3: the context-aware and principle-conditioned reward models")
+    parser.add_argument("--conditioned-steps", type=int, default=300)
+    parser.add_argument("--conditioned-pairs", type=int, default=1024)
     parser.add_argument("--figure", type=Path, default=Path("docs/figures/pluralistic.png"))
     args = parser.parse_args()
     result: dict = {}
@@ -222,6 +306,9 @@ def main() -> None:
     if not args.skip_policies:
         fresh = policies(args.out, args.sft, args.rl, args.out / "rm", args.prompts, args.policy_set, args.policy_runs, args.policy_tag)
         result["policies"] = {**result.get("policies", {}), **fresh}
+        results_file.write_text(json.dumps(result, indent=1))
+    if args.conditioned:
+        result["conditioned"] = conditioned_models(args.out, args.conditioned_steps, args.conditioned_pairs, args.reuse)
         results_file.write_text(json.dumps(result, indent=1))
     figure(result, args.figure)
     print(json.dumps({k: v for k, v in result.items()}, indent=1)[:4000])

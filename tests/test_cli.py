@@ -69,7 +69,7 @@ def test_options_list_keys_types_defaults_and_meanings():
     result = runner.invoke(app, ["options", "rl"])
     assert result.exit_code == 0
     assert "| `skip_zero_advantage` | bool | `True` | leave samples whose advantage is exactly 0" in result.output
-    assert "| `backend` | `auto` \\| `alignkit` \\| `hf` \\| `vllm` | `auto` |" in result.output
+    assert "| `backend` | `auto` \\| `alignkit` \\| `hf` \\| `vllm` \\| `vllm_server` | `auto` |" in result.output
     assert "## `rl.sampling.vllm`" in result.output and "## `dpo`" not in result.output
     bad = runner.invoke(app, ["options", "rll"])
     assert bad.exit_code == 2 and "did you mean 'rl'" in bad.output

@@ -1,6 +1,8 @@
 """DeepSpeed ZeRO-2/3 strategies (engine/deepspeed.py) on CPU with gloo: 2 processes give the 1-process
 weights, checkpoints are ordinary save_pretrained folders whose optimizer state is the 1-process torch AdamW
-state, and they resume under DeepSpeed to the uninterrupted result."""
+state, and they resume under DeepSpeed to the uninterrupted result. Online RL (GRPO: ZeRO-3 samples from
+a full-weights replica gathered after each step) and LoRA (only the adapters in ZeRO's optimizer) give the
+1-process results too."""
 
 import shutil
 import sys
@@ -26,9 +28,13 @@ def test_strategies_are_registered_and_refused_where_untested():
     assert config["zero_optimization"]["stage"] == 3 and config["gradient_clipping"] == 0.5
     assert config["managed_gradient_accumulation"] is False  # every step() is the boundary, whatever the micro-batches
     assert zero_config(2, None)["gradient_clipping"] == 0.0  # DeepSpeed's "no clipping"
-    for extra in (["algorithm=rl"], ["model.lora.r=4"], ["train.nonfinite=skip"]):
-        with pytest.raises(ValueError, match="deepspeed_zero2 supports full-model offline training"):
-            load_recipe({"algorithm": "dpo"}, ["train.distributed=deepspeed_zero2", *extra])
+    with pytest.raises(ValueError, match="deepspeed_zero2 needs train.nonfinite=stop"):
+        load_recipe({"algorithm": "dpo"}, ["train.distributed=deepspeed_zero2", "train.nonfinite=skip"])
+    with pytest.raises(ValueError, match="deepspeed_zero3 does not run PPO's critic"):
+        load_recipe({"algorithm": "rl"}, ["train.distributed=deepspeed_zero3", "rl.estimator=ppo"])
+    for extra in (["model.lora.r=4"], []):  # online RL and LoRA are no longer refused
+        load_recipe({"algorithm": "rl"}, ["train.distributed=deepspeed_zero3", *extra])
+    assert STRATEGIES.get("deepspeed_zero3").replicates and not STRATEGIES.get("deepspeed_zero2").replicates
 
 
 def optimizer_state(folder):
@@ -58,3 +64,38 @@ def test_zero_matches_one_process_and_resumes(tmp_path, tiny_dir, stage):
     shutil.copytree(ckpt, tmp_path / "again" / "checkpoint-3")
     again = torchrun(tmp_path, tiny_dir, "again", [f"train.distributed={stage}", *STEPS, "train.resume=true"], site=SITE)
     assert_same_weights(zero, again, atol=2e-6)
+
+
+GRPO = ["rl.sampling.group_size=4", "rl.sampling.max_new_tokens=8", "train.lr=3e-3", "rl.reward=reward_fns:soup_is_constant",
+        "train.max_steps=3"]
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("stage", ["deepspeed_zero2", "deepspeed_zero3"])
+def test_zero_grpo_two_processes_match_one(tmp_path, tiny_dir, stage):
+    """GRPO under ZeRO: the same completions and weights after 3 updates as one process (ZeRO-2 samples
+    from its replicated parameters, ZeRO-3 from the replica gathered after each update)."""
+    one = train(recipe(tmp_path, tiny_dir, "rl", "one", GRPO))
+    zero = torchrun(tmp_path, tiny_dir, "zero", [f"train.distributed={stage}", *GRPO], algorithm="rl", site=SITE)
+    assert_same_weights(one, zero, atol=1e-5)
+    one_rows, zero_rows = metric_rows(tmp_path / "one"), metric_rows(tmp_path / "zero")
+    for key in ("reward", "completion_length", "loss"):
+        assert [r[key] for r in one_rows] == pytest.approx([r[key] for r in zero_rows], abs=1e-5), key
+    assert max(r["reward_std"] for r in one_rows) > 0
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("stage", ["deepspeed_zero2", "deepspeed_zero3"])
+def test_zero_lora_dpo_two_processes_match_one(tmp_path, tiny_dir, stage):
+    """LoRA DPO under ZeRO: the 1-process adapter after 4 steps (the adapters trained: B left 0)."""
+    from safetensors.torch import load_file
+
+    extra = ["model.lora.r=4", "train.lr=3e-3"]
+    one = train(recipe(tmp_path, tiny_dir, "dpo", "one", extra))
+    zero = torchrun(tmp_path, tiny_dir, "zero", [f"train.distributed={stage}", *extra], site=SITE)
+    a, b = load_file(str(one / "adapter_model.safetensors")), load_file(str(zero / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and a and all("lora" in k for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
+    assert max(v.abs().max().item() for k, v in b.items() if "lora_B" in k) > 1e-4
+    assert_same_weights(one.parent / "final-merged", zero.parent / "final-merged", atol=1e-5)

@@ -162,7 +162,7 @@ def test_self_correction_rewards_follow_score():
     assert first.reward == 0 and first.feedback == " check your answer ." and not first.done
     second = env.step(" 7 .")
     assert second.done and second.reward == 1 + 2.0 * (1 - 0)  # r2 + alpha (r2 - r1)
-    assert env.metrics() == {"turn1_correct": 0.0, "turn2_correct": 1.0, "delta": 1.0, "fixed": 1.0, "broken": 0.0}
+    assert env.metrics() == {"success": 1.0, "turn1_correct": 0.0, "turn2_correct": 1.0, "delta": 1.0, "fixed": 1.0, "broken": 0.0}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -302,7 +302,7 @@ def test_renderer_refuses_templates_that_are_not_prefix_consistent(tokenizer):
         renderer.between(history, [{"role": "tool", "content": "r"}])
 
 
-@pytest.mark.parametrize("env, args", [("calculator", dict(n=1000, level=3, tool_share=0.7)), ("guess_number", dict(n=800)), ("self_correction", dict(n=1000))])
+@pytest.mark.parametrize("env, args", [("calculator", dict(n=1000, level=3, tool_share=0.7)), ("guess_number", dict(n=800)), ("self_correction", dict(n=1000, level=1))])
 def test_shipped_demonstrations_are_their_commands_output(env, args):
     """recipes/agents/data/<env>_sft.jsonl is what `python -m alignkit.envs.demos` writes (the recipes' headers)."""
     import json

@@ -12,7 +12,7 @@ from alignkit.config import load_recipe
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "feedback"
 EXTRA = {"ilf.yaml": ["feedback.ilf.samples=1", "feedback.ilf.max_new_tokens=4", "feedback.ilf.rounds=1"]}
 CONDITIONED = {"hindsight.yaml": "review of the soup : A better answer:", "c_rlft.yaml": "<expert> review of the soup :",
-               "reward_augmented.yaml": "<score 1.0> review of the soup :"}
+               "reward_augmented.yaml": "<score 1.0> review of the soup :", "dpa.yaml": "<v 0.71 0.71> review of the soup :"}
 
 
 @pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)

@@ -215,3 +215,145 @@ def test_cli_generate_with_the_vllm_backend(policy_dir, tmp_path):
         return [json.loads(line) for line in path.read_text().splitlines()]
 
     assert run("vllm") == run("alignkit")
+
+
+# ---------------------------------------------------------------------------------------------------
+# multi-turn episodes (alignkit.envs.run_episodes) over the vLLM engine
+def _episodes(engine, rows, sampling, env="guess_number", options=None):
+    from alignkit.envs import Limits, environment_class, run_episodes
+
+    cls = environment_class(env)
+    options = options or {"high": 7, "max_guesses": 3}
+    limits = Limits(max_turns=3, max_tokens=120, describe_tools=False)
+    return run_episodes(engine, lambda: cls(**options), rows, list(range(len(rows))), sampling, limits)
+
+
+def _as_tuples(trajectories):
+    return [(t.prompt_ids, t.completion_ids, t.completion_mask, t.turn_ends, t.turn_rewards, t.reward, t.truncated, t.messages) for t in trajectories]
+
+
+def test_multiturn_greedy_episodes_are_token_for_token_the_alignkit_engine(policy_dir):
+    """Greedy episodes of a feedback game (the environment's turns appended as tokens between the policy's)
+    are the same trajectories on vLLM as on alignkit's engine: tokens, masks, turn ends, rewards, messages."""
+    from alignkit.rollout import Sampling
+
+    model, tokenizer = load(policy_dir)
+    rows = [{"prompt": p, "secret": s} for p, s in zip(PROMPTS, [3, 5, 0, 7])]
+    greedy = Sampling(max_new_tokens=8, greedy=True, seed=None)
+    ours = _episodes(build_rollout_engine("alignkit", model, tokenizer), rows, greedy)
+    engine = build_rollout_engine("vllm", model, tokenizer, options=OPTIONS)
+    try:
+        theirs = _episodes(engine, rows, greedy)
+    finally:
+        engine.close()
+    assert _as_tuples(theirs) == _as_tuples(ours)
+    assert any(t.turns >= 2 for t in theirs)  # feedback was played back, so environment tokens sit between turns
+    for t in theirs:
+        assert len(t.completion_ids) == len(t.completion_mask) and len(t.prompt_ids) + len(t.completion_ids) <= 120
+        assert sum(1 - m for m in t.completion_mask) > 0 or t.turns == 1 or t.truncated
+        assert all(t.completion_mask[end] == 1 for end in t.turn_ends)
+
+
+def test_multiturn_sampled_episodes_on_vllm_are_reproducible_and_evaluated(policy_dir):
+    """Sampled episodes on vLLM: the same seed gives the same trajectories (and agent metrics), another seed
+    other draws; the agent evaluation runs over the vLLM engine."""
+    from alignkit.evaluation.agents import evaluate_agent
+    from alignkit.rollout import Sampling
+
+    model, tokenizer = load(policy_dir)
+    rows = [{"prompt": p} for p in PROMPTS]
+    engine = build_rollout_engine("vllm", model, tokenizer, options=OPTIONS)
+    try:
+        first = _episodes(engine, rows * 2, Sampling(max_new_tokens=8, seed=5))
+        again = _episodes(engine, rows * 2, Sampling(max_new_tokens=8, seed=5))
+        other = _episodes(engine, rows * 2, Sampling(max_new_tokens=8, seed=6))
+        from alignkit.envs import Limits
+
+        play = dict(n_samples=2, engine=engine, max_new_tokens=8, seed=5, limits=Limits(max_turns=3, max_tokens=120, describe_tools=False))
+        a = evaluate_agent(model, tokenizer, "guess_number", rows, {"high": 7, "max_guesses": 3}, **play)
+        b = evaluate_agent(model, tokenizer, "guess_number", rows, {"high": 7, "max_guesses": 3}, **play)
+    finally:
+        engine.close()
+    assert _as_tuples(first) == _as_tuples(again)
+    assert [t.completion_ids for t in other] != [t.completion_ids for t in first]
+    assert a.as_dict() == b.as_dict() and a.episodes == 8 and 1 <= a.turns <= 3 and 0 <= a.regret <= 3
+
+
+def test_sampled_draws_follow_job_ids_not_the_batch(policy_dir):
+    """A prompt's sampled completions on vLLM depend on its job ids, not on which other prompts share the
+    call (the request seed follows the first job id): what multi-turn episodes and 2 processes rely on."""
+    from alignkit.rollout import Sampling
+
+    model, tokenizer = load(policy_dir)
+    sampling = Sampling(max_new_tokens=8, seed=3)
+    engine = build_rollout_engine("vllm", model, tokenizer, options=OPTIONS)
+    try:
+        together = engine.generate(PROMPTS[:3], n=2, job_ids=[10, 11, 20, 21, 30, 31], sampling=sampling)
+        alone = engine.generate(PROMPTS[2:3], n=2, job_ids=[30, 31], sampling=sampling)
+        moved = engine.generate([PROMPTS[2], PROMPTS[0]], n=2, job_ids=[30, 31, 10, 11], sampling=sampling)
+        other_ids = engine.generate(PROMPTS[2:3], n=2, job_ids=[40, 41], sampling=sampling)
+    finally:
+        engine.close()
+    assert completions(alone) == completions(together)[4:] == completions(moved)[:2]
+    assert completions(moved)[2:] == completions(together)[:2]
+    assert completions(other_ids) != completions(alone)
+
+
+# ---- server mode (rl.sampling.backend: vllm_server; H7) -----------------------------------------------------------
+def test_server_rollouts_follow_the_trainers_weights_after_an_update(policy_dir):
+    """A vLLM server in its own process: its greedy completions are alignkit's token for token, its sampled
+    tokens' log-probs are the trainer's at the sampling temperature, and after one optimizer step the
+    weights pushed to it make it generate the updated policy's completions (and only then re-sync)."""
+    from alignkit.rollout.vllm_server import VLLMServerEngine
+
+    model, tokenizer = load(policy_dir)
+    engine = build_rollout_engine("vllm_server", model, tokenizer, vllm_options=OPTIONS)
+    try:
+        assert isinstance(engine, VLLMServerEngine) and engine.process is not None and engine.syncs == 1
+        ours = generate(model, tokenizer, PROMPTS, n=2, max_new_tokens=16, greedy=True)
+        theirs = generate(model, tokenizer, PROMPTS, n=2, max_new_tokens=16, greedy=True, engine=engine)
+        assert completions(theirs) == completions(ours) and any(s.finished for s in theirs)
+        sampled = generate(model, tokenizer, PROMPTS, n=3, max_new_tokens=12, temperature=0.7, seed=2, engine=engine)
+        for s, ref in zip(sampled, trainer_logprobs(model, sampled, tokenizer.pad_token_id, 0.7)):
+            assert s.logprobs == pytest.approx(ref, abs=1e-4)
+        assert engine.syncs == 1  # unchanged weights are not sent again
+        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+        batch = collate_sequences([i + [7] for i in ids], [[0] * len(i) + [1] for i in ids], tokenizer.pad_token_id)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
+        for _ in range(3):
+            loss = -TargetLogProbs(model)(batch["input_ids"], batch["attention_mask"], batch["loss_mask"]).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        after = generate(model, tokenizer, PROMPTS, max_new_tokens=8, greedy=True)
+        served = generate(model, tokenizer, PROMPTS, max_new_tokens=8, greedy=True, engine=engine)
+        assert engine.syncs == 2 and all(s.completion_ids[0] == 7 for s in after)
+        assert completions(served) == completions(after)
+        for s, ref in zip(served, trainer_logprobs(model, served, tokenizer.pad_token_id, 1.0)):
+            assert s.logprobs == pytest.approx(ref, abs=1e-4)
+    finally:
+        engine.close()
+    assert engine.process is None
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.generate(PROMPTS, max_new_tokens=2)
+
+
+def test_server_grpo_run_trains_with_rollouts_from_the_server(tmp_path, policy_dir):
+    """``alignkit train`` with rl.sampling.backend=vllm_server: 3 GRPO steps whose rollouts the server draws
+    (weights sent after each step); the run's final weights differ from the start."""
+    from alignkit.algorithms import train
+    from alignkit.config import load_recipe
+
+    final = train(load_recipe({"algorithm": "rl"}, [
+        f"train.output_dir={tmp_path / 'grpo'}", f"model.path={policy_dir}", "task.n_train=32", "task.n_eval=0", "train.batch_size=4",
+        "train.max_steps=3", "train.lr=3e-3", "train.progress=false", "rl.sampling.group_size=4", "rl.sampling.max_new_tokens=8",
+        "rl.sampling.backend=vllm_server", "rl.sampling.vllm.kv_cache_gb=0.25", "rl.off_policy.correction=tis",
+        "rl.reward=reward_fns:completion_length",  # varies within every group (tests/reward_fns.py)
+    ]))
+    rows = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["policy/mismatch_kl"] < 1e-3 for r in rows)  # the server's log-probs are the trainer's
+    assert all(r["reward_std"] > 0 for r in rows)
+    from safetensors.torch import load_file
+
+    start, end = load_file(str(policy_dir / "model.safetensors")), load_file(str(final / "model.safetensors"))
+    assert max((end[k] - start[k]).abs().max().item() for k in end) > 1e-4

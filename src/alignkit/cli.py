@@ -181,7 +181,10 @@ def _is_reward_model(folder: Path) -> bool:
 def evaluate(
     target: Path = typer.Argument(..., help="A run folder (uses its final model) or a model folder."),
     reference: Optional[Path] = typer.Option(None, help="Reference model for KL (default: the run's starting model)."),
-    task: str = typer.Option("sentiment", help="Built-in task whose gold reward scores the samples."),
+    task: Optional[str] = typer.Option(
+        None, help="Built-in task whose gold reward scores the samples (default sentiment). With --env: the task whose test prompts start the "
+        "episodes, a name or a mapping such as '{name: arithmetic, level: 3}' (default: the run's task, else arithmetic)."
+    ),
     n_prompts: int = typer.Option(256, help="Held-out prompts."),
     samples: int = typer.Option(2, help="Samples per prompt."),
     seed: int = typer.Option(0),
@@ -198,9 +201,22 @@ def evaluate(
         "of the model and the reference on the data's prompts (mean reward, win rate, KL)."
     ),
     beta: Optional[float] = typer.Option(None, help="With --data: β of the implicit reward β·log(π/π_ref) (default: the run's dpo.beta, else 0.1)."),
-    max_new_tokens: int = typer.Option(64, help="With --data --reward: tokens per sample."),
+    max_new_tokens: Optional[int] = typer.Option(
+        None, help="With --data --reward: tokens per sample (default 64). With --env: tokens per turn (default: the run's rl.sampling.max_new_tokens, else 48)."
+    ),
     chat_template: bool = typer.Option(
         True, "--chat-template/--no-chat-template", help="With --data --reward: render plain-text prompts with the chat template when sampling."
+    ),
+    env: Optional[str] = typer.Option(
+        None, help="Evaluate an agent: play episodes of this environment (calculator, guess_number, self_correction or module:Class) and report "
+        "success rate, turns, tool calls, invalid calls, regret. Default for a run trained with rl.env: its environment."
+    ),
+    env_option: Optional[list[str]] = typer.Option(None, "--env-option", "--env-params", "-E", help="With --env: KEY=VALUE option of the environment (repeatable; default: the run's rl.env.options)."),
+    max_turns: Optional[int] = typer.Option(None, help="With --env: most assistant turns per episode (default: the run's rl.env.max_turns, else 4)."),
+    max_tokens: Optional[int] = typer.Option(None, help="With --env: most tokens per trajectory (default: the run's rl.env.max_tokens, else 256)."),
+    temperature: float = typer.Option(1.0, help="With --env: sampling temperature of the episodes."),
+    describe_tools: Optional[bool] = typer.Option(
+        None, "--describe-tools/--no-describe-tools", help="With --env: show the tools' JSON schemas to the policy (default: the run's rl.env.describe_tools, else yes)."
     ),
 ) -> None:
     """Evaluate a policy on a built-in task (mean gold reward, KL to the reference, win rate, diversity,
@@ -214,7 +230,16 @@ def evaluate(
     from .models.loading import load_policy_for_inference, load_tokenizer
     from .tasks import get_task
 
+    if env is not None or (env_option is None and strategy is None and data is None and reward is None and _run_env(target) is not None):
+        if reward is not None or strategy is not None:
+            _fail("--env plays episodes of the environment, which gives the rewards: drop --reward / --strategy")
+        return _evaluate_agent(target, env, env_option, task, data, n_prompts, samples, max_new_tokens, max_turns, max_tokens, temperature, seed, out,
+                               describe_tools)
+    if env_option or max_turns is not None or max_tokens is not None or describe_tools is not None:
+        _fail("--env-option, --max-turns, --max-tokens and --describe-tools need --env NAME (or a run trained with rl.env)")
+    task = task or "sentiment"
     if data is not None or reward is not None:
+        max_new_tokens = 64 if max_new_tokens is None else max_new_tokens
         return _evaluate_on_data(target, data, reference, reward, beta, n_prompts, samples, max_new_tokens, seed, chat_template, out, strategy)
     try:
         options = None
@@ -302,6 +327,56 @@ def _evaluate_on_data(target: Path, data: Optional[Path], reference: Optional[Pa
     resolved = resolve_target(target)
     paths = write_data_eval(result, out or resolved.run_dir or resolved.model_dir)
     typer.echo(format_table(result))
+    for role, path in paths.items():
+        typer.echo(f"{role}: {path}", err=True)
+
+
+def _run_env(target: Path):
+    from .evaluation.agents import run_env
+
+    return run_env(target) if (target / "final").exists() else None
+
+
+def _evaluate_agent(target: Path, env: Optional[str], env_option: Optional[list[str]], task: Optional[str], data: Optional[Path], n_prompts: int,
+                    samples: int, max_new_tokens: Optional[int], max_turns: Optional[int], max_tokens: Optional[int], temperature: float, seed: int,
+                    out: Optional[Path], describe_tools: Optional[bool] = None) -> None:
+    """`alignkit eval MODEL --env NAME`: agent metrics of episodes, a table, eval-env-<name>.json/.html."""
+    from .decoding import parse_options
+    from .envs import Limits
+    from .evaluation.agents import agent_rows, evaluate_agent, format_agent_table, write_agent_eval
+    from .evaluation.targets import resolve_target
+    from .models.loading import load_policy_for_inference, load_tokenizer
+
+    try:
+        resolved = resolve_target(target)
+        run = _run_env(target) or {}
+        trained = run.get("env") or {}
+        if env is not None and trained and env != trained.get("name"):
+            trained = {}  # another environment than the run's: none of its settings apply
+        name = env or trained["name"]
+        options = {**(trained.get("options") or {}), **parse_options(env_option)} if env_option else dict(trained.get("options") or {})
+        limits = Limits(max_turns=max_turns or trained.get("max_turns", 4), max_tokens=max_tokens or trained.get("max_tokens", 256),
+                        reward=trained.get("reward", "sum"), tools=trained.get("tools"),
+                        describe_tools=trained.get("describe_tools", True) if describe_tools is None else describe_tools,
+                        truncated_reward=trained.get("truncated_reward"))
+        the_task = task
+        if task is not None and task.lstrip().startswith("{"):
+            import yaml
+
+            the_task = yaml.safe_load(task)
+        rows = agent_rows(the_task if task is not None else run.get("task"), n_prompts, "test", data)
+        model_dir = resolved.model_dir
+        if not (model_dir / "config.json").exists() and not (model_dir / "adapter_config.json").exists():
+            _fail(f"{model_dir}: not a model folder (no config.json) nor a run folder with final/")
+        per_turn = max_new_tokens or (run.get("sampling") or {}).get("max_new_tokens") or 48
+        result = evaluate_agent(load_policy_for_inference(model_dir), load_tokenizer(model_dir), name, rows, options, n_samples=samples,
+                                max_new_tokens=per_turn, temperature=temperature, seed=seed, limits=limits)
+    except _user_errors() as e:
+        _fail(str(e))
+    paths = write_agent_eval(result, out or resolved.run_dir or resolved.model_dir, f"alignkit eval --env {name}: {target}")
+    typer.echo(format_agent_table(result))
+    if result.warning:
+        typer.secho(f"warning: {result.warning}", fg=typer.colors.YELLOW, err=True)
     for role, path in paths.items():
         typer.echo(f"{role}: {path}", err=True)
 

@@ -170,6 +170,8 @@ class VLLMConfig(Section):
     max_model_len: int | None = Field(None, gt=0, description="longest prompt + completion; default: the model's max_position_embeddings")
     enforce_eager: bool = Field(True, description="no CUDA graphs / compilation: fast start")
     enable_prefix_caching: bool = Field(True, description="a group's samples share their prompt's KV blocks")
+    server_url: str | None = Field(None, description="backend vllm_server: the URL of a running alignkit vLLM server (python -m alignkit.rollout.vllm_server); null: start one")
+    server_timeout_s: float = Field(600.0, gt=0, description="backend vllm_server: seconds to wait for the server to start and for each call")
 
 
 class SamplingConfig(Section):
@@ -180,8 +182,8 @@ class SamplingConfig(Section):
     temperature: float = Field(1.0, gt=0, description="sampling temperature; the update scores log-probs at the same temperature")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling: draw from the most likely tokens holding this probability mass (1: no truncation)")
     batch_size: int | None = Field(None, gt=0, description="rows decoded together; default: the whole rollout")
-    backend: Literal["auto", "alignkit", "hf", "vllm"] = Field(
-        "auto", description="who samples rollouts: vllm (weights synced after every update), alignkit's KV-cache engine, or model.generate; auto = vllm when installed and the policy is on a CUDA GPU, else alignkit")
+    backend: Literal["auto", "alignkit", "hf", "vllm", "vllm_server"] = Field(
+        "auto", description="who samples rollouts: vllm (weights synced after every update), vllm_server (vLLM in a separate process, weights sent after every update), alignkit's KV-cache engine, or model.generate; auto = vllm when installed and the policy is on a CUDA GPU, else alignkit")
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="vLLM engine settings, used when backend resolves to vllm")
     behavior: Literal["policy", "reference"] = Field("policy", description="the behaviour policy that samples: the live policy, or the frozen starting policy ('reference': CoPG's off-policy setting)")
     eval_samples: int = Field(1, gt=0, description="samples per eval prompt")
@@ -275,6 +277,22 @@ class EnvConfig(Section):
     truncated_reward: float | None = Field(None, description="the reward of a truncated trajectory (cut by max_new_tokens or max_tokens), e.g. the reward of a lost game, so that the length limit is no way out of an episode; null: what its turns earned")
 
 
+class AsyncConfig(Section):
+    """Online RL: asynchronous rollouts (``rl.asynchronous``; docs/scale.md). A background producer samples the next
+    steps' prompts with the weights of an earlier step while the trainer updates; each sample records its policy
+    version (the training step whose weights drew its first token), samples older than ``max_staleness`` versions are
+    dropped and drawn again, and ``rl.off_policy`` corrects the rest with the producer's log-probs."""
+
+    mode: Literal["off", "one_step_off", "async"] = Field(
+        "off", description="off: sample with the current weights; one_step_off: step s trains on samples drawn by the weights of step s-1 while "
+                           "step s+1's are drawn; async: the producer runs up to max_staleness steps ahead with the newest weights it has")
+    max_staleness: int = Field(1, ge=0, description="most policy versions between sampling and training; older samples are dropped and drawn again "
+                                                     "with the current weights (counted as async/dropped); async mode also queues this many steps ahead")
+    partial_tokens: int | None = Field(None, gt=0, description="async mode: decode in segments of this many tokens and load newer weights between "
+                                                               "segments, continuing unfinished samples from their prefix (partial rollouts); null: "
+                                                               "a whole completion per weight version")
+
+
 # the names of alignkit.rewards.transforms.TRANSFORMS (config sits below rewards; a test keeps the two equal)
 REWARD_TRANSFORMS = ("none", "log_sigmoid", "clip", "whiten")
 # estimators whose advantage compares a sample with the other samples of its prompt (0 for a group of 1)
@@ -302,6 +320,7 @@ class RLConfig(Section):
     log_samples: int = Field(4, ge=0, description="every train.log_every steps, append this many of the step's samples (prompt, completion, reward, advantage) to output_dir/samples.jsonl; 0: none")
     env: EnvConfig | None = Field(None, description="multi-turn episodes with an environment (docs/agents.md): each sample is a whole trajectory rewarded by the environment; null: single completions scored by rl.reward")
     off_policy: OffPolicyConfig = Field(default_factory=OffPolicyConfig, description="stage 5: importance corrections for samples from another behaviour policy (docs/scale.md)")
+    asynchronous: AsyncConfig = Field(default_factory=AsyncConfig, description="stage 1: one-step-off or asynchronous rollouts with a staleness bound (docs/scale.md)")
 
     @property
     def policy_loss(self) -> str:
@@ -344,6 +363,14 @@ class RLConfig(Section):
                 raise ValueError("rl.off_policy needs the behaviour policy's log-probs, which rl.sampling.backend=hf does not report (use auto, alignkit or vllm)")
             if self.env is not None:
                 raise ValueError("rl.off_policy over multi-turn trajectories (rl.env) is not supported yet")
+        if self.asynchronous.mode != "off":
+            mode = self.asynchronous.mode
+            if not correcting:
+                raise ValueError(f"rl.asynchronous.mode={mode} trains on samples of older weights: set rl.off_policy.correction (tis, mis, seq_tis, seq_mis, decoupled)")
+            if self.env is not None or self.sampling.behavior != "policy":
+                raise ValueError(f"rl.asynchronous.mode={mode} samples single completions from the policy: leave rl.env unset and rl.sampling.behavior=policy")
+            if self.asynchronous.partial_tokens is not None and mode != "async":
+                raise ValueError("rl.asynchronous.partial_tokens (partial rollouts) applies to rl.asynchronous.mode=async")
         if (self.ppo.macro_len or self.ppo.dense_reward_model) and est != "ppo":
             raise ValueError("rl.ppo.macro_len and rl.ppo.dense_reward_model apply to rl.estimator=ppo")
         if self.env is not None:
@@ -428,10 +455,13 @@ class RewardConfig(Section):
     ratings regression on ranked data, a pairwise preference model, a multi-objective (ArmoRM-style
     gated) model, or a process (per-step) reward model."""
 
-    type: Literal["scalar", "preference", "multi_objective", "process", "mixture", "pal", "vpl", "arm"] = Field(
+    type: Literal["scalar", "preference", "multi_objective", "process", "mixture", "pal", "vpl", "arm", "spans", "context", "principles", "brme"] = Field(
         "scalar", description="scalar: one score per completion; preference: PairRM-style pair model; multi_objective: ArmoRM-style heads + gate; process: per-step PRM; "
+        "spans: Text2Grad's span reward model, a per-token good/neutral/bad classifier trained on span annotations (docs/feedback.md); "
         "mixture: MaxMin-RLHF's EM mixture of K BT heads over users; pal: PAL ideal points (prototypes + user weights); vpl: VPL user latent from a few pairs (docs/pluralistic.md); "
-        "arm: GenARM's autoregressive reward model, a causal LM whose summed token log-probs are the reward (docs/decoding.md)")
+        "arm: GenARM's autoregressive reward model, a causal LM whose summed token log-probs are the reward (docs/decoding.md); "
+        "context: r(context, x, y), a preference conditioned on a context string; principles: SALMON's principle-conditioned r(principles, x, y); "
+        "brme: BRME, K Gaussian reward heads on one trunk, reduced to a worst-case reward for RL (docs/pluralistic.md)")
     loss: Literal["bradley_terry", "hinge"] = Field("bradley_terry", description="scalar pair loss: bradley_terry -log sigmoid(r_c - r_r - m), or hinge max(0, m + 1 - (r_c - r_r)); m: the margin")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="bradley_terry: share eps of the loss given to the swapped label, (1 - eps) BT + eps BT(r_r, r_c)")
     margin: bool = Field(False, description="subtract the pair's 'margin' field inside the BT sigmoid")
@@ -457,6 +487,11 @@ class RewardConfig(Section):
     kl_weight: float = Field(0.01, ge=0, description="vpl: weight of KL(q(z | user's pairs) || N(0, I)) in the loss")
     arm_beta: float = Field(1.0, gt=0, description="arm: beta_r of GenARM's loss -log sigmoid(beta_r (sum log pi_r(y_c|x) - sum log pi_r(y_r|x))); the reward is beta_r sum log pi_r(y|x)")
     context_pairs: int = Field(4, ge=1, description="vpl: labelled pairs of the same user the encoder reads for each training pair")
+    context_key: str = Field("context", description="context: the row field holding the context string the preference is conditioned on")
+    principles_key: str = Field("principles", description="principles: the row field holding the principle list (a list of strings, or one string)")
+    heads: int = Field(4, ge=2, description="brme: K reward heads on the shared trunk, each a Gaussian N(mu_k, sigma_k^2)")
+    prior_std: float = Field(1.0, gt=0, description="brme: s of the heads' prior N(0, s^2) on the reward")
+    prior_weight: float = Field(0.01, ge=0, description="brme: weight of KL(N(mu_k, sigma_k^2) || N(0, s^2)) per completion in each head's loss")
 
 
 class HindsightConfig(Section):
@@ -511,16 +546,61 @@ class ILFConfig(Section):
     temperature: float = Field(1.0, gt=0, description="sampling temperature of the refinements")
 
 
+class MODPOConfig(Section):
+    """MODPO (``feedback.method: modpo``): DPO on one objective's preferences with a margin from the other objectives' rewards (then ``dpo.*``)."""
+
+    weight: float = Field(0.5, gt=0, le=1, description="w_k, the weight of the objective whose preferences the pairs carry")
+    margin_reward: Any = Field("attribute:brevity", description="the other objectives' reward r_-k: attribute:<name> (a gold attribute of the task), or any reward source (a multi-objective RM as {type: multi_objective, path, attribute}, a folder, module:function, combine)")
+    margin_weight: float | None = Field(None, ge=0, description="w_-k, the weight of margin_reward; null: 1 - weight")
+
+
+class DPAConfig(Section):
+    """DPA (``feedback.method: dpa``): direction-conditioned rejection-sampling fine-tuning over a multi-objective reward."""
+
+    attributes: list[str] = Field(default_factory=lambda: ["sentiment", "brevity"], description="the reward attributes the direction v weighs, in order")
+    reward: Any = Field("gold", description="attribute scores: gold (the task's attribute_rewards) or a multi-objective reward model folder / {type: multi_objective, path}")
+    template: str = Field("<v {direction}> {prompt}", description="the direction-conditioned prompt; placeholders {direction} (v's components, space-separated), {prompt}")
+    digits: int = Field(2, ge=1, le=4, description="decimals v's components are written with")
+    angle_range: tuple[float, float] = Field((0.0, 90.0), description="training directions v = (cos t, sin t), t uniform in this range of degrees (two attributes)")
+    samples: int = Field(4, ge=1, description="K completions sampled per prompt and direction from the current policy")
+    rounds: int = Field(1, gt=0, description="sample -> select -> fine-tune rounds; new directions and samples at the start of each")
+    keep_original: bool = Field(False, description="the row's own completion is a candidate too")
+    inference_direction: list[float] | None = Field(None, description="direction written into conditioning.json; null: the middle of angle_range")
+    max_new_tokens: int = Field(32, gt=0, description="most tokens per sample")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+
+
 class FeedbackConfig(Section):
     """Language feedback and conditioned training (``algorithm: feedback``, ``docs/feedback.md``): Chain of
-    Hindsight, CUT, ILF, C-RLFT and reward-augmented DPO, one registered method each."""
+    Hindsight, CUT, ILF, C-RLFT, reward-augmented DPO, MODPO and DPA, one registered method each."""
 
-    method: str = Field("hindsight", description="a name in alignkit.algorithms.feedback.FEEDBACK_METHODS: hindsight, cut, ilf, c_rlft, reward_augmented")
+    method: str = Field("hindsight", description="a name in alignkit.algorithms.feedback.FEEDBACK_METHODS: hindsight, cut, ilf, c_rlft, reward_augmented, modpo, dpa")
     hindsight: HindsightConfig = Field(default_factory=HindsightConfig, description="Chain of Hindsight")
     cut: CUTConfig = Field(default_factory=CUTConfig, description="CUT (judgment-based unlikelihood)")
     c_rlft: CRLFTConfig = Field(default_factory=CRLFTConfig, description="C-RLFT (class-conditioned weighted SFT)")
     reward_augmented: RewardAugmentedConfig = Field(default_factory=RewardAugmentedConfig, description="reward-augmented DPO")
     ilf: ILFConfig = Field(default_factory=ILFConfig, description="ILF (imitation learning from language feedback)")
+    modpo: MODPOConfig = Field(default_factory=MODPOConfig, description="MODPO (multi-objective DPO with margins)")
+    dpa: DPAConfig = Field(default_factory=DPAConfig, description="DPA (directional preference alignment)")
+
+
+class TeacherConfig(Section):
+    """Teacher completions (``iterate.teacher``): another model's completions of each round's prompts, judged
+    with the policy's samples (``use: pool``) or taken as the chosen side (``use: chosen``)."""
+
+    path: str = Field(..., description="the teacher model's folder (a full model or a LoRA adapter folder; its own tokenizer)")
+    use: Literal["pool", "chosen"] = Field("pool", description="pool: the teacher's completions join each prompt's K samples before judging, so the builder may pick them (provenance source: teacher); chosen: the teacher's first completion is each prompt's chosen side against the policy's own samples (builder spin: teacher over own sample, no judge needed)")
+    samples: int = Field(1, gt=0, description="teacher completions per prompt (use: pool); greedy decoding allows 1")
+    greedy: bool = Field(True, description="decode the teacher greedily (its best guess); false: sample at temperature / top_p")
+    temperature: float = Field(1.0, gt=0, description="the teacher's sampling temperature (greedy: false)")
+    top_p: float = Field(1.0, gt=0, le=1, description="the teacher's nucleus sampling (greedy: false)")
+    max_new_tokens: int | None = Field(None, gt=0, description="most tokens per teacher completion; null: iterate.max_new_tokens")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TeacherConfig":
+        if self.greedy and self.samples > 1:
+            raise ValueError(f"iterate.teacher.samples={self.samples} with greedy=true gives the same completion {self.samples} times: set greedy=false or samples=1")
+        return self
 
 
 class IterateConfig(Section):
@@ -555,6 +635,31 @@ class IterateConfig(Section):
     opponent_samples: int = Field(1, gt=0, description="opponent samples per prompt (iterate.opponent reference or mixture)")
     mixture_coef: float = Field(0.5, ge=0, le=1, description="m of the mixture opponent: per-token log p = (1 - m) log pi + m log pi_ref (+ const); 0: the policy, 1: the reference")
     eval_every: int = Field(1, gt=0, description="rounds between evaluations (the last round is always evaluated); online variants (steps_per_round=1) raise it")
+    teacher: TeacherConfig | None = Field(None, description="teacher completions: {path: <model folder>, use: pool|chosen, samples, greedy, temperature, top_p, max_new_tokens}; null: none")
+
+
+class ScaleConfig(Section):
+    """Orchestration beyond one process (``scale``; docs/scale.md). ``backend: none`` runs everything in this process and
+    never imports Ray. ``ray`` (``pip install alignkit[ray]``): online RL's rollouts run on Ray actors (rollout workers,
+    each holding a rollout engine, and a reward worker), driven by this process, which trains; after each update the
+    weights go to the workers through the rollout protocol's ``update_weights`` (named tensors, via the object store)."""
+
+    backend: Literal["none", "ray"] = Field("none", description="none: one process (Ray never imported); ray: rollout and reward workers as Ray actors")
+    address: str | None = Field(None, description="the Ray cluster to join: auto (a cluster started with `ray start`), host:6379, or ray://host:10001; null: start a local cluster")
+    num_cpus: int | None = Field(None, gt=0, description="CPUs of the local cluster started when address is null; null: Ray's default (all)")
+    rollout_workers: int = Field(1, gt=0, description="rollout worker actors; each step's prompts are split between them (whole groups)")
+    trainer_processes: int = Field(1, gt=0, description="processes of the trainer group (each drives its own rollout workers): more than 1 starts them as Ray actors in one process group, or checks a torchrun launch")
+    trainer_cpus: float = Field(1.0, ge=0, description="CPUs each trainer process reserves (trainer_processes > 1)")
+    trainer_gpus: float = Field(0.0, ge=0, description="GPUs each trainer process reserves (trainer_processes > 1; 1 per process for NCCL)")
+    placement: Literal["colocated", "disaggregated"] = Field(
+        "colocated", description="colocated: the workers share the trainer's node and devices and take turns with it; disaggregated: one placement-group bundle per worker")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field("PACK", description="disaggregated: how Ray places the workers' bundles across nodes")
+    worker_cpus: float = Field(1.0, ge=0, description="CPUs each rollout worker reserves")
+    worker_gpus: float = Field(0.0, ge=0, description="GPUs each rollout worker reserves (fractions share a GPU)")
+    reward_worker: bool = Field(True, description="score rewards in a reward worker actor (false: in this process)")
+    reward_cpus: float = Field(0.0, ge=0, description="CPUs the reward worker reserves")
+    reward_gpus: float = Field(0.0, ge=0, description="GPUs the reward worker reserves (a reward model on a GPU)")
+    timeout_s: float = Field(120.0, gt=0, description="seconds to wait for the workers' resources (placement group, actors) before failing")
 
 
 ALGORITHMS = ("sft", "dpo", "kto", "pro", "reward", "rl", "sppo", "feedback")
@@ -575,17 +680,24 @@ class Recipe(Section):
     sppo: SPPOConfig = Field(default_factory=SPPOConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig, description="algorithm feedback: Chain of Hindsight, CUT, ILF, C-RLFT, reward-augmented DPO")
     iterate: IterateConfig | None = Field(None, description="iterative alignment (alignkit iterate): rounds of sample, judge, build, train; null: not iterative")
+    scale: ScaleConfig = Field(default_factory=ScaleConfig, description="orchestration beyond one process: Ray rollout and reward workers (docs/scale.md)")
 
     @model_validator(mode="after")
     def _check(self) -> "Recipe":
         t = self.train
-        if t.distributed == "fsdp2" and (self.algorithm == "rl" or self.model.lora is not None):
-            raise ValueError("train.distributed=fsdp2 supports full-model offline training (sft, dpo, kto, pro, reward) for now; use ddp for rl or LoRA")
-        if t.distributed.startswith("deepspeed") and (self.algorithm == "rl" or self.model.lora is not None or t.nonfinite == "skip"):
-            raise ValueError(f"train.distributed={t.distributed} supports full-model offline training (sft, dpo, kto, pro, reward) with "
-                             "train.nonfinite=stop for now; use ddp for rl or LoRA (docs/scale.md)")
+        if t.distributed != "ddp" and self.algorithm == "rl" and self.rl.estimator == "ppo":
+            raise ValueError(f"train.distributed={t.distributed} does not run PPO's critic (rl.estimator=ppo reads its values outside the sharded "
+                             "forward); use ddp for ppo, or a critic-free estimator (grpo, rloo, reinforce_pp, ...) (docs/scale.md)")
+        if t.distributed.startswith("deepspeed") and t.nonfinite == "skip":
+            raise ValueError(f"train.distributed={t.distributed} needs train.nonfinite=stop (DeepSpeed's step cannot be skipped); docs/scale.md")
         if t.micro_batch_size is not None and t.batch_size % t.micro_batch_size:
             raise ValueError(f"train.batch_size ({t.batch_size}) must be a multiple of train.micro_batch_size ({t.micro_batch_size})")
+        if self.scale.backend == "ray":
+            if self.algorithm != "rl" or self.iterate is not None:
+                raise ValueError(f"scale.backend=ray drives online RL's rollouts (algorithm: rl, alignkit train); got algorithm: {self.algorithm}"
+                                 + (" with an iterate section" if self.iterate is not None else "") + " (docs/scale.md)")
+            if self.rl.env is not None or self.rl.sampling.behavior != "policy":
+                raise ValueError("scale.backend=ray samples single completions from the policy: leave rl.env unset and rl.sampling.behavior=policy (docs/scale.md)")
         return self
 
     @property
@@ -744,6 +856,8 @@ def options_reference(section: str | None = None) -> str:
                 default = f"`{field.default}` (a section: `{name}.{key}`)"
             elif field.default_factory is not None:
                 default = f"`{field.default_factory()}`"
+            elif field.is_required():
+                default = "required"
             else:
                 default = f"`{field.default}`"
             meaning = (field.description or "").replace("|", "\\|")

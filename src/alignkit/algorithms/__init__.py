@@ -162,4 +162,8 @@ def train(recipe: Recipe):
         raise ValueError("this recipe has an iterate: section (rounds of sampling, judging and training): run it with `alignkit iterate RECIPE`")
     algorithm = build_algorithm(recipe)
     check_run(recipe, algorithm)
+    if recipe.scale.backend == "ray" and recipe.scale.trainer_processes > 1 and "WORLD_SIZE" not in os.environ:
+        from ..scale.trainer_group import run_trainer_group  # the trainer group as Ray actors (docs/scale.md)
+
+        return run_trainer_group(recipe, train)
     return Trainer(recipe, algorithm).train()

@@ -116,6 +116,15 @@ class ForwardCounter:
         self.handles = []
 
 
+def user_text(prompt: Any) -> Any:
+    """A chat prompt's last user message (the text a built-in task's gold reward parses); anything else as it is.
+    ``alignkit generate`` renders a plain-text prompt as one user message for a chat model (SmolLM2)."""
+    if isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
+        users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
+        return str(users[-1]) if users else ""
+    return prompt
+
+
 class CountingSource:
     """A reward source that counts its calls and the sequences it scores into a :class:`Cost`."""
 
@@ -126,6 +135,14 @@ class CountingSource:
     def score(self, prompts, completions, **kwargs) -> torch.Tensor:
         self.cost.reward_calls += 1
         self.cost.reward_sequences += len(completions)
+        return self.uncounted(prompts, completions, **kwargs)
+
+    def uncounted(self, prompts, completions, **kwargs) -> torch.Tensor:
+        """The scores, not counted as the strategy's cost (e.g. a KL estimate's extra samples)."""
+        from ..rewards.sources import TaskGoldSource
+
+        if isinstance(self.source, TaskGoldSource):  # a built-in task reads the prompt's text, not chat messages
+            prompts = [user_text(p) for p in prompts]
         return self.source.score(prompts, completions, **kwargs).float().reshape(-1)
 
     __call__ = score

@@ -91,7 +91,7 @@ def best_of_n(ctx: Context, N: int = 4, reward="gold", kl_samples: int = 0) -> D
         before = (ctx.cost.tokens_generated, dict(ctx.cost.forwards), dict(ctx.cost.tokens_processed))
         pool = ctx.sample(kl_samples, job_ids=pool_ids)
         ctx.cost.tokens_generated, ctx.cost.forwards, ctx.cost.tokens_processed = before  # the estimate is not the strategy's cost
-        pool_r = source.source.score([s.prompt for s in pool], [s.completion for s in pool]).float().view(len(ctx.prompts), kl_samples)
+        pool_r = source.uncounted([s.prompt for s in pool], [s.completion for s in pool]).view(len(ctx.prompts), kl_samples)
         pool_r = pool_r.repeat_interleave(ctx.n, dim=0)
         ctx.cost.estimate_s += time.perf_counter() - began
         ratio = best_of_n_log_ratio(selected, pool_r, N)

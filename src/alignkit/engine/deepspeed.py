@@ -14,6 +14,12 @@ ZeRO is about — where gradients, optimizer state and (stage 3) parameters live
   (``deepspeed.utils.safe_get_full_optimizer_state``) into ordinary full state dicts: checkpoints are
   ``save_pretrained`` folders with a torch AdamW ``optimizer.pt``, and resume scatters them back.
 
+Online RL and LoRA: ZeRO-2 keeps full parameters on every process (DeepSpeed gathers the updated partitions
+after each step), so sampling and old log-probs run on the model itself; ZeRO-3 partitions them, and the
+trainer samples from a full-weights replica that :meth:`DeepSpeedZero3.sync_replica` refreshes after each
+step inside ``GatheredParameters`` (see :mod:`alignkit.engine.strategies`). LoRA: only the adapters are in
+the optimizer, so ZeRO partitions just their gradients and AdamW state.
+
 Runs on CPUs with gloo (the tests: 2 processes give the 1-process weights) and on GPUs with NCCL; the
 process group is the one :class:`~alignkit.engine.strategies.Strategy` starts from the launcher's variables.
 DeepSpeed is an optional extra (``pip install 'alignkit[deepspeed]'``); see ``docs/scale.md``.
@@ -95,8 +101,9 @@ class ZeroOptimizer:
     are collectives that speak torch AdamW's per-parameter format, so checkpoints do not depend on the
     number of processes or on the strategy."""
 
-    def __init__(self, engine, inner: torch.optim.Optimizer, groups: list[list[nn.Parameter]]):
+    def __init__(self, engine, inner: torch.optim.Optimizer, groups: list[list[nn.Parameter]], empty: list[tuple[int, dict]] = ()):
         self.engine, self.inner, self.groups = engine, inner, groups
+        self.empty = list(empty)  # (position, hyper-parameters) of the trainer's groups without parameters, kept out of ZeRO
 
     @property
     def param_groups(self):
@@ -153,16 +160,19 @@ class ZeroOptimizer:
                 if all(m is not None for m in moments.values()):
                     state[i] = {"step": step.clone(), **{k: m.detach().cpu().clone().reshape(p.ds_shape if hasattr(p, "ds_shape") else p.shape)
                                                           for k, m in moments.items()}}
+        for position, hyper in self.empty:  # as torch lists it: the first group's settings (one schedule drives all), its own decay
+            groups.insert(position, {**self.inner.defaults, **(groups[0] if groups else {}), **hyper, "params": []})
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         from deepspeed.utils import safe_set_full_optimizer_state
 
-        if len(saved["param_groups"]) != len(self.groups):
-            raise ValueError(f"optimizer state has {len(saved['param_groups'])} parameter groups, this run {len(self.groups)}")
+        saved_groups = [g for g in saved["param_groups"] if g["params"]]  # groups without parameters stay out of ZeRO
+        if len(saved_groups) != len(self.groups):
+            raise ValueError(f"optimizer state has {len(saved_groups)} parameter groups with parameters, this run {len(self.groups)}")
         self._link_state()
         step = None
-        for group, saved_group, params in zip(self.inner.param_groups, saved["param_groups"], self.groups):
+        for group, saved_group, params in zip(self.inner.param_groups, saved_groups, self.groups):
             group.update({k: v for k, v in saved_group.items() if k != "params"})
             for i, p in zip(saved_group["params"], params):
                 entry = saved["state"].get(i, saved["state"].get(str(i)))
@@ -197,7 +207,13 @@ class DeepSpeedStrategy(Strategy):
         groups = [list(g["params"]) for g in optimizer.param_groups]  # before ZeRO swaps in its flat partitions
         engine, _, _, _ = deepspeed.initialize(model=policy.inner, optimizer=optimizer, config=zero_config(self.stage, train.max_grad_norm),
                                                dist_init_required=False)
-        return EngineModule(engine), ZeroOptimizer(engine, optimizer, groups)
+        return EngineModule(engine), ZeroOptimizer(engine, optimizer, groups, getattr(self, "_empty_groups", []))
+
+    def optimizer_groups(self, groups):
+        """Without the empty groups (LoRA: no trainable 1-D weight), which DeepSpeed would drop from under the
+        schedule; the checkpoints still list them, in the 1-process torch format."""
+        self._empty_groups = [(i, {k: v for k, v in g.items() if k != "params"}) for i, g in enumerate(groups) if not g["params"]]
+        return [g for g in groups if g["params"]]
 
     def clip_grad_norm(self, params, max_norm):
         return None  # DeepSpeed clips inside step() (gradient_clipping)
@@ -222,5 +238,14 @@ class DeepSpeedZero3(DeepSpeedStrategy):
     name = "deepspeed_zero3"
     stage = 3
 
+    replicates = True  # partitioned parameters: sampling and old log-probs run on a full-weights replica
+
     def _gathered(self, model):
         return _deepspeed().zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+
+    def sync_replica(self, model, replica):
+        trained = self._trained(model)
+        mirror = dict(replica.named_parameters())
+        with _deepspeed().zero.GatheredParameters([p for _, p in trained], modifier_rank=None), torch.no_grad():
+            for name, p in trained:  # inside the context every process holds the full tensor
+                mirror[name].copy_(p.data.view(mirror[name].shape))

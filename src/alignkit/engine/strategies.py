@@ -8,10 +8,23 @@ a strategy that is not torch.distributed (e.g. Ray actors) can stand in for it.
 
 Registered: ``single`` (one process), ``ddp`` (DistributedDataParallel), ``fsdp2`` (``fully_shard`` per
 decoder layer), ``deepspeed_zero2``/``deepspeed_zero3`` (:mod:`alignkit.engine.deepspeed`). ``train.distributed`` names the multi-process strategy; one process is always ``single``.
+
+**Forward-only work on sharded weights.** Online RL samples, scores old log-probs and runs a LoRA
+reference outside the wrapped forward, each process on its own share and for its own number of forward
+calls, so it cannot run on parameters that live as shards (every FSDP2 / ZeRO-3 forward is a collective
+that all processes must enter together). A strategy whose parameters are sharded therefore keeps a
+*replica* (:meth:`Strategy.replica`): a plain, frozen copy of the model with the full weights, built before
+wrapping, which the trainer hands to the algorithm as ``ctx.model``; after every optimizer step
+:meth:`Strategy.sync_replica` gathers the trained parameters into it (FSDP2: ``DTensor.full_tensor()``;
+ZeRO-3: ``deepspeed.zero.GatheredParameters``) — a collective every process makes at the same point.
+Frozen parameters (a LoRA base) are copied once and never gathered again. The cost is one full copy of the
+weights per process (no gradients, no optimizer state); the rollout engine (alignkit's sampler or vLLM)
+reads the replica as it reads the single-process model.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
@@ -29,6 +42,7 @@ class Strategy:
 
     name = "single"
     sharded = False  # parameters live as shards: saving gathers full state dicts first
+    replicates = False  # forward-only work (sampling, old log-probs, a LoRA reference) needs a full-weights replica
 
     def __init__(self) -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -102,6 +116,32 @@ class Strategy:
         clips inside its step and the norm is not known before it)."""
         return torch.nn.utils.clip_grad_norm_(params, max_norm).item()
 
+    def optimizer_groups(self, groups: list[dict]) -> list[dict]:
+        """The parameter groups the trainer's AdamW is built on (DeepSpeed leaves out empty ones)."""
+        return groups
+
+    def replica(self, model: nn.Module) -> nn.Module | None:
+        """Before wrapping: a frozen full-weights copy of ``model`` for forward-only work when this strategy
+        shards the parameters (:attr:`replicates`), else None (that work runs on ``model`` itself)."""
+        if not self.replicates:
+            return None
+        mirror = copy.deepcopy(model)
+        mirror.requires_grad_(False)
+        return mirror.eval()
+
+    def sync_replica(self, model: nn.Module, replica: nn.Module) -> None:
+        """After an optimizer step: ``replica`` takes ``model``'s trained parameters (a collective)."""
+        mirror = dict(replica.named_parameters())
+        with torch.no_grad():
+            for name, p in self._trained(model):
+                mirror[name].copy_(self._full(p))
+
+    def _trained(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def _full(self, p: torch.Tensor) -> torch.Tensor:
+        return p
+
 
 STRATEGIES.register("single", Strategy)
 
@@ -129,6 +169,7 @@ class FSDP2Strategy(Strategy):
 
     name = "fsdp2"
     sharded = True
+    replicates = True
 
     def wrap(self, model, module):
         from torch.distributed.device_mesh import init_device_mesh
@@ -146,6 +187,9 @@ class FSDP2Strategy(Strategy):
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_model_state_dict(model, options=options), get_optimizer_state_dict(policy, optimizer, options=options)
+
+    def _full(self, p):
+        return p.full_tensor() if hasattr(p, "full_tensor") else p  # an all-gather of the DTensor's shards
 
 
 def build_strategy(name: str = "ddp") -> Strategy:

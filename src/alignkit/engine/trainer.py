@@ -137,6 +137,7 @@ class Trainer:
             self._release()
             raise
         self.policy: torch.nn.Module | None = None  # the engine module, wrapped by the strategy (first fit)
+        self.replica: torch.nn.Module | None = None  # sharded strategies: the full-weights copy forward-only work runs on
         self.optimizer = None
         self.scheduler = None
         self.log: MetricsLog | None = None
@@ -257,7 +258,7 @@ class Trainer:
 
     def reference(self, keep: bool = True, temperature: float = 1.0) -> Reference:
         """The starting policy as a :class:`Reference` (see :func:`starting_reference`)."""
-        reference = starting_reference(self.model, keep, self.resumed_from is not None, self._load_start)
+        reference = starting_reference(self.forward_model, keep, self.resumed_from is not None, self._load_start)
         reference.temperature = temperature
         return reference
 
@@ -294,7 +295,7 @@ class Trainer:
             if not p.requires_grad:
                 continue
             (no_decay if p.ndim < 2 else decay).append(p)
-        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = self.strategy.optimizer_groups([{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}])
         # torch's fused AdamW kernel (CPU and CUDA): the same update in one pass over the parameters instead of
         # a Python loop of small ops (on CPU torch's default is that loop: 13.7 -> 3.0 ms per step on the
         # benchmark model). Sharded (DTensor) parameters keep the default implementation.
@@ -348,10 +349,16 @@ class Trainer:
         for i in computed:
             examples[i].update(zip(keys, rows[i]))
 
+    @property
+    def forward_model(self) -> torch.nn.Module:
+        """What forward-only work (sampling, old log-probs, a LoRA reference) runs on: the model, or under a
+        sharded strategy its full-weights replica (:meth:`Strategy.replica`), in step with every update."""
+        return self.replica if self.replica is not None else self.model
+
     def context(self, order: DataOrder | None = None, start: int = 0, stop: int = 0) -> Context:
         """The narrow view of this trainer that algorithm hooks get."""
         return Context(
-            model=self.model, tokenizer=self.tokenizer, device=self.device, strategy=self.strategy, seed=self.cfg.seed,
+            model=self.forward_model, tokenizer=self.tokenizer, device=self.device, strategy=self.strategy, seed=self.cfg.seed,
             step=self.step, batch_size=self.cfg.batch_size, micro_batch_size=self.cfg.micro_batch_size, progress=self.cfg.progress,
             train_examples=self.train_examples, eval_examples=self.eval_examples, resumed=self.resumed_from is not None,
             autocast=self.autocast, collate=self.collate, micro_batches=self.micro_batches, reference=self.reference, cache=self.cache,
@@ -416,6 +423,9 @@ class Trainer:
             lr = self.scheduler.get_last_lr()[0]
             self.optimizer.step()
             mark_updated(self.model)  # fused optimizers do not bump parameter versions; samplers mirroring the weights look here
+            if self.replica is not None:  # a collective: every process takes the same updates
+                self.strategy.sync_replica(self.model, self.replica)
+                mark_updated(self.replica)
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         return losses, metrics, grad_norm, lr
@@ -464,7 +474,7 @@ class Trainer:
         if self.strategy.is_main:
             try:
                 self._check_finite_weights(f"checkpoint-{self.step}", full_states[0] if full_states else None)
-                save_checkpoint(self.run_dir, self.step, self.model, self.tokenizer, self.optimizer, self.scheduler,
+                save_checkpoint(self.run_dir, self.step, self.forward_model, self.tokenizer, self.optimizer, self.scheduler,
                                 {**state, "nonfinite_skipped": self.nonfinite_skipped}, self.cfg.save_total_limit, self.algorithm.extra_modules(), full_states)
             except Exception as e:  # noqa: BLE001 - shared with the other processes below, then raised
                 error = e
@@ -494,12 +504,12 @@ class Trainer:
                 describe = f"{last.name} is the last complete checkpoint" if last else "no checkpoint was written"
                 facts = self.card_facts()
                 with atomic_folder(out_dir, describe) as tmp:
-                    save_policy(self.model, self.tokenizer, tmp, state_dict=full_states[0] if full_states else None)
+                    save_policy(self.forward_model, self.tokenizer, tmp, state_dict=full_states[0] if full_states else None)
                     write_model_card(tmp, out_dir, CardFacts(**{**facts.__dict__, "adapter": is_peft(self.model)}))
                 if is_peft(self.model):
                     merged = out_dir.parent / f"{out_dir.name}-merged"
                     with atomic_folder(merged, describe) as tmp:
-                        save_policy(self.model, self.tokenizer, tmp, merge_lora=True)
+                        save_policy(self.forward_model, self.tokenizer, tmp, merge_lora=True)
                         write_model_card(tmp, merged, CardFacts(**{**facts.__dict__, "merged_from": str(out_dir)}))
             except Exception as e:  # noqa: BLE001 - shared with the other processes below, then raised
                 error = e
@@ -571,6 +581,8 @@ class Trainer:
         if first and self.strategy.is_main:
             for line in batch_banner(self.batch_layout(order, total)):
                 say(line)
+        if first and (hasattr(self.algorithm, "rollout") or is_peft(self.model)):
+            self.replica = self.strategy.replica(self.model)  # before wrapping, while the weights are whole
         ctx = self.context(order, start, total)
         warn_settings(self.recipe, self.model, self.tokenizer, first and self.strategy.is_main)  # tiny-model settings on a real model
         self.algorithm.setup(ctx)  # before wrapping: the policy is the plain model here

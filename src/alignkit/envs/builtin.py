@@ -14,7 +14,7 @@ that gives a tiny model the format (:meth:`demonstration`; ``python -m alignkit.
   ``r2 + progress_bonus * (r2 - r1)`` (``r`` = 1 for a correct answer): by default (weight 0, no bonus) the
   reward is ``r2`` (SCoRe stage I, with ``rl.env.first_turn_kl`` holding turn 1 near the base); with
   ``first_turn_weight: 1`` and a bonus ``alpha`` the sum is SCoRe stage II's ``r1 + r2 + alpha (r2 - r1)``. Metrics:
-  ``turn1_correct``, ``turn2_correct``, ``delta`` (``r2 - r1``), ``fixed`` (wrong then right), ``broken``
+  ``success`` (the final answer is right: ``turn2_correct``), ``turn1_correct``, ``turn2_correct``, ``delta`` (``r2 - r1``), ``fixed`` (wrong then right), ``broken``
   (right then wrong).
 """
 
@@ -79,13 +79,15 @@ class CalculatorEnv(ToolEnvironment):
     @staticmethod
     def demonstration(row: dict[str, Any], rng: random.Random, tool_share: float = 0.5, error_rate: float = 0.3) -> list[Message]:
         """With probability ``tool_share`` a calculator call and the exact answer, else an answer from the head
-        that is off by 1 or 2 with probability ``error_rate``."""
+        that is off by 1 or 2 with probability ``error_rate``. After a call the answer is the tool's result
+        as written (``"85 ."``, no leading space, which the answer format allows): the same tokens as the
+        ``tool`` message's content, so a tiny model has to copy tokens, not map ``"85"`` to ``" 85"``."""
         prompt = str(row["prompt"])
         answer = expected_answer(row)
         if rng.random() < tool_share:
             expression = prompt.rstrip().rstrip("=").strip()
             return [{"role": "user", "content": prompt}, {"role": "assistant", "content": "", "tool_calls": [as_tool_call("calc", {"expr": expression})]},
-                    {"role": "tool", "name": "calc", "content": format_number(answer)}, {"role": "assistant", "content": _say(answer)}]
+                    {"role": "tool", "name": "calc", "content": format_number(answer)}, {"role": "assistant", "content": f"{format_number(answer)} ."}]
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": _say(_noisy(answer, rng, error_rate))}]
 
 
@@ -184,7 +186,8 @@ class SelfCorrectionEnv(Environment):
     def metrics(self) -> dict[str, float]:
         r1 = self.correct[0] if self.correct else 0.0
         r2 = self.correct[1] if len(self.correct) > 1 else 0.0
-        return {"turn1_correct": r1, "turn2_correct": r2, "delta": r2 - r1, "fixed": float(r1 == 0 and r2 == 1), "broken": float(r1 == 1 and r2 == 0)}
+        return {"success": r2, "turn1_correct": r1, "turn2_correct": r2, "delta": r2 - r1, "fixed": float(r1 == 0 and r2 == 1),
+                "broken": float(r1 == 1 and r2 == 0)}
 
     @staticmethod
     def demonstration(row: dict[str, Any], rng: random.Random, error_rate: float = 0.3, keep: float = 0.5) -> list[Message]:

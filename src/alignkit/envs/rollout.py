@@ -49,7 +49,7 @@ class Limits:
     max_turns: int = 4
     max_tokens: int = 256
     reward: str = "sum"  # sum of every turn's reward, or the last turn's ("final")
-    tools: Sequence[str] | None = None  # replaces the environment's own tools
+    tools: Sequence[str] | None = None  # replaces the environment's own tools (described and run; [] : none)
     describe_tools: bool = True  # show the tools' JSON schemas to the policy
     truncated_reward: float | None = None  # the reward of a truncated trajectory (None: what its turns earned)
 
@@ -58,6 +58,12 @@ class Limits:
             raise ValueError(f"reward: got {self.reward!r}; allowed: {', '.join(REWARD_MODES)}")
         if self.max_turns < 1 or self.max_tokens < 2:
             raise ValueError("max_turns must be >= 1 and max_tokens >= 2")
+        if self.tools is not None:
+            from .tools import TOOLS
+
+            for name in self.tools:
+                if name not in TOOLS:
+                    raise ValueError("rl.env.tools: " + TOOLS.unknown(name))
 
 
 @dataclass
@@ -215,7 +221,9 @@ def _start(index: int, row: dict[str, Any], make_env, limits: Limits, tokenizer,
         env = make_env()
         messages = list(env.reset(dict(row)))
         _check_messages(messages, "reset")
-        names = tuple(limits.tools) if limits.tools is not None else tuple(getattr(env, "tools", ()))
+        if limits.tools is not None:  # the tools offered are the tools that run (a ToolEnvironment answers others "unknown tool")
+            env.tools = tuple(limits.tools)
+        names = tuple(getattr(env, "tools", ()))
         key = names if limits.describe_tools else ()
         if key not in renderers:
             renderers[key] = Renderer(tokenizer, tool_schemas(key) if key else None)

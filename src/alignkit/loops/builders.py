@@ -13,7 +13,10 @@ the trained algorithm's record kind:
 
 With ``iterate.opponent`` ``reference`` or ``mixture`` a group also holds the opponent's samples (after the
 policy's K; their indices in ``group.extra["opponents"]``): ``vs_opponent`` and ``win_rate_vs_opponent``
-compare the policy's samples with them (online DPO / XPO, Nash-MD).
+compare the policy's samples with them (online DPO / XPO, Nash-MD). With ``iterate.teacher`` (``use: pool``)
+the teacher's completions come last (indices in ``group.extra["teacher"]``): the score builders may pick
+them like any sample; the opponent builders and ``soft_pairs`` (``among: policy``) leave them out of the
+policy's side.
 
 Scores may be ``None`` (the judge could not score the sample: an unparseable LLM-judge answer, an empty
 completion); builders leave those samples out, and the loop counts them in the round's stats. Ties carry
@@ -229,7 +232,8 @@ def _opponents(group: Group, name: str) -> tuple[list[int], list[int]]:
     opponents = group.extra.get("opponents")
     if not opponents:
         raise ValueError(f"builder {name!r} compares the policy's samples with an opponent's: set iterate.opponent=reference or mixture")
-    return [i for i in range(len(group.completions)) if i not in opponents], list(opponents)
+    teacher = set(group.extra.get("teacher") or ())
+    return [i for i in range(len(group.completions)) if i not in opponents and i not in teacher], list(opponents)
 
 
 def _preference(group: Group, i: int, j: int, temperature: float) -> float | None:
@@ -286,7 +290,8 @@ def soft_pairs(group: Group, rng: random.Random, among: str = "all", temperature
     opponents = set(group.extra.get("opponents") or ())
     if among == "opponent" and not opponents:
         _opponents(group, "soft_pairs")  # names the setting
-    idx = [i for i in group.scored() if among == "all" or (i in opponents) == (among == "opponent")]
+    teacher = set(group.extra.get("teacher") or ())
+    idx = [i for i in group.scored() if among == "all" or (i not in teacher and (i in opponents) == (among == "opponent"))]
     out = []
     for a in range(len(idx)):
         for b in range(a + 1, len(idx)):

@@ -6,7 +6,9 @@ loaded once; every round's ``fit`` continues the same model object, AdamW moment
 
 1. **sample** K completions for each of the round's prompts from the live policy (``alignkit.rollout.generate``
    with the held engine); sample ``j`` of the prompt with pool index ``i`` draws from the stream named by
-   (``seed + round``, job id ``i * K + j``), so the samples do not depend on batch sizes;
+   (``seed + round``, job id ``i * K + j``), so the samples do not depend on batch sizes; with ``iterate.opponent``
+   the opponent's samples, and with ``iterate.teacher`` a teacher model's completions, join each prompt's group
+   (``teacher.use: pool``) or give its chosen side (``use: chosen``);
 2. **judge** them in batches (:mod:`alignkit.loops.judges`); empty completions get no score;
 3. **build** rows of the algorithm's record kind (:mod:`alignkit.loops.builders`) and load them through the
    normal data path (``trainer.load_examples(rows, "train")``);
@@ -89,6 +91,7 @@ class LoopTrainer(Trainer):
 
 
 OPPONENT_JOBS = 1 << 40  # job-id offset of the opponent's samples: streams of their own
+TEACHER_JOBS = 2 << 40  # job-id offset of the teacher's samples
 
 
 def round_seed(seed: int, round_index: int) -> int:
@@ -116,6 +119,9 @@ class IterativeLoop:
         self.seed = recipe.train.seed if cfg.seed is None else cfg.seed
         self.progress = recipe.train.progress
         self.task = get_task(recipe.task)
+        self.teacher_chosen = cfg.teacher is not None and cfg.teacher.use == "chosen"
+        if cfg.teacher is not None:
+            self._check_teacher()
         self.pool = self._prompt_pool()
         passes = 2 if cfg.update == "extragradient" else 1
         self.trainer = LoopTrainer(recipe, self.algorithm, schedule_steps=cfg.rounds * cfg.steps_per_round * passes)
@@ -148,6 +154,12 @@ class IterativeLoop:
         if self.builder.needs_scores and self.judge.name == "none":
             raise ValueError(f"iterate.builder {cfg.builder!r} needs scores; iterate.judge is none")
         self.engine = build_rollout_engine(cfg.backend, model, self.trainer.tokenizer, vllm_options=recipe.rl.sampling.vllm)
+        self.teacher = self.teacher_tokenizer = None
+        if cfg.teacher is not None:
+            from ..models.loading import load_policy_for_inference, load_tokenizer
+
+            self.teacher = frozen(load_policy_for_inference(cfg.teacher.path)).to(next(model.parameters()).device)  # where the policy is
+            self.teacher_tokenizer = load_tokenizer(cfg.teacher.path)
         self.rounds_dir = Path(self.trainer.run_dir) / "rounds"
         self.rounds_dir.mkdir(parents=True, exist_ok=True)
         self.history: list[dict[str, Any]] = []
@@ -159,6 +171,17 @@ class IterativeLoop:
             self._restore()
 
     # ----------------------------------------------------------------------------------------------
+    def _check_teacher(self) -> None:
+        """``iterate.teacher``: ``pool`` needs a builder that reads scores (it picks among the judged samples);
+        ``chosen`` needs a builder that takes each prompt's given completion as the chosen side (``spin``)."""
+        teacher, builder = self.cfg.teacher, self.cfg.builder
+        if teacher.use == "pool" and not self.builder.needs_scores:
+            raise ValueError(f"iterate.teacher.use=pool: builder {builder!r} reads no scores, so it cannot pick the teacher's completion; "
+                             "use a scoring builder (best_vs_worst, all_pairs, ...) or iterate.teacher.use=chosen with builder spin")
+        if teacher.use == "chosen" and not (self.builder.needs_real and not self.builder.needs_pairs):
+            raise ValueError(f"iterate.teacher.use=chosen takes the teacher's completion as the chosen side of builder spin, not {builder!r}; "
+                             "with a scoring builder use iterate.teacher.use=pool")
+
     def _prompt_pool(self) -> list[tuple[Any, str | None]]:
         """(prompt, real completion or None) for every prompt the run samples."""
         cfg = self.cfg
@@ -175,7 +198,7 @@ class IterativeLoop:
             records = task_rows(self.task, "pair", n, "train", self.recipe.task)
             rows = [(r["prompt"], r["chosen"]) for r in records]
             self.pool_rejected = [r["rejected"] for r in records][:n]
-        elif self.builder.needs_real:
+        elif self.builder.needs_real and not self.teacher_chosen:
             rows = [(r["prompt"], r["completion"]) for r in self.task.sft_rows(n, "train")]
         else:
             rows = [(p, None) for p in self.task.prompts(n, "train")]
@@ -216,6 +239,16 @@ class IterativeLoop:
         finally:
             model.train(was_training)
 
+    def sample_teacher(self, r: int, prompts: list[Any], first_index: int):
+        """The teacher's completions of the prompts (``iterate.teacher.samples`` each; greedy, or sampled on streams
+        of their own: job ids offset by 2^41), decoded with the teacher's own tokenizer."""
+        t = self.cfg.teacher
+        m = 1 if t.use == "chosen" else t.samples
+        job_ids = [TEACHER_JOBS + (first_index + i) * m + j for i in range(len(prompts)) for j in range(m)]
+        return generate(self.teacher, self.teacher_tokenizer, prompts, n=m, max_new_tokens=t.max_new_tokens or self.cfg.max_new_tokens,
+                        temperature=t.temperature, top_p=t.top_p, greedy=t.greedy, batch_size=self.cfg.generation_batch_size,
+                        seed=round_seed(self.seed, r), job_ids=job_ids, progress=self.progress)
+
     def evaluate(self, name: str) -> dict[str, Any] | None:
         """Gold reward (± s.e.) and KL to the starting model on the task's held-out prompts."""
         cfg, model = self.cfg, self.trainer.model
@@ -250,6 +283,16 @@ class IterativeLoop:
             other = self.sample_opponents(r, prompts, lo)
             members = [group + other[i * m : (i + 1) * m] for i, group in enumerate(members)]
             opponents = list(range(k, k + m))
+        teacher: list[int] = []
+        if cfg.teacher is not None:
+            taught = self.sample_teacher(r, prompts, lo)
+            if self.teacher_chosen:  # the teacher's completion is the prompt's given (chosen) completion
+                rows = [(p, t.completion) for (p, _), t in zip(rows, taught)]
+            else:  # the teacher's completions join the group after the policy's (and the opponent's)
+                t = cfg.teacher.samples
+                first = len(members[0]) if members else k
+                members = [group + taught[i * t : (i + 1) * t] for i, group in enumerate(members)]
+                teacher = list(range(first, first + t))
         groups = [[s.completion for s in group] for group in members]
         t1 = time.perf_counter()
         judgement = self.judge.judge(prompts, groups)
@@ -270,6 +313,8 @@ class IterativeLoop:
             extra = {"preferences": judgement.preferences[i]} if judgement.preferences is not None else {}
             if opponents:
                 extra["opponents"] = opponents
+            if teacher:
+                extra["teacher"] = teacher
             if self.pool_rejected:
                 extra["real_rejected"] = self.pool_rejected[lo + i]
             if judgement.consistency is not None:
@@ -303,7 +348,7 @@ class IterativeLoop:
                 else:
                     built.append({"prompt": prompt, "completion": texts[0]})
                     roles[i][item[0]].append("sft")
-        self._write_provenance(r, step0, lo, rows, members, scores, judgement, roles, real_roles)
+        self._write_provenance(r, step0, lo, rows, members, scores, judgement, roles, real_roles, len(members[0]) - len(teacher) if members else k)
         judged = [s for g in scores for s in g if s is not None]
         info = {
             "round": r, "policy_step_start": step0, "prompts": len(prompts), "samples": sum(map(len, members)),
@@ -435,19 +480,22 @@ class IterativeLoop:
             self.pending = {"round": state["round"], "step": state["step"], "info": json.loads(lines[0])["info"], "built": [json.loads(x) for x in lines[1:]]}
         say(f"resumed at round {self.first_round + 1} (trainer step {step})", self.trainer.strategy.is_main)
 
-    def _write_provenance(self, r, step0, lo, rows, members, scores, judgement, roles, real_roles) -> None:
+    def _write_provenance(self, r, step0, lo, rows, members, scores, judgement, roles, real_roles, first_teacher) -> None:
+        """One row per sample; ``source``: policy, the opponent (reference / mixture), teacher, or the data's (data,
+        data_rejected; with ``iterate.teacher.use: chosen`` the prompt's given completion is the teacher's)."""
         if not self.trainer.strategy.is_main:
             return
         k = self.cfg.samples_per_prompt
+        given = "teacher" if self.teacher_chosen else "data"
         with open(self.rounds_dir / f"round-{r}.jsonl", "w") as f:
             for i, (prompt, real) in enumerate(rows):
-                data = [(real, "data", REAL)] + ([(self.pool_rejected[lo + i], "data_rejected", REAL_REJECTED)] if self.pool_rejected else [])
+                data = [(real, given, REAL)] + ([(self.pool_rejected[lo + i], "data_rejected", REAL_REJECTED)] if self.pool_rejected else [])
                 for text, source, index in data:
                     if text is not None:
                         f.write(json.dumps({"round": r, "policy_step": step0, "prompt_index": lo + i, "sample": None, "source": source, "prompt": prompt,
                                             "completion": text, "used_as": real_roles[i][index]}) + "\n")
                 for j, s in enumerate(members[i]):
-                    source = "policy" if j < k else self.cfg.opponent
+                    source = "policy" if j < k else self.cfg.opponent if j < first_teacher else "teacher"
                     row = {"round": r, "policy_step": step0, "prompt_index": lo + i, "sample": j, "source": source, "prompt": prompt,
                            "completion": s.completion, "tokens": len(s.completion_ids), "finished": s.finished, "judge": self.judge.name,
                            "score": scores[i][j], "used_as": roles[i][j]}

@@ -13,6 +13,9 @@ says what the sum is made of.
 * :func:`ratio_flags` (CUT's detection rule): token ``t`` is flagged when the judgment makes it *more*
   likely, ``π(y_t | x, j, y_<t) > λ π(y_t | x, y_<t)``, i.e. ``log π_j − log π > log λ``: the judgment
   explains it.
+* :func:`span_cross_entropy` (Text2Grad, Wang et al. 2025): a span reward model's per-token 3-class loss
+  ``−Σ_t log softmax(z_t)[ℓ_t + 1]`` with ``ℓ_t ∈ {−1, 0, +1}`` (bad, neutral, good);
+  :func:`expected_label` its token reward ``p_good − p_bad``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["cut_loss", "ratio_flags", "unlikelihood", "weighted_nll"]
+__all__ = ["cut_loss", "expected_label", "ratio_flags", "span_cross_entropy", "unlikelihood", "weighted_nll"]
 
 
 def weighted_nll(logp: Tensor, mask: Tensor, weights: Tensor) -> Tensor:
@@ -54,3 +57,23 @@ def ratio_flags(logp_judged: Tensor, logp_plain: Tensor, ratio_lambda: float) ->
     if not ratio_lambda > 0:
         raise ValueError(f"ratio_lambda must be positive, got {ratio_lambda}")
     return (logp_judged.detach() - logp_plain.detach()) > math.log(ratio_lambda)
+
+
+def span_cross_entropy(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+    """Per-sequence sums of ``−log softmax(logits)[label + 1]`` over ``mask``: ``logits [B, T, 3]`` (bad,
+    neutral, good), ``labels [B, T]`` in {−1, 0, +1} (read only where ``mask``)."""
+    if logits.shape[-1] != 3:
+        raise ValueError(f"span logits need 3 classes (bad, neutral, good), got {logits.shape[-1]}")
+    logp = torch.log_softmax(logits.float(), -1)
+    valid = mask.to(torch.bool)
+    index = torch.where(valid, labels.long() + 1, torch.ones_like(labels, dtype=torch.long))
+    if ((index < 0) | (index > 2)).any():
+        raise ValueError("span labels must be -1, 0 or +1")
+    picked = logp.gather(-1, index[..., None])[..., 0]
+    return -torch.where(valid, picked, torch.zeros_like(picked)).sum(-1)
+
+
+def expected_label(logits: Tensor) -> Tensor:
+    """``p_good − p_bad`` per position from ``[..., 3]`` logits: the span reward model's token reward, in [−1, 1]."""
+    p = torch.softmax(logits.float(), -1)
+    return p[..., 2] - p[..., 0]

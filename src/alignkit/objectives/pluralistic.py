@@ -25,11 +25,16 @@ function                        formula
                                 data): the batch mean of ``w_i ℓ_i`` estimates ``Σ_g α_g L_g``
 :func:`modpo_logits`            MODPO: ``(β / w_k) h − (1 / w_k) m``, ``h`` the DPO log-ratio margin and
                                 ``m = w_{−k}ᵀ (r_{−k}(y_w) − r_{−k}(y_l))`` the other objectives' margin
+:func:`brme_head_losses`        BRME head ``k`` on a pair: ``−log σ(μ_k(c) + σ_k(c) ε_c − μ_k(r) − σ_k(r) ε_r)``
+                                ``+ λ_p Σ_y KL(N(μ_k(y), σ_k(y)²) ‖ N(0, s²))`` (reparameterised draw)
+:func:`brme_reward`             ``λ μ_{argmin_k σ_k} + (1 − λ) min_k μ_k`` (robust), or ``min``, ``mean``,
+                                ``nominal``, ``mean_minus_std``
 ==============================  ====================================================================
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -52,6 +57,10 @@ __all__ = [
     "group_robust_weights",
     "modpo_logits",
     "GroupWeights",
+    "BRME_REDUCTIONS",
+    "gaussian_kl_to_prior",
+    "brme_head_losses",
+    "brme_reward",
 ]
 
 
@@ -238,3 +247,59 @@ class GroupWeights:
         self.sums.zero_()
         self.counts.zero_()
         return self.alpha
+
+
+# --------------------------------------------------------------------------------------------------
+# BRME: a Bayesian multi-head reward ensemble and its robust (worst-case) reward
+# --------------------------------------------------------------------------------------------------
+BRME_REDUCTIONS = ("robust", "nominal", "min", "mean", "mean_minus_std")
+
+
+def gaussian_kl_to_prior(mu: Tensor, log_std: Tensor, prior_std: float = 1.0) -> Tensor:
+    """``KL(N(μ, σ²) ‖ N(0, s²)) = log(s / σ) + (σ² + μ²) / (2 s²) − ½`` elementwise (``σ = exp(log_std)``)."""
+    if prior_std <= 0:
+        raise ValueError(f"brme: the prior std must be > 0, got {prior_std}")
+    var = torch.exp(2.0 * log_std)
+    return math.log(prior_std) - log_std + (var + mu**2) / (2.0 * prior_std**2) - 0.5
+
+
+def brme_head_losses(mu_c: Tensor, log_std_c: Tensor, mu_r: Tensor, log_std_r: Tensor, noise_c: Tensor, noise_r: Tensor,
+                     prior_std: float = 1.0, prior_weight: float = 0.0) -> Tensor:
+    """``[B, K]``: each head's loss on each pair. Head ``k`` says the reward of ``y`` is ``N(μ_k(y), σ_k(y)²)``;
+    a reward is drawn by reparameterisation, ``r̃ = μ + σ ε``, and scored by Bradley–Terry, plus the prior term
+    ``λ_p [KL(N(μ_k(c), σ_k(c)²) ‖ N(0, s²)) + KL(N(μ_k(r), σ_k(r)²) ‖ N(0, s²))]``::
+
+        ℓ_k = −log σ(μ_k(c) + σ_k(c) ε_c − μ_k(r) − σ_k(r) ε_r) + λ_p (KL_c + KL_r)
+
+    ``noise_*`` are the ε draws (zeros: the mean rewards). All tensors ``[B, K]``."""
+    r_c = mu_c + torch.exp(log_std_c) * noise_c
+    r_r = mu_r + torch.exp(log_std_r) * noise_r
+    losses = -F.logsigmoid(r_c - r_r)
+    if prior_weight:
+        losses = losses + prior_weight * (gaussian_kl_to_prior(mu_c, log_std_c, prior_std) + gaussian_kl_to_prior(mu_r, log_std_r, prior_std))
+    return losses
+
+
+def brme_reward(mu: Tensor, log_std: Tensor, mode: str = "robust", lam: float = 0.5) -> Tensor:
+    """``[N]`` reward from the heads' means ``μ [N, K]`` and log-stds ``[N, K]``:
+
+    * ``robust``: ``λ r_nominal + (1 − λ) min_k μ_k`` (Reward-Robust RLHF's objective), where the nominal
+      reward is the mean of the most confident head, ``μ_{k*}`` with ``k* = argmin_k σ_k`` (per sample);
+    * ``nominal``: ``μ_{k*}``; ``min``: ``min_k μ_k`` (the worst case alone); ``mean``: ``mean_k μ_k``;
+    * ``mean_minus_std``: ``mean_k μ_k − λ std_k μ_k`` (population std over the heads)."""
+    if mu.shape != log_std.shape or mu.ndim != 2:
+        raise ValueError(f"brme_reward: mu and log_std must both be [N, K], got {tuple(mu.shape)} and {tuple(log_std.shape)}")
+    if mode in ("robust", "nominal"):
+        nominal = mu.gather(-1, log_std.argmin(-1, keepdim=True)).squeeze(-1)
+        if mode == "nominal":
+            return nominal
+        if not 0.0 <= lam <= 1.0:
+            raise ValueError(f"brme_reward: robust needs lam in [0, 1] (the nominal reward's weight), got {lam}")
+        return lam * nominal + (1.0 - lam) * mu.min(-1).values
+    if mode == "min":
+        return mu.min(-1).values
+    if mode == "mean":
+        return mu.mean(-1)
+    if mode == "mean_minus_std":
+        return mu.mean(-1) - lam * mu.std(-1, unbiased=False)
+    raise KeyError(f"unknown brme reduction {mode!r}; allowed: {', '.join(BRME_REDUCTIONS)}")

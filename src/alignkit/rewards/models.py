@@ -138,8 +138,12 @@ def load_any_reward_model(path: str | Path, model_config: Any = None):
         model = MultiObjectiveRewardModel.from_pretrained(path, model_config)
     elif reward_type_of(path) == "process":
         model = load_reward_model(path, model_config, token_level=True)
+    elif reward_type_of(path) == "spans":  # Text2Grad: bad / neutral / good logits per token
+        model = load_reward_model(path, model_config, num_labels=3, token_level=True)
     elif reward_type_of(path) == "mixture":  # K reward heads, one per user cluster (MaxMin-RLHF; docs/pluralistic.md)
         model = load_reward_model(path, model_config, num_labels=int(json.loads((Path(path) / "config.json").read_text())["components"]))
+    elif reward_type_of(path) == "brme":  # K Gaussian heads: K means then K log-stds (rewards/brme.py)
+        model = load_reward_model(path, model_config, num_labels=2 * int(json.loads((Path(path) / "config.json").read_text())["heads"]))
     else:
         model = load_reward_model(path, model_config)
     return model.eval()

@@ -125,7 +125,7 @@ class RewardModelSource(_ModelBacked):
         kind = getattr(self.model.config, "reward_type", "scalar")
         if kind == "preference":
             raise ValueError(f"{path} is a pairwise preference model; use type: preference")
-        if kind in ("multi_objective", "process"):
+        if kind in ("multi_objective", "process", "brme", "context", "principles"):
             raise ValueError(f"{path} is a {kind} reward model; load it with build_reward_source")
 
     def score_members(self, prompts, completions, *, progress: bool = False, **context: Any) -> Tensor:
@@ -494,7 +494,7 @@ def check_reward_spec(spec: Any, what: str = "reward") -> None:
     if not isinstance(spec, dict):
         raise ValueError(f"{what}: expected a string or a mapping, got {type(spec).__name__}")
     kind = spec.get("type") or ("function" if "function" in spec else "model" if "path" in spec else None)
-    if kind in ("model", "preference", "multi_objective", "process"):
+    if kind in ("model", "preference", "multi_objective", "process", "spans"):
         if "path" not in spec:
             raise ValueError(f"{what}: a {kind} reward source needs a path")
         check_reward_folder(spec["path"], f"{what}.path")
@@ -507,7 +507,7 @@ def check_reward_spec(spec: Any, what: str = "reward") -> None:
         for i, item in enumerate(spec.get("sources") or []):
             check_reward_spec(item["source"] if isinstance(item, dict) and "source" in item else item, f"{what}.sources[{i}]")
     elif kind != "gold":
-        raise ValueError(f"{what}: unknown type {kind!r}; allowed: model, preference, multi_objective, process, function, gold, ensemble, combine")
+        raise ValueError(f"{what}: unknown type {kind!r}; allowed: model, preference, multi_objective, process, spans, function, gold, ensemble, combine")
 
 
 def _model_source(path: str | Path, spec: dict[str, Any]) -> RewardSource:
@@ -527,6 +527,18 @@ def _model_source(path: str | Path, spec: dict[str, Any]) -> RewardSource:
         return MultiObjectiveRewardSource(path, attribute=spec.get("attribute"), **options)
     if kind == "process":
         return ProcessRewardSource(path, aggregate=spec.get("aggregate"), step_split=spec.get("step_split"), **options)
+    if kind == "spans":  # Text2Grad's span reward model: token-level rewards (rewards/spans.py)
+        from .spans import SpanRewardSource
+
+        return SpanRewardSource(path, token_level=spec.get("token_level", True), **options)
+    if kind == "brme":  # K Gaussian heads reduced to a robust reward (rewards/brme.py, docs/pluralistic.md)
+        from .brme import BRMERewardSource
+
+        return BRMERewardSource(path, reduce=spec.get("reduce", "robust"), lam=spec.get("lam", 0.5), **options)
+    if kind in ("context", "principles"):  # r(condition, x, y) (rewards/conditioned.py)
+        from .conditioned import ConditionedRewardSource
+
+        return ConditionedRewardSource(path, condition=spec.get(kind), key=spec.get("key"), **options)
     return RewardModelSource(path, reduce=spec.get("reduce", "mean"), lam=spec.get("lam", 1.0), **options)
 
 
@@ -550,7 +562,7 @@ def build_reward_source(spec: str | dict[str, Any] | RewardSource) -> RewardSour
     kind = spec.get("type")
     if kind is None:
         kind = "function" if "function" in spec else "model" if "path" in spec else None
-    if kind in ("model", "preference", "multi_objective", "process"):
+    if kind in ("model", "preference", "multi_objective", "process", "spans"):
         return _model_source(spec["path"], spec)
     if kind == "function":
         return FunctionSource(spec.get("function") or spec["path"], spec.get("kwargs"), spec.get("name"))
@@ -571,4 +583,4 @@ def build_reward_source(spec: str | dict[str, Any] | RewardSource) -> RewardSour
                 weights.append(1.0)
                 refs.append(0.0)
         return CombinedSource(sources, weights, spec.get("transform", "none"), refs, spec.get("params"))
-    raise ValueError(f"reward source: unknown type {kind!r}; allowed: model, preference, multi_objective, process, function, gold, ensemble, combine")
+    raise ValueError(f"reward source: unknown type {kind!r}; allowed: model, preference, multi_objective, process, spans, function, gold, ensemble, combine")

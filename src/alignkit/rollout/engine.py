@@ -31,7 +31,7 @@ from ..core.registry import Registry
 
 ENGINES: Registry[type["RolloutEngine"]] = Registry("generation backend")
 
-BACKENDS = ("auto", "alignkit", "hf", "vllm")
+BACKENDS = ("auto", "alignkit", "hf", "vllm", "vllm_server")
 
 
 @dataclass
@@ -42,6 +42,8 @@ class Sample:
     completion_ids: list[int]
     finished: bool
     logprobs: list[float] | None = None  # per completion token (None: hf backend); see docs/rollout.md
+    version: int | None = None  # the policy version (training step) whose weights drew the first token; None: not tracked (docs/scale.md)
+    resumed: int = 0  # times decoding continued from this sample's prefix under newer weights (partial rollouts)
 
 
 @dataclass(frozen=True)
@@ -308,7 +310,7 @@ def copy_named_tensors(model: torch.nn.Module, named_tensors: Iterable[tuple[str
 
 def _registered() -> None:
     """Import the built-in backends so that they are registered."""
-    from . import hf, local, vllm  # noqa: F401
+    from . import hf, local, vllm, vllm_server  # noqa: F401
 
 
 def engine_names() -> list[str]:
@@ -346,6 +348,6 @@ def build_rollout_engine(name: str, model, tokenizer, *, vllm_options=None, **op
     others, so a caller can pass its recipe's ``rl.sampling.vllm`` whatever ``"auto"`` resolves to. The caller
     holds the engine and closes it."""
     resolved = resolve_backend(name, model)
-    if resolved == "vllm" and vllm_options is not None:
+    if resolved in ("vllm", "vllm_server") and vllm_options is not None:
         options.setdefault("options", vllm_options)
     return ENGINES.get(resolved)(model, tokenizer, **options)

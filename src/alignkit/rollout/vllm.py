@@ -141,8 +141,26 @@ def _check_cpu_head_size(config) -> None:
                          f"'alignkit', or a model with a supported head size{hint}")
 
 
+class PolicySync:
+    """Weight sync of an engine that holds its own copy of the policy (colocated vLLM, a vLLM server):
+    ``update_weights(named tensors)`` is the engine's; ``synced`` is the (model, weights version) last sent."""
+
+    synced: tuple | None = None
+
+    def sync(self, model: nn.Module) -> None:
+        """Copy the policy's current weights (LoRA merged) into the engine's model."""
+        version = (id(_inner(model)), weights_version(model))
+        self.update_weights(policy_weights(model))
+        self.synced = version
+
+    def update_from(self, model: nn.Module) -> None:
+        """:meth:`sync` when ``model``'s weights changed since the last sync (or it is another model)."""
+        if (id(_inner(model)), weights_version(model)) != self.synced:
+            self.sync(model)
+
+
 @ENGINES.register("vllm")
-class VLLMEngine(RolloutEngine):
+class VLLMEngine(PolicySync, RolloutEngine):
     """One vLLM ``LLM`` mirroring a policy. Built with the policy's weights; :meth:`update_from` re-syncs
     them when they changed, :meth:`update_weights` loads given ``(name, tensor)`` pairs."""
 
@@ -163,37 +181,13 @@ class VLLMEngine(RolloutEngine):
         self.device = param.device
         if self.device.type == "cpu":
             _check_cpu_head_size(config)
-        self._folder = tempfile.TemporaryDirectory(prefix="alignkit-vllm-")
-        config.save_pretrained(self._folder.name)
-        self._fix_config(self._folder.name)
-        kwargs: dict[str, Any] = dict(
-            model=self._folder.name, skip_tokenizer_init=True, load_format="dummy", dtype=str(param.dtype).removeprefix("torch."),
-            seed=seed, enforce_eager=self.options.enforce_eager, enable_prefix_caching=self.options.enable_prefix_caching,
-            logprobs_mode="processed_logprobs", trust_remote_code=False, disable_log_stats=True,
-        )
-        if self.options.max_model_len:
-            kwargs["max_model_len"] = self.options.max_model_len
-        if self.options.kv_cache_gb is not None:
-            kwargs["kv_cache_memory_bytes"] = int(self.options.kv_cache_gb * 2**30)
-        elif self.device.type == "cuda":
-            kwargs["gpu_memory_utilization"] = self.options.gpu_memory_utilization
-        elif not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
-            # vLLM-CPU would otherwise size its KV cache as a share of all RAM (90% by default)
-            kwargs["kv_cache_memory_bytes"] = int(CPU_KV_CACHE_GB * 2**30)
+        self._folder = config_folder(config)
+        kwargs = llm_kwargs(self._folder.name, str(param.dtype).removeprefix("torch."), self.options, seed, self.device.type)
         with _PreservedRNG():
             self.llm = LLM(**kwargs)
         self.synced: tuple | None = None
         self.syncs = 0
         self.sync(model)
-
-    @staticmethod
-    def _fix_config(folder: str) -> None:
-        """vLLM reads ``torch_dtype``/``dtype`` and the architecture from config.json; keep only what it needs."""
-        path = os.path.join(folder, "config.json")
-        data = json.loads(open(path).read())
-        data.pop("auto_map", None)  # never load code from a config alignkit wrote itself
-        with open(path, "w") as f:
-            f.write(json.dumps(data))
 
     # ---- weights ---------------------------------------------------------------------------------
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -207,55 +201,20 @@ class VLLMEngine(RolloutEngine):
         self.synced = None
         self.syncs += 1
 
-    def sync(self, model: nn.Module) -> None:
-        """Copy the policy's current weights (LoRA merged) into vLLM's model."""
-        version = (id(_inner(model)), weights_version(model))
-        self.update_weights(policy_weights(model))
-        self.synced = version
-
-    def update_from(self, model: nn.Module) -> None:
-        """:meth:`sync` when ``model``'s weights changed since the last sync (or it is another model)."""
-        if (id(_inner(model)), weights_version(model)) != self.synced:
-            self.sync(model)
-
-    sync_if_changed = update_from
+    sync_if_changed = PolicySync.update_from
 
     # ---- generation ------------------------------------------------------------------------------
     def _generate_batch(self, jobs: list[Job], job_ids: list[int], n: int, sampling: Sampling) -> list[Sample]:
         truncating = not sampling.greedy and (sampling.top_p < 1.0 or 0 < sampling.top_k)
         prompts = [jobs[i] for i in range(0, len(jobs), n)]  # jobs are prompt-major: n consecutive jobs per prompt
-        outputs = self._vllm_generate([ids for _, ids in prompts], n, sampling, want_logprobs=sampling.truncated_logprobs or not truncating)
+        keys = job_ids[::n]  # each request's seed follows its first job's id, not its place in this call
+        outputs = self._vllm_generate([ids for _, ids in prompts], n, sampling, want_logprobs=sampling.truncated_logprobs or not truncating, keys=keys)
         return [self._sample(job, completion, finished, logprobs) for job, (completion, finished, logprobs) in zip(jobs, outputs)]
 
     def _vllm_generate(self, prompt_ids: list[list[int]], n: int, sampling: Sampling,
-                       want_logprobs: bool) -> list[tuple[list[int], bool, list[float] | None]]:
+                       want_logprobs: bool, keys: list[int] | None = None) -> list[tuple[list[int], bool, list[float] | None]]:
         """``n`` completions per prompt (prompt-major order): (token ids incl. the stop token, finished, log-probs)."""
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
-        greedy, seed, stops = sampling.greedy, sampling.seed, self.stops
-        if greedy and n > 1:  # vLLM takes n = 1 for greedy requests: one request per sample (same output each)
-            prompt_ids, n = [ids for ids in prompt_ids for _ in range(n)], 1
-        params = []
-        for i in range(len(prompt_ids)):
-            # per-request seeds make the draws reproducible and independent of batching
-            params.append(SamplingParams(
-                n=n, temperature=0.0 if greedy else sampling.temperature, top_p=1.0 if greedy else sampling.top_p,
-                top_k=0 if greedy else sampling.top_k, max_tokens=sampling.max_new_tokens, stop_token_ids=list(stops),
-                seed=None if seed is None or greedy else seed * 1000003 + i,
-                logprobs=0 if want_logprobs else None, detokenize=False, skip_special_tokens=False,
-            ))
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
-        results = []
-        for request in outputs:
-            for out in sorted(request.outputs, key=lambda o: o.index):
-                ids = list(out.token_ids)
-                finished = bool(ids) and ids[-1] in stops
-                logprobs = None
-                if want_logprobs and out.logprobs is not None:
-                    logprobs = [step[token].logprob for step, token in zip(out.logprobs, ids)]
-                results.append((ids, finished, logprobs))
-        return results
+        return vllm_generate(self.llm, prompt_ids, n, sampling, list(self.stops), want_logprobs, keys)
 
     # ---- resources -------------------------------------------------------------------------------
     def release(self) -> None:
@@ -286,3 +245,70 @@ class VLLMEngine(RolloutEngine):
         folder = getattr(self, "_folder", None)
         if folder is not None:
             folder.cleanup()
+
+
+def config_folder(config) -> tempfile.TemporaryDirectory:
+    """A private temporary folder holding ``config`` as the config.json vLLM starts from (dummy weights)."""
+    folder = tempfile.TemporaryDirectory(prefix="alignkit-vllm-")
+    config.save_pretrained(folder.name)
+    path = os.path.join(folder.name, "config.json")
+    data = json.loads(open(path).read())
+    data.pop("auto_map", None)  # never load code from a config alignkit wrote itself
+    with open(path, "w") as f:
+        f.write(json.dumps(data))
+    return folder
+
+
+def llm_kwargs(folder: str, dtype: str, options, seed: int, device_type: str) -> dict[str, Any]:
+    """The ``vllm.LLM`` arguments of an engine on a config folder: dummy weights (the policy's are copied in),
+    token ids in and out, log-probs of the distribution each token was drawn from, the KV-cache size."""
+    kwargs: dict[str, Any] = dict(
+        model=folder, skip_tokenizer_init=True, load_format="dummy", dtype=dtype,
+        seed=seed, enforce_eager=options.enforce_eager, enable_prefix_caching=options.enable_prefix_caching,
+        logprobs_mode="processed_logprobs", trust_remote_code=False, disable_log_stats=True,
+    )
+    if options.max_model_len:
+        kwargs["max_model_len"] = options.max_model_len
+    if options.kv_cache_gb is not None:
+        kwargs["kv_cache_memory_bytes"] = int(options.kv_cache_gb * 2**30)
+    elif device_type == "cuda":
+        kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization
+    elif not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        # vLLM-CPU would otherwise size its KV cache as a share of all RAM (90% by default)
+        kwargs["kv_cache_memory_bytes"] = int(CPU_KV_CACHE_GB * 2**30)
+    return kwargs
+
+
+def vllm_generate(llm, prompt_ids: list[list[int]], n: int, sampling: Sampling, stops: list[int],
+                  want_logprobs: bool, keys: list[int] | None = None) -> list[tuple[list[int], bool, list[float] | None]]:
+    """``n`` completions per prompt from ``llm`` (prompt-major order): (token ids incl. the stop token,
+    finished, log-probs of the sampled tokens). ``keys``: one integer per prompt (the job id of its first
+    sample) from which its request's seed is made, so a prompt's draws do not depend on which other prompts
+    share the call (default: the prompt's position)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    greedy, seed = sampling.greedy, sampling.seed
+    keys = list(range(len(prompt_ids))) if keys is None else list(keys)
+    if greedy and n > 1:  # vLLM takes n = 1 for greedy requests: one request per sample (same output each)
+        prompt_ids, keys, n = [ids for ids in prompt_ids for _ in range(n)], [k for k in keys for _ in range(n)], 1
+    params = []
+    for i in range(len(prompt_ids)):
+        # per-request seeds make the draws reproducible and independent of batching
+        params.append(SamplingParams(
+            n=n, temperature=0.0 if greedy else sampling.temperature, top_p=1.0 if greedy else sampling.top_p,
+            top_k=0 if greedy else sampling.top_k, max_tokens=sampling.max_new_tokens, stop_token_ids=list(stops),
+            seed=None if seed is None or greedy else seed * 1000003 + keys[i],
+            logprobs=0 if want_logprobs else None, detokenize=False, skip_special_tokens=False,
+        ))
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
+    results = []
+    for request in outputs:
+        for out in sorted(request.outputs, key=lambda o: o.index):
+            ids = list(out.token_ids)
+            finished = bool(ids) and ids[-1] in stops
+            logprobs = None
+            if want_logprobs and out.logprobs is not None:
+                logprobs = [step[token].logprob for step, token in zip(out.logprobs, ids)]
+            results.append((ids, finished, logprobs))
+    return results

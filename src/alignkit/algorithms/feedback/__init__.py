@@ -9,6 +9,8 @@ method              what it learns from                                        r
 ``ilf``             ILF: refine with the critique, select, fine-tune           critique
 ``c_rlft``          C-RLFT: quality-class-conditioned weighted SFT             sft (+ a class field)
 ``reward_augmented`` reward-augmented DPO: score-conditioned relabelled pairs  pair (+ two scores)
+``modpo``           MODPO: one objective's pairs, the others' reward margins   pair
+``dpa``             DPA: direction-conditioned rejection-sampling fine-tuning  sft (prompts)
 ==================  =========================================================  =====================
 
 System-message / value-profile / principle conditioning needs no method: ``data.format: system`` folds a
@@ -19,7 +21,7 @@ row's ``system`` field into its prompt for any algorithm (``sft``, ``dpo``, ...;
 from __future__ import annotations
 
 from ...config import ConfigError
-from . import c_rlft, cut, hindsight, ilf, reward_augmented  # noqa: F401  (register the methods)
+from . import c_rlft, cut, dpa, hindsight, ilf, modpo, reward_augmented  # noqa: F401  (register the methods)
 from .base import CONDITIONING_FILE, FEEDBACK_METHODS, FeedbackMethod, conditioned_prompt
 from .data import critique_samples
 

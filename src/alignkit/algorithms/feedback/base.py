@@ -17,6 +17,7 @@ applies a run's file.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +158,32 @@ class WeightedSequences(FeedbackMethod):
         tokens = self.weight(batch)
         nll = -token_logps.detach().sum()
         return losses.sum(), {"nll": (nll, tokens), "weight": (batch["seq_weight"].sum(), float(batch["seq_weight"].numel()))}
+
+
+class SelfSampledRounds(WeightedSequences):
+    """Methods that rewrite their own targets with the current policy in ``options.rounds`` rounds (ILF's
+    refine-and-select, DPA's direction-conditioned rejection sampling): once before training on every
+    example not given as feedback, then on the train examples at each round boundary. Subclasses define
+    :meth:`rewrite` (``examples`` in place) and read ``self.round``."""
+
+    round = 0
+
+    def rewrite(self, ctx, examples: list[dict], split: str) -> None:
+        raise NotImplementedError
+
+    def before_convert(self, ctx) -> None:
+        from ...engine.loop import DataOrder
+
+        cfg = self.recipe.train
+        order = DataOrder(len(ctx.train_examples), cfg.batch_size, cfg.seed)
+        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * order.per_epoch))
+        self.round_steps = max(1, math.ceil(self.total_steps / self.options.rounds))
+        for split, examples in (("train", ctx.train_examples), ("eval", ctx.eval_examples)):
+            todo = [e for e in examples or [] if not e.get("_feedback")]
+            if todo:
+                self.rewrite(ctx, todo, split)
+
+    def after_step(self, ctx, step: int) -> None:
+        if self.options.rounds > 1 and step % self.round_steps == 0 and step < self.total_steps:
+            self.round = step // self.round_steps
+            self.rewrite(ctx, ctx.train_examples, "train")

@@ -23,7 +23,6 @@ the selected targets, and the shares of targets that are the row's revision or i
 from __future__ import annotations
 
 import json
-import math
 
 import torch
 
@@ -31,11 +30,11 @@ from ...core.progress import say
 from ...data.collate import collate_sequences
 from ...data.encode import Encoder
 from ...engine.contract import Metrics
-from .base import FEEDBACK_METHODS, WeightedSequences
+from .base import FEEDBACK_METHODS, SelfSampledRounds
 
 
 @FEEDBACK_METHODS.register("ilf")
-class ILF(WeightedSequences):
+class ILF(SelfSampledRounds):
     method = "ilf"
     data_kind = "critique"
     data_kinds = ("critique",)
@@ -62,24 +61,7 @@ class ILF(WeightedSequences):
         return self.options.template.replace("{prompt}", text["prompt"]).replace("{completion}", text["completion"]).replace("{critique}", text["critique"])
 
     # ----------------------------------------------------------------------------------------------
-    def before_convert(self, ctx) -> None:
-        from ...engine.loop import DataOrder
-
-        cfg = self.recipe.train
-        order = DataOrder(len(ctx.train_examples), cfg.batch_size, cfg.seed)
-        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * order.per_epoch))
-        self.round_steps = max(1, math.ceil(self.total_steps / self.options.rounds))
-        for split, examples in (("train", ctx.train_examples), ("eval", ctx.eval_examples)):
-            todo = [e for e in examples or [] if not e.get("_feedback")]
-            if todo:
-                self.refine(ctx, todo, split)
-
-    def after_step(self, ctx, step: int) -> None:
-        if self.options.rounds > 1 and step % self.round_steps == 0 and step < self.total_steps:
-            self.round = step // self.round_steps
-            self.refine(ctx, ctx.train_examples, "train")
-
-    def refine(self, ctx, examples: list[dict], split: str) -> None:
+    def rewrite(self, ctx, examples: list[dict], split: str) -> None:
         """Refine -> select for ``examples`` with the current policy; rewrites their targets in place."""
         from ...rollout.generate import generate
 

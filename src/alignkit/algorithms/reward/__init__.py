@@ -36,6 +36,10 @@ them in ``setup`` as the ``ratings`` / ``steps`` record kinds (:mod:`alignkit.da
 ``data.train`` they are generated from the task (:mod:`alignkit.rewards.task_data`), whose
 ``reward_attributes`` / ``reward_step_split`` give the defaults.
 
+* ``context`` / ``principles`` / ``brme``: a reward conditioned on a context string, SALMON's
+  principle-conditioned reward, and BRME's K Gaussian heads with a worst-case reduction for RL
+  (:mod:`.context`, :mod:`.principles`, :mod:`.brme`; ``docs/pluralistic.md``).
+
 One file per type: :mod:`.scalar` (+ ensemble, ranked data), :mod:`.preference`, :mod:`.multi_objective`,
 :mod:`.process`, each a subclass of :class:`~.base.RewardModelling` registered in :data:`REWARD_TYPES` by
 ``reward.type``; ``RewardModelling(recipe)`` builds the registered class.
@@ -50,16 +54,21 @@ from __future__ import annotations
 
 from .arm import ARMRewardModelling
 from .base import REWARD_TYPES, RewardModelling, RowRewardModelling
+from .brme import BRMERewardModelling
+from .context import ContextRewardModelling
 from .mixture import MixtureRewardModelling
 from .multi_objective import MultiObjectiveRewardModelling
 from .pal import PALRewardModelling
 from .preference import PreferenceRewardModelling
+from .principles import PrinciplesRewardModelling
 from .process import ProcessRewardModelling
 from .scalar import ScalarRewardModelling
+from .spans import SpanRewardModelling
 from .vpl import VPLRewardModelling
 
 __all__ = [
     "REWARD_TYPES", "RewardModelling", "RowRewardModelling", "ScalarRewardModelling", "PreferenceRewardModelling",
     "MultiObjectiveRewardModelling", "ProcessRewardModelling", "ARMRewardModelling",
     "MixtureRewardModelling", "PALRewardModelling", "VPLRewardModelling",
+    "ContextRewardModelling", "PrinciplesRewardModelling", "BRMERewardModelling", "SpanRewardModelling",
 ]

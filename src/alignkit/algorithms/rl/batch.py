@@ -43,6 +43,7 @@ class Rollout:
     own: slice
     advantage: Tensor | None = None
     stats: dict[str, float] = field(default_factory=dict)
+    token_rewards: list[Tensor] | None = None  # a token-level reward source's rewards, one per completion token (Text2Grad)
 
     def context(self) -> dict[str, list]:
         return sample_context(self.examples, self.group_size)
@@ -92,6 +93,8 @@ class RolloutBatch:
     turn: Tensor | None = None
     token_reward: Tensor | None = None
     behaviour_logp: Tensor | None = None
+    version: Tensor | None = None  # [N] long: the policy version that drew each row's first token (rl.asynchronous); None: the current one
+    token_level: bool = False  # token_reward holds a token-level reward source's rewards (the estimators credit tokens)
 
     @classmethod
     def from_samples(cls, rollout: Rollout, index: list[int], unit_size: int | None, pad_id: int, behaviour: bool = False) -> "RolloutBatch":
@@ -122,9 +125,12 @@ class RolloutBatch:
                 behaviour_logp[r, len(s.prompt_ids) : lengths[r]] = torch.tensor(s.logprobs, dtype=torch.float32)
         sample = torch.tensor(index, dtype=torch.long)
         unit = sample // unit_size if unit_size else torch.full((n,), -1, dtype=torch.long)
+        versions = [getattr(s, "version", None) for s in samples]
+        version = torch.tensor(versions, dtype=torch.long) if samples and None not in versions else None
         return cls(input_ids=input_ids, completion_mask=completion_mask, length=torch.tensor(lengths, dtype=torch.long),
                    prompt_len=torch.tensor([len(s.prompt_ids) for s in samples], dtype=torch.long), sample=sample, unit=unit,
-                   reward=rollout.reward[sample].float(), pad_id=pad_id, turn=turn, token_reward=token_reward, behaviour_logp=behaviour_logp)
+                   reward=rollout.reward[sample].float(), pad_id=pad_id, turn=turn, behaviour_logp=behaviour_logp,
+                   version=version, **({"token_reward": token_reward} | _source_token_rewards(rollout, index, lengths, samples, width)))
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -153,6 +159,18 @@ class RolloutBatch:
         units, policy = self.unit.tolist(), self.completion_mask.sum(-1).tolist()
         return [Row(self, i, None if u < 0 else u, int(n), int(p), int(k))
                 for i, (u, n, p, k) in enumerate(zip(units, self.length.tolist(), self.prompt_len.tolist(), policy))]
+
+
+def _source_token_rewards(rollout: Rollout, index: list[int], lengths: list[int], samples: list, width: int) -> dict:
+    """``token_reward`` [N, T] (each completion token's reward at its position) and ``token_level`` from a
+    token-level reward source's rewards (``Rollout.token_rewards``); nothing without them."""
+    if rollout.token_rewards is None:
+        return {}
+    out = torch.zeros((len(index), width), dtype=torch.float32)
+    for r, (i, s) in enumerate(zip(index, samples, strict=True)):
+        p = len(s.prompt_ids)
+        out[r, p : lengths[r]] = rollout.token_rewards[i].float()
+    return {"token_reward": out, "token_level": True}
 
 
 @dataclass(frozen=True, eq=False)

@@ -160,7 +160,7 @@ def turn_credit(cfg: "RLConfig") -> bool:
 def sequence_or_token_rewards(cfg: "RLConfig", batch: RolloutBatch) -> Tensor:
     """What the token-level estimators put on the tokens: ``batch.reward [N]`` (on each row's last token), or
     with ``rl.env.credit: turn`` each turn's reward on that turn's last token (``batch.token_reward [N, T]``)."""
-    return batch.token_reward if turn_credit(cfg) else batch.reward
+    return batch.token_reward if turn_credit(cfg) or batch.token_level else batch.reward
 
 
 def whiten(ctx, adv: Tensor, mask: Tensor) -> Tensor:
@@ -262,7 +262,7 @@ class ReinforcePP(Outcome):
         if self.name == "reinforce_pp_baseline":  # groups never span processes: this process's rewards
             scores = outcome_advantages("dr_grpo", scores, rollout.group_size)
         mask = batch.completion_mask.float()
-        rewards = batch.token_reward if turn_credit(self.cfg) else scores[batch.sample]
+        rewards = batch.token_reward if turn_credit(self.cfg) or batch.token_level else scores[batch.sample]
         beta = self.cfg.kl.beta if self.cfg.kl.in_reward else 0.0
         logp = batch.old_logp if batch.old_logp is not None else batch.zeros()
         ref = batch.ref_logp if batch.ref_logp is not None else logp

@@ -101,6 +101,11 @@ class OnlineRL(Algorithm):
 
             self.env_class = environment_class(self.cfg.env.name)
             check_options(self.env_class, self.cfg.env.options)
+        self.async_sampling = None  # rl.asynchronous: a background producer of the next steps' samples (docs/scale.md)
+        if self.cfg.asynchronous.mode != "off":
+            from .asynchronous import AsyncSampling
+
+            self.async_sampling = AsyncSampling(self)
 
     # ----------------------------------------------------------------------------------------------
     # engine hooks
@@ -128,9 +133,21 @@ class OnlineRL(Algorithm):
 
         if self.share_prompts and not supports_packing(ctx.model):
             self.share_prompts = False  # e.g. flash-attention takes no custom 4-D mask
+        scale = self.recipe.scale
+        if scale.backend == "ray" and scale.trainer_processes != ctx.strategy.world:
+            raise ValueError(f"scale.trainer_processes={scale.trainer_processes} but the trainer runs {ctx.strategy.world} process(es): launch it with "
+                             f"torchrun --nproc-per-node {scale.trainer_processes} (docs/scale.md)")
         if self.env_class is None:
             spec = self.cfg.reward if self.cfg.reward != "gold" else f"gold:{self.recipe.task.name}"
-            self.reward_source = build_reward_source(spec)
+            if scale.backend == "ray" and scale.reward_worker:  # scored in a Ray actor (docs/scale.md)
+                from ...scale import ray_reward_source
+
+                self.reward_source = ray_reward_source(spec, scale)
+            else:
+                self.reward_source = build_reward_source(spec)
+            if getattr(self.reward_source, "token_level", False) and (self.cfg.reward_transforms or self.cfg.dapo.overlong == "shape"):
+                raise ValueError(f"rl.reward {spec}: a token-level reward source gives per-token rewards; rl.reward_transforms and "
+                                 "rl.dapo.overlong=shape act on sequence rewards and are not applied to them")
         self.estimator.setup(self, ctx)
         first_turn_kl = self.cfg.env is not None and self.cfg.env.first_turn_kl > 0
         if self.cfg.kl.beta > 0 or first_turn_kl or self.cfg.ppo.dense_reward_model or self.cfg.sampling.behavior == "reference":
@@ -202,6 +219,8 @@ class OnlineRL(Algorithm):
             samples = self.sample(ctx, examples, seed)
         with timer("time/score"):
             rollout = self.score(ctx, examples, samples)
+            if self.async_sampling is not None:
+                rollout.stats.update(self.async_sampling.stats)
             batch = self.shape_rewards(ctx, rollout)
         with timer("time/advantages"):
             rollout.advantage = self.estimator.sequence_advantages(self, ctx, rollout)
@@ -233,7 +252,8 @@ class OnlineRL(Algorithm):
         advantage = rollout.advantage.tolist() if rollout.advantage is not None else None
         rows = [{"step": step, "prompt": s.prompt, "completion": s.completion, "reward": float(rollout.raw_reward[i]),
                  "shaped_reward": float(rollout.reward[i]), "advantage": advantage[i] if advantage is not None else None,
-                 "finished": bool(s.finished), "tokens": len(s.completion_ids)} for i, s in enumerate(rollout.samples[:k])]
+                 "finished": bool(s.finished), "tokens": len(s.completion_ids), **({"version": s.version} if getattr(s, "version", None) is not None else {})}
+                for i, s in enumerate(rollout.samples[:k])]
         out = self.recipe.output_dir
         out.mkdir(parents=True, exist_ok=True)
         append_jsonl(out / "samples.jsonl", rows)
@@ -243,7 +263,12 @@ class OnlineRL(Algorithm):
         (a vLLM engine is started once and synced when the weights change); closed by :meth:`close`."""
         if id(model) not in self.engines:
             s = self.cfg.sampling
-            self.engines[id(model)] = build_rollout_engine(s.backend, model, tokenizer, vllm_options=s.vllm)
+            if self.recipe.scale.backend == "ray" and self.async_sampling is None:  # Ray rollout workers (asynchronous: the producer's)
+                from ...scale import ray_rollout_engine
+
+                self.engines[id(model)] = ray_rollout_engine(model, tokenizer, self.recipe.scale, backend=s.backend, vllm_options=s.vllm)
+            else:
+                self.engines[id(model)] = build_rollout_engine(s.backend, model, tokenizer, vllm_options=s.vllm)
         return self.engines[id(model)]
 
     def generate(self, model, tokenizer, prompts, n: int, **kwargs):
@@ -257,6 +282,10 @@ class OnlineRL(Algorithm):
         for engine in self.engines.values():
             engine.close()
         self.engines = {}
+        if self.async_sampling is not None:
+            self.async_sampling.close()
+        if hasattr(self.reward_source, "close"):  # a Ray reward worker
+            self.reward_source.close()
 
     def episodes(self, model, tokenizer, rows, seed: int, job_ids: list[int]) -> list:
         """Multi-turn trajectories (:func:`alignkit.envs.run_episodes`), one per row, sampled by the held
@@ -278,6 +307,8 @@ class OnlineRL(Algorithm):
         g = self.cfg.sampling.group_size
         if self.env_class is not None:
             return self.episodes(ctx.model, ctx.tokenizer, [e for e in examples for _ in range(g)], seed, _job_ids(examples, g))
+        if self.async_sampling is not None:  # drawn by earlier weights in the background (rl.asynchronous)
+            return self.async_sampling.sample(ctx, examples, seed)
         sampler, context = ctx.model, contextlib.nullcontext
         if self.cfg.sampling.behavior == "reference":  # off-policy rollouts from the frozen starting policy
             sampler, context = self.reference.model, self.reference.context
@@ -294,6 +325,9 @@ class OnlineRL(Algorithm):
 
             rewards = torch.tensor([t.reward for t in samples], dtype=torch.float32)
             rollout.stats.update(episode_stats(samples))
+        elif getattr(self.reward_source, "token_level", False):  # per-token rewards (Text2Grad); the sequence reward is their sum
+            rollout.token_rewards = self.token_rewards(ctx, samples, rollout.context())
+            rewards = torch.stack([t.sum() for t in rollout.token_rewards]).float() if samples else torch.zeros(0)
         else:
             rewards = self.reward_source.score([s.prompt for s in samples], [s.completion for s in samples], **rollout.context()).float().cpu()
         rollout.reward, rollout.raw_reward = rewards, rewards.clone()
@@ -304,6 +338,18 @@ class OnlineRL(Algorithm):
             "finished": rollout.finished.float().mean().item(),
         })
         return rollout
+
+    def token_rewards(self, ctx, samples, context) -> list[torch.Tensor]:
+        """A token-level reward source's rewards on each sample's completion tokens (the policy's tokenisation,
+        by character offsets of the decoded completion)."""
+        from ...rewards.spans import text_offsets
+
+        offsets = [text_offsets(ctx.tokenizer, s.completion_ids) for s in samples]
+        out = self.reward_source.score_tokens([s.prompt for s in samples], [s.completion for s in samples], offsets=offsets, **context)
+        for s, t in zip(samples, out, strict=True):
+            if t.numel() != len(s.completion_ids):
+                raise ValueError(f"reward source {self.reward_source.name}: {t.numel()} token rewards for a completion of {len(s.completion_ids)} tokens")
+        return [t.float().cpu() for t in out]
 
     def shapes_outcome_rewards(self) -> bool:
         """KL in the reward (``rl.kl.in_reward``, ``beta > 0``) for an outcome estimator (GRPO, RLOO, ...)."""
