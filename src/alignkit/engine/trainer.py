@@ -22,16 +22,14 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import shutil
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from ..config import Recipe, dump_recipe
+from ..config import Recipe
 from ..core.progress import make_progress, say
 from ..data.encode import Encoder, encode_records
 from ..data.kinds import RECORD_KINDS
@@ -43,25 +41,18 @@ from ..models.sanity import warn_settings
 from ..models.weights import mark_updated
 from .checkpoint import (
     RunError,
-    acquire_run_lock,
     atomic_folder,
-    checkpoint_problem,
-    clear_run,
-    find_resumable,
     latest_checkpoint,
-    leftovers,
     load_training_state,
     model_folder_problem,
-    previous_run,
     read_state,
-    release_run_lock,
     remove_folder,
     save_checkpoint,
-    set_aside,
 )
 from .contract import Algorithm, Context
 from .loop import DataOrder, check_layout, lr_lambda, split_micro_batches
 from .model_card import CardFacts, write_model_card
+from .run_folder import RunFolder, StopSignals
 from .strategies import Strategy, build_strategy
 from .summary import BatchLayout, batch_banner, run_summary, summary_lines, trends, write_summary
 from .tracking import MetricsLog, read_metrics, truncate_jsonl
@@ -120,21 +111,21 @@ class Trainer:
         self.examples_seen = 0  # examples (prompts, pairs, ...) read by the steps taken, over all processes
         self.train_time = 0.0  # wall time of this process's training steps (seconds; this session only on resume)
         self.phase_time: dict[str, float] = {}  # online methods: seconds per phase (time/sample, ..., time/update), summed over steps
-        self._stop_signal: int | None = None
-        self._locked = False
+        self.signals = StopSignals(self.strategy, lambda: self.step + 1)
+        self.folder = RunFolder(recipe, self.strategy)
         seed_everything(self.cfg.seed)
         problem = None
         if self.strategy.is_main:
             try:
-                self._claim_run_dir()
+                self.folder.claim()
             except RunError as e:
                 problem = e
         self._agree(problem, f"the main process refused the run folder {self.run_dir}")
         try:
-            self.resumed_from = self._resume_from()
+            self.resumed_from = self.folder.resume_point()
             self.model = self._load_model(self.resumed_from)
         except BaseException:
-            self._release()
+            self.folder.release()
             raise
         self.policy: torch.nn.Module | None = None  # the engine module, wrapped by the strategy (first fit)
         self.replica: torch.nn.Module | None = None  # sharded strategies: the full-weights copy forward-only work runs on
@@ -162,62 +153,6 @@ class Trainer:
             raise error
         if failed:
             raise RunError(f"{what} (see its error)")
-
-    def _claim_run_dir(self) -> None:
-        """Main process: lock the run folder, clear leftovers of unfinished saves, refuse (or with
-        ``train.overwrite`` clear) another run's folder, write config.yaml."""
-        run_dir, cfg = self.run_dir, self.cfg
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _, note = acquire_run_lock(run_dir)
-        self._locked = True
-        try:
-            if note:
-                say(note)
-            for leftover in leftovers(run_dir):
-                say(f"removing {leftover}: a save or deletion that did not finish")
-                shutil.rmtree(leftover, ignore_errors=True)
-            if cfg.resume is False or cfg.resume is None:
-                earlier = previous_run(run_dir)
-                if earlier and not cfg.overwrite:
-                    raise RunError(f"{run_dir} holds another run ({', '.join(earlier)}): continue it with train.resume=true, "
-                                   "choose another train.output_dir, or replace it with train.overwrite=true")
-                if earlier:
-                    say(f"train.overwrite: removed the earlier run's {', '.join(clear_run(run_dir))} from {run_dir}")
-            dump_recipe(self.recipe, run_dir / "config.yaml")
-        except BaseException:
-            self._release()
-            raise
-
-    def _release(self) -> None:
-        if self._locked:
-            release_run_lock(self.run_dir)
-            self._locked = False
-
-    def _resume_from(self) -> Path | None:
-        resume = self.cfg.resume
-        if resume is False or resume is None:
-            return None
-        main = self.strategy.is_main
-        if resume is True:
-            if main:  # newer checkpoints that cannot be read are named and set aside (before the others look)
-                found, skipped = find_resumable(self.run_dir)
-                for path, why in skipped:
-                    moved = set_aside(path)
-                    say(f"resume: {path.name} is incomplete or corrupt ({why}); set aside as {moved.name}")
-                if skipped and found is not None:
-                    say(f"resume: falling back to {found.name}, the latest complete checkpoint")
-            self.strategy.barrier()
-            if not main:
-                found, _ = find_resumable(self.run_dir)
-            if found is None:
-                say(f"resume: no complete checkpoint in {self.run_dir}, starting from scratch", main)
-            return found
-        path = Path(resume)
-        if not (path / "state.json").exists():
-            raise FileNotFoundError(f"train.resume: {path} is not a checkpoint folder (no state.json)")
-        if problem := checkpoint_problem(path):
-            raise RunError(f"train.resume: {path} cannot be resumed from: {problem}")
-        return path
 
     def _base_model_path(self) -> Path:
         if self.recipe.model.path:
@@ -631,7 +566,7 @@ class Trainer:
         if order is not None and start and not self.examples_seen:  # a resumed run counts the steps before its checkpoint
             self.examples_seen = sum(order.size(s) for s in range(start))
         progress = make_progress(cfg.progress and strategy.is_main)
-        with progress, self._signals():
+        with progress, self.signals.watch():
             bar = progress.add_task(f"{self.algorithm.name} train", total=total, completed=start, info="")
             window_t, window_ex, window_tok = time.perf_counter(), 0, 0
             for local in range(start, total):
@@ -678,47 +613,13 @@ class Trainer:
                     self.save_checkpoint({"epoch": local / per_epoch})
                 if self._stop_requested():
                     checkpoint = self.run_dir / f"checkpoint-{done}" if saved else self.save_checkpoint({"epoch": local / per_epoch})
-                    name = signal.Signals(self._stop_signal or signal.SIGTERM).name
-                    raise Interrupted(f"stopped by {name} after step {done} of {total}: wrote {checkpoint}; resume with `{Interrupted.RESUME}`",
-                                      self._stop_signal or signal.SIGTERM)
+                    raise Interrupted(f"stopped by {self.signals.name} after step {done} of {total}: wrote {checkpoint}; resume with `{Interrupted.RESUME}`",
+                                      self.signals.signum or signal.SIGTERM)
         return record
-
-    @contextlib.contextmanager
-    def _signals(self):
-        """While steps run: SIGTERM and SIGINT ask to stop after the current step (a second one of the
-        same kind stops at once). Only the main thread can install handlers; elsewhere nothing changes."""
-        self._stop_signal = None
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-        def handler(signum, frame):
-            if self._stop_signal is not None:  # asked twice: the previous behaviour, now
-                signal.signal(signum, previous[signum] if previous[signum] is not None else signal.SIG_DFL)
-                signal.raise_signal(signum)
-                return
-            self._stop_signal = signum
-            say(f"{signal.Signals(signum).name}: finishing step {self.step + 1}, then writing a checkpoint (send it again to stop at once)",
-                self.strategy.is_main)
-
-        for sig in previous:
-            signal.signal(sig, handler)
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
     def _stop_requested(self) -> bool:
         """A signal reached this process or any other (every process stops after the same step)."""
-        if self.strategy.world == 1:
-            return self._stop_signal is not None
-        flag = torch.tensor([float(self._stop_signal or 0)], device=self.device)
-        signum = int(self.strategy.sum(flag).item())
-        if signum and self._stop_signal is None:
-            self._stop_signal = signal.SIGTERM
-        return signum > 0
+        return self.signals.requested()
 
     def close(self) -> None:
         """Release the algorithm's resources, the trackers, the process group and the run folder's lock."""
@@ -728,7 +629,7 @@ class Trainer:
                 self.log.close()
             self.strategy.close()
         finally:
-            self._release()
+            self.folder.release()
 
     def train(self) -> Path:
         """``alignkit train``: the recipe's data, resume, one fit, the final model; returns its folder."""
