@@ -36,6 +36,9 @@ $(VLLM_BIN)/alignkit: pyproject.toml
 	$(VLLM_BIN)/python -m pip install -q -e ".[test]" "$(VLLM_SPEC)"
 	@# vision/audio wheels from PyPI do not match the local CPU torch build, and alignkit needs neither
 	@if [ "$(TORCH_SPEC)" != "skip" ]; then $(VLLM_BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec; fi
+	@# Ray for vLLM inside a Ray rollout worker (tests/test_vllm_scale.py), with the installed torch pinned so pip keeps it
+	$(VLLM_BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(VLLM_VENV)/torch-constraint.txt
+	$(VLLM_BIN)/python -m pip install -q -c $(VLLM_VENV)/torch-constraint.txt "ray[default]==2.52.0"
 	@touch $(VLLM_BIN)/alignkit
 
 install-vllm: $(VLLM_BIN)/alignkit
@@ -61,7 +64,7 @@ test-main: install
 	$(BIN)/python -m pytest -q
 
 test-vllm: install-vllm
-	$(VLLM_BIN)/python -m pytest -q -m vllm tests/test_vllm.py tests/test_readme.py
+	$(VLLM_BIN)/python -m pytest -q -m vllm tests/test_vllm.py tests/test_vllm_scale.py tests/test_readme.py
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not distributed and not vllm"

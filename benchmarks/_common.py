@@ -21,6 +21,22 @@ def matmul_flops(size: int = 1024, seconds: float = 2.0, dtype: str = "fp32") ->
     return 2 * size**3 * n / (time.perf_counter() - start)
 
 
+def memory_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
+    """The machine's memory bandwidth (bytes/s): ``dst.copy_(src)`` of a ``megabytes`` buffer (far larger than
+    any cache), best of ``repeats``, counting the bytes read and the bytes written."""
+    import torch
+
+    n = megabytes * 2**20 // 4
+    src, dst = torch.randn(n), torch.empty(n)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n * 4 / best
+
+
 class PeakRSS:
     """Samples this process's RSS in a thread; ``peak - base`` is the growth during the block."""
 

@@ -14,8 +14,14 @@ How the floor of one decode step with ``B`` active rows is computed (stated in t
 * **Fixed overhead:** the same decode loop on the same architecture and number of layers, vocabulary and
   batch, with hidden size 16 (so its FLOPs are negligible): what Python, kernel launches and the cache
   bookkeeping cost per step, whatever the model's width.
-* floor(B) = overhead(B) + FLOPs(B) / matmul rate. Reported: achieved seconds per step, the floor, and
-  their ratio (the target is within 2x), for alignkit's decoder and for ``model.generate``.
+* **Bytes:** a step reads every weight once (the output head included; the input embedding only for the
+  ``B`` rows it looks up) and the whole KV cache, ``2 * layers * kv_heads * head_dim * context * B`` values,
+  in the model's dtype. Divided by the measured memory bandwidth (a 512 MiB ``copy_``, bytes read + written)
+  it is the bandwidth floor: what bounds a step at small ``B``, where the FLOPs are few.
+* floor(B) = overhead(B) + max(FLOPs(B) / matmul rate, bytes(B) / bandwidth). Reported: achieved seconds
+  per step, the floor, and their ratio (the target is within 2x), for alignkit's decoder and for
+  ``model.generate``. ``--dtype bf16`` holds the weights (and so the cache) in bf16: half the bytes, and the
+  bf16 matmul rate.
 
 No row stops early (stop tokens are switched off) so every step has ``B`` rows; prompts are the sentiment
 task's, left-padded to the same length.
@@ -32,7 +38,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from _common import matmul_flops  # noqa: E402  (benchmarks/ is the script folder)
+from _common import matmul_flops, memory_bandwidth  # noqa: E402  (benchmarks/ is the script folder)
 
 
 def step_seconds(model, prompt_ids, new_tokens: int, backend: str, repeats: int) -> float:
@@ -100,35 +106,45 @@ def main() -> None:
     cfg = model.config
     n_params = sum(p.numel() for p in model.parameters()) - (0 if cfg.tie_word_embeddings else model.get_input_embeddings().weight.numel())
     rate = matmul_flops(dtype=args.dtype)
+    bandwidth = memory_bandwidth()
+    width = next(model.parameters()).element_size()
+    embedding = model.get_input_embeddings().weight
+    weight_bytes = sum(p.numel() for p in model.parameters()) * width - (0 if cfg.tie_word_embeddings else embedding.numel() * width)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     prompts = SentimentTask(seed=0).prompts(64, "train")
     ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
     ids = [(x * args.prompt_tokens)[: args.prompt_tokens] for x in ids]
 
-    print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads; {args.dtype} matmul {rate / 1e9:.1f} GFLOP/s")
+    print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads; {args.dtype} matmul {rate / 1e9:.1f} GFLOP/s; "
+          f"memory bandwidth {bandwidth / 1e9:.1f} GB/s (512 MiB copy)")
     print(f"model: {args.model or 'tiny llama'}: hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, vocab {cfg.vocab_size}, "
           f"{n_params / 1e6:.1f} M parameters in the per-token matmuls; prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens")
-    print("floor(B) = overhead(B) [same loop, hidden 16] + B * (2N + 4 * layers * hidden * context) / matmul rate\n")
+    print(f"floor(B) = overhead(B) [same loop, hidden 16] + max(B * (2N + 4 * layers * hidden * context) / matmul rate, "
+          f"(weights {weight_bytes / 1e6:.0f} MB + KV cache + B embedding rows) / bandwidth)\n")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    header = f"{'rows':>5}{'overhead s':>12}{'FLOP s':>10}{'floor s':>10}" + "".join(f"{b + ' s':>12}{b + '/floor':>14}{b + ' tok/s':>14}" for b in backends)
+    header = f"{'rows':>5}{'overhead s':>12}{'FLOP s':>10}{'bytes s':>10}{'floor s':>10}" + "".join(f"{b + ' s':>14}{b + ' / floor':>18}{b + ' tok/s':>16}" for b in backends)
     print(header)
     table = []
     for batch in [int(b) for b in args.batches.split(",")]:
         rows = [ids[i % len(ids)] for i in range(batch)]
         context = args.prompt_tokens + args.new_tokens / 2
         flops = batch * (2 * n_params + 4 * cfg.num_hidden_layers * cfg.hidden_size * context)
+        kv_bytes = 2 * cfg.num_hidden_layers * kv_heads * head_dim * context * batch * width
+        moved = weight_bytes + kv_bytes + batch * cfg.hidden_size * width
         overhead = step_seconds(narrow, rows, args.new_tokens, "alignkit", args.repeats)
-        floor = overhead + flops / rate
-        entry = {"rows": batch, "overhead_s": overhead, "flop_s": flops / rate, "floor_s": floor}
-        line = f"{batch:>5}{overhead:>12.4f}{flops / rate:>10.4f}{floor:>10.4f}"
+        floor = overhead + max(flops / rate, moved / bandwidth)
+        entry = {"rows": batch, "overhead_s": overhead, "flop_s": flops / rate, "bytes_s": moved / bandwidth, "floor_s": floor}
+        line = f"{batch:>5}{overhead:>12.4f}{flops / rate:>10.4f}{moved / bandwidth:>10.4f}{floor:>10.4f}"
         for backend in backends:
             seconds = step_seconds(model, rows, args.new_tokens, backend, args.repeats)
             entry[backend] = seconds
-            line += f"{seconds:>12.4f}{seconds / floor:>14.2f}{batch / seconds:>14.1f}"
+            line += f"{seconds:>14.4f}{seconds / floor:>18.2f}{batch / seconds:>16.1f}"
         print(line)
         table.append(entry)
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / f"summary-{args.dtype}.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "matmul_flops": rate,
-                                                                      "n_params": n_params, "table": table}, indent=1))
+                                                                      "bandwidth": bandwidth, "weight_bytes": weight_bytes, "n_params": n_params, "table": table}, indent=1))
     print(f"\nload average (other work on the machine): {os.getloadavg()}")
 
 

@@ -8,6 +8,10 @@ steering against its strength alpha.
 ``--only "DPO-trained,PPO-trained"`` (label prefixes) re-runs only those points, merged into an existing
 ``decoding.json``; only the models those points use need to be given then.
 
+``--parts value --baseline runs/dpo/final`` fits CD-FUDGE's MC value once (kept in ``--values-dir``), decodes with it
+at every ``k:w`` of ``--value-grid``, and runs Transfer Q* direct and indirect (``--transfer-beta`` list) from the
+baseline's rollouts; those points are drawn in the compute figure too.
+
 Compute is the model FLOPs of a call, ``2 * parameters * token positions run`` summed over every model the
 strategy ran (policy, guides, ARMs, value models, nudging model; the gold reward is a program and costs nothing
 here), divided by the prompts. Writes ``decoding_compute.png``, ``decoding_nudging.png``, ``decoding_steering.png``
@@ -47,7 +51,11 @@ def main() -> None:
     parser.add_argument("--small-arm", type=Path, help="an autoregressive reward model (reward.type: arm) from the small model")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--parts", default="compute,nudging,steering")
+    parser.add_argument("--parts", default="compute,nudging,steering", help="compute, nudging, steering, value (value-guided settings)")
+    parser.add_argument("--value-grid", default="10:4,10:8,10:16,20:8", help="with --parts value: k:w pairs of CD-FUDGE on one fitted MC value")
+    parser.add_argument("--values-dir", type=Path, default=Path("runs/decoding-values"), help="with --parts value: where the fitted values are kept")
+    parser.add_argument("--baseline", type=Path, help="with --parts value: an aligned baseline model for Transfer Q* direct vs indirect")
+    parser.add_argument("--transfer-beta", default="1", help="with --parts value: beta(s) of indirect transfer's target pi_sft exp(r / beta), comma-separated")
     parser.add_argument("--only", default="", help="comma-separated label prefixes: run only those points (merged into an existing decoding.json)")
     parser.add_argument("--nudger", type=Path, default=None, help="the nudging model (default: --small-aligned)")
     parser.add_argument("--plot-only", action="store_true", help="redraw the figures from --out/decoding.json")
@@ -56,7 +64,7 @@ def main() -> None:
     if args.plot_only:
         return plot(json.loads((args.out / "decoding.json").read_text()), args.out)
     missing = [name for name in ("base", "small", "small_aligned", "dpo", "small_arm") if getattr(args, name) is None]
-    if args.base is None or (missing and not args.only):
+    if args.base is None or (missing and not args.only and set(args.parts.split(",")) & {"compute", "nudging"}):
         parser.error("needs " + ", ".join("--" + m.replace("_", "-") for m in missing))
 
     import torch
@@ -91,6 +99,8 @@ def main() -> None:
         point = {"label": label, "strategy": strategy, "gold": e.gold_reward, "gold_se": e.gold_reward_se, "kl": e.kl,
                  "flops_per_prompt": model_flops(e.cost, params) / len(prompts), "seconds": round(time.perf_counter() - began, 2),
                  "stats": {k: v for k, v in (e.strategy_stats or {}).items() if not isinstance(v, (list, dict))}, **extra}
+        if isinstance((e.strategy_stats or {}).get("fit"), dict):  # a value's fit: its rollouts, seconds, importance weights
+            point["fit"] = {k: v for k, v in e.strategy_stats["fit"].items() if not isinstance(v, list)}
         print(json.dumps(point, default=str), flush=True)
         return point
 
@@ -117,6 +127,23 @@ def main() -> None:
         for label, path in trained:  # trained reference points: their KL to the base is in the point
             pts.append(run(label, "sample", model=load_policy_for_inference(path), reference_point=True, path=str(path)))
         points["compute"] = pts
+
+    if "value" in parts:  # value-guided decoding at more (k, w); Transfer Q* direct vs indirect from --baseline
+        fit = {"k": 10, "fit_prompts": 128, "lam": 1.0}
+        cd = args.values_dir / "cd-mc"
+        pts = []
+        if not (cd / "value.json").exists():  # the MC value of the compute table's CD-FUDGE point, fitted once and kept
+            pts.append(run("CD-FUDGE (MC value)", "value_guided", {"value": "fit", "w": 4.0, "save": str(cd), **fit}, roles={"value": size["policy"]}))
+        for item in args.value_grid.split(","):
+            k, w = item.split(":")
+            pts.append(run(f"CD-FUDGE (MC value) k={k} w={w}", "value_guided", {"value": str(cd), "k": int(k), "w": float(w)}, roles={"value": size["policy"]}))
+        if args.baseline is not None:
+            settings = [("direct", 1.0)] + [("indirect", float(b)) for b in args.transfer_beta.split(",")]
+            for transfer, beta in settings:
+                opts = {"value": "fit", "w": 4.0, "fit_from": str(args.baseline), "transfer": transfer, "transfer_beta": beta, **fit}
+                label = f"Transfer Q* {transfer} (baseline {args.baseline.parent.name}" + (f", beta {beta:g})" if transfer == "indirect" else ")")
+                pts.append(run(label, "value_guided", opts, roles={"value": size["policy"]}))
+        points["value"] = [p for p in pts if p]
 
     if "nudging" in parts:
         nudger = load_policy_for_inference(args.nudger) if args.nudger else aligned
@@ -161,7 +188,8 @@ def plot(points: dict[str, list[dict[str, Any]]], out: Path) -> None:
 
     if "compute" in points:
         fig, ax = plt.subplots(figsize=(8, 5))
-        for p in points["compute"]:
+        extra = [p for p in points.get("value", []) if p["label"] != "CD-FUDGE (MC value)"]  # the --parts value settings
+        for p in points["compute"] + extra:
             trained = p.get("reference_point") or p["label"].startswith(("DPO-trained", "PPO-trained"))
             ax.errorbar(p["flops_per_prompt"], p["gold"], yerr=p["gold_se"], fmt="*" if trained else "o", ms=10 if trained else 6, capsize=2,
                         color="black" if trained else None)

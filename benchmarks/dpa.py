@@ -21,8 +21,8 @@ from pathlib import Path
 from alignkit.evaluation.metrics import mean_and_se
 
 
-def evaluate(model_dir: Path, task, prompts: list[str], angles: list[float], template: str, digits: int, seed: int) -> dict:
-    from alignkit.algorithms.feedback.dpa import direction, direction_prompt
+def evaluate(model_dir: Path, task, prompts: list[str], angles: list[float], options, seed: int) -> dict:
+    from alignkit.algorithms.feedback.dpa import direction, options_prompt
     from alignkit.models.loading import load_policy_for_inference, load_tokenizer
     from alignkit.rollout.generate import generate
 
@@ -30,11 +30,11 @@ def evaluate(model_dir: Path, task, prompts: list[str], angles: list[float], tem
     out = {}
     for theta in angles:
         v = direction(theta)
-        asked = [direction_prompt(template, p, v, digits) for p in prompts]
+        asked = [options_prompt(options, p, v) for p in prompts]
         samples = generate(model, tokenizer, asked, n=2, max_new_tokens=48, seed=seed)
         plain = [prompts[i // 2] for i in range(len(samples))]
         parts = task.gold_rewards(plain, [s.completion for s in samples], per_attribute=True)
-        row = {"v": v, "malformed": sum(x < -1 for x in parts["sentiment"]) / len(samples)}
+        row = {"v": v, "prompt": asked[0], "malformed": sum(x < -1 for x in parts["sentiment"]) / len(samples)}
         for name in ("sentiment", "brevity"):
             row[name], row[f"{name}_se"] = mean_and_se(parts[name])
         row["v_dot_r"] = v[0] * row["sentiment"] + v[1] * row["brevity"]
@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval-prompts", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep-original", action="store_true", help="the row's own SFT completion is a candidate too (feedback.dpa.keep_original)")
+    parser.add_argument("--encoding", default="decimal", help="feedback.dpa.encoding: decimal (the paper's form) or words (one word per angle bucket)")
+    parser.add_argument("--words", default=None, help="with --encoding words: comma-separated bucket words (feedback.dpa.words; default A..E)")
     parser.add_argument("--figure", default=None)
     args = parser.parse_args(argv)
 
@@ -71,12 +73,13 @@ def main(argv: list[str] | None = None) -> dict:
     recipe = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "feedback" / "dpa.yaml", [
         f"model.path={args.sft}", f"train.output_dir={out / 'dpa'}", f"task.n_train={args.prompts}", f"feedback.dpa.samples={args.samples}",
         f"feedback.dpa.rounds={args.rounds}", f"train.epochs={args.epochs}", f"train.lr={args.lr}", f"train.batch_size={args.batch_size}",
-        f"train.seed={args.seed}", "train.progress=false", "train.overwrite=true", f"feedback.dpa.keep_original={str(args.keep_original).lower()}"])
-    template, digits = recipe.feedback.dpa.template, recipe.feedback.dpa.digits
+        f"train.seed={args.seed}", "train.progress=false", "train.overwrite=true", f"feedback.dpa.keep_original={str(args.keep_original).lower()}",
+        f"feedback.dpa.encoding={args.encoding}", *([f"feedback.dpa.words=[{args.words}]"] if args.words else [])])
+    options = recipe.feedback.dpa
     results = {"settings": vars(args)}
-    results["start"] = evaluate(Path(args.sft), task, prompts, angles, template, digits, args.seed + 1)
+    results["start"] = evaluate(Path(args.sft), task, prompts, angles, options, args.seed + 1)
     final = train(recipe)
-    results["dpa"] = evaluate(final, task, prompts, angles, template, digits, args.seed + 1)
+    results["dpa"] = evaluate(final, task, prompts, angles, options, args.seed + 1)
     results["rounds"] = [json.loads(line) for line in (out / "dpa" / "dpa_rounds.jsonl").read_text().splitlines()]
     for name in ("start", "dpa"):
         for theta, row in results[name].items():

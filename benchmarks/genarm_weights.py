@@ -7,8 +7,11 @@ sentiment-brevity trade-off without retraining anything (Xu et al. 2025, "GenARM
 trains the two ARMs first when they are not there (``recipes/decoding/arm.yaml`` on the ``multi_objective`` task
 with ``task.objective_weights`` [1, 0] and [0, 1]: Bradley-Terry pairs on one attribute each, into
 ``--arms/arm-sentiment`` and ``--arms/arm-brevity``), then decodes the task's held-out prompts with
-``genarm`` (``arm=[sentiment, brevity]``, ``weights=[w, 1 - w]``, ``beta``) for every w, scores each sample's two
-gold attributes, and writes ``genarm_weights.png`` and ``genarm_weights.json`` under ``--out``.
+``genarm`` (``arm=[sentiment, brevity]``, ``weights=[w, 1 - w]``) for every w and every setting of ``--settings``
+(``beta:scale`` pairs, ``scale`` the strategy's ``none`` or ``std``), scores each sample's two gold attributes, and
+writes ``genarm_weights.png`` (one curve per setting) and ``genarm_weights.json`` under ``--out``.
+
+    python benchmarks/genarm_weights.py --base runs/sft/final --settings 0.5:none,2:none,4:none,0.5:std,1:std
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def main() -> None:
     parser.add_argument("--arms", type=Path, default=Path("runs/genarm-weights"), help="where the two ARMs are (trained there if missing)")
     parser.add_argument("--arm-steps", type=int, default=128)
     parser.add_argument("--weights", default="0,0.25,0.5,0.75,1", help="the sentiment ARM's weights w (the brevity ARM's: 1 - w)")
-    parser.add_argument("--beta", type=float, default=0.5)
+    parser.add_argument("--settings", default="0.5:none,2:none,4:none", help="comma-separated beta:scale pairs, one sweep of w each")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--plot-only", action="store_true", help="redraw the figure from --out/genarm_weights.json")
@@ -75,12 +78,18 @@ def main() -> None:
         print(json.dumps(p), flush=True)
         return p
 
+    settings = []
+    for item in args.settings.split(","):
+        beta, _, scale = item.partition(":")
+        settings.append((float(beta), scale or "none"))
     points = [point("base (sample)", "sample", {})]
-    for w in [float(x) for x in args.weights.split(",")]:
-        points.append(point(f"w={w}", "genarm", {"arm": [models["sentiment"], models["brevity"]], "weights": [w, 1.0 - w], "beta": args.beta},
-                            w=w, beta=args.beta))
+    for beta, scale in settings:
+        for w in [float(x) for x in args.weights.split(",")]:
+            points.append(point(f"beta={beta:g} scale={scale} w={w:g}", "genarm", {"arm": [models["sentiment"], models["brevity"]],
+                                "weights": [w, 1.0 - w], "beta": beta, "scale": scale}, w=w, beta=beta, scale=scale))
     args.out.mkdir(parents=True, exist_ok=True)
-    data = {"base": str(args.base), "arms": {k: str(v) for k, v in arms.items()}, "beta": args.beta, "prompts": args.prompts, "points": points}
+    data = {"base": str(args.base), "arms": {k: str(v) for k, v in arms.items()}, "settings": [f"{b:g}:{s}" for b, s in settings],
+            "prompts": args.prompts, "points": points}
     (args.out / "genarm_weights.json").write_text(json.dumps(data, indent=1))
     plot(data, args.out)
 
@@ -91,18 +100,23 @@ def plot(data: dict[str, Any], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    guided = [p for p in data["points"] if "w" in p]
-    ax.errorbar([p["brevity"] for p in guided], [p["sentiment"] for p in guided], xerr=[p["brevity_se"] for p in guided],
-                yerr=[p["sentiment_se"] for p in guided], fmt="o-", capsize=2, label=f"GenARM, weights (w, 1 − w), β {data['beta']}")
-    for p in guided:
-        ax.annotate(f"w={p['w']:g}", (p["brevity"], p["sentiment"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    fig, ax = plt.subplots(figsize=(7, 5))
+    curves: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    for p in data["points"]:
+        if "w" in p:
+            curves.setdefault((p["beta"], p.get("scale", "none")), []).append(p)
+    for (beta, scale), guided in curves.items():
+        ax.errorbar([p["brevity"] for p in guided], [p["sentiment"] for p in guided], xerr=[p["brevity_se"] for p in guided],
+                    yerr=[p["sentiment_se"] for p in guided], fmt="o-" if scale == "none" else "s--", capsize=2, ms=4,
+                    label=f"GenARM (w, 1 − w), β {beta:g}, scale {scale}")
+        for p in guided:
+            ax.annotate(f"{p['w']:g}", (p["brevity"], p["sentiment"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
     for p in data["points"]:
         if "w" not in p:
             ax.errorbar(p["brevity"], p["sentiment"], xerr=p["brevity_se"], yerr=p["sentiment_se"], fmt="s", color="grey", capsize=2, label=p["label"])
     ax.set(xlabel="gold brevity (1 − (clauses − 1)/2)", ylabel="gold sentiment (sum of adjective values / 3)",
            title="multi-objective task: the sentiment ARM's weight w")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "genarm_weights.png", dpi=150)
 

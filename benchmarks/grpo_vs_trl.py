@@ -3,6 +3,7 @@
     HF_HUB_OFFLINE=1 python benchmarks/grpo_vs_trl.py             # defaults below, a few minutes on 2 cores
     HF_HUB_OFFLINE=1 python benchmarks/grpo_vs_trl.py --steps 4   # quicker
     HF_HUB_OFFLINE=1 python benchmarks/grpo_vs_trl.py --context-reviews 4   # ~70-token prompts instead of ~5
+    HF_HUB_OFFLINE=1 python benchmarks/grpo_vs_trl.py --algorithm rloo --beta 0.04   # RLOO vs TRL's RLOOTrainer
 
 The parent process builds a tiny Llama on the sentiment task's text (build_tiny; hidden 256, 4 layers by
 default) and gives it a short SFT with alignkit on the task's base distribution (so that completions end
@@ -121,11 +122,13 @@ def run_alignkit(work: Path, args) -> dict:
             "task": {"name": "sentiment", "n_train": args.steps * args.prompts, "n_eval": 0},
             "data": {"train": str(prompts_file(work, args)), "kind": "prompt"} if args.context_reviews else {},
             "rl": {
-                "estimator": "grpo", "reward": "gold",
+                "estimator": args.algorithm, "reward": "gold",
                 "sampling": {"group_size": args.group, "max_new_tokens": args.max_new_tokens, "temperature": 1.0, "top_p": 1.0,
-                             "batch_size": args.prompts * args.group},
-                "kl": {"beta": args.beta}, "advantage": {"std": "group"},
-                "policy": {"loss": "ppo_clip", "aggregation": "token_mean", "clip_low": 0.2, "clip_high": 0.2},
+                             "batch_size": args.prompts * args.group, "precision": args.sampling_precision,
+                             **({"backend": "alignkit"} if args.sampling_precision == "bf16" else {})},
+                **(RLOO_KL_AND_LOSS(args.beta) if args.algorithm == "rloo" else {
+                    "kl": {"beta": args.beta}, "advantage": {"std": "group"},
+                    "policy": {"loss": "ppo_clip", "aggregation": "token_mean", "clip_low": 0.2, "clip_high": 0.2}}),
                 "update": {"epochs": 1, "mini_batches": 1, "skip_zero_advantage": not args.no_skip_zero_advantage},
             },
             "train": {
@@ -163,11 +166,21 @@ def run_alignkit(work: Path, args) -> dict:
     }
 
 
+def RLOO_KL_AND_LOSS(beta: float) -> dict:  # noqa: N802  (a constant-like recipe fragment)
+    """alignkit's side of ``--algorithm rloo``, as close to TRL's ``RLOOTrainer`` as alignkit's options go: the
+    k1 KL summed over the sequence and subtracted from its reward, leave-one-out baseline, no advantage
+    normalisation, PPO-clip 0.2 summed over each sequence's tokens and averaged over sequences. TRL clips the
+    ratio of whole sequences (exp of the summed log-ratio) where alignkit clips per token: the same forward and
+    backward work, a different clipping region (one update per rollout: the ratio is 1 at that update either way)."""
+    return {"kl": {"beta": beta, "estimator": "k1", "in_reward": True},
+            "policy": {"loss": "ppo_clip", "aggregation": "seq_mean_token_sum", "clip_low": 0.2, "clip_high": 0.2}}
+
+
 def run_trl(work: Path, args) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     from alignkit.tasks.sentiment import SentimentTask
 
@@ -182,17 +195,18 @@ def run_trl(work: Path, args) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(str(work / "policy"))
     model = AutoModelForCausalLM.from_pretrained(str(work / "policy"), dtype=torch.float32)
-    config = GRPOConfig(
+    specific = (dict(normalize_advantages=False) if args.algorithm == "rloo" else dict(scale_rewards="group", loss_type="dapo"))
+    config = (RLOOConfig if args.algorithm == "rloo" else GRPOConfig)(
         output_dir=str(work / "trl-run"), seed=0, max_steps=args.steps,
         per_device_train_batch_size=args.prompts * args.group, gradient_accumulation_steps=1, steps_per_generation=1,
         num_generations=args.group, max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
-        beta=args.beta, num_iterations=1, epsilon=0.2, scale_rewards="group", loss_type="dapo", mask_truncated_completions=False,
+        beta=args.beta, num_iterations=1, epsilon=0.2, mask_truncated_completions=False, **specific,
         learning_rate=args.lr, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, adam_beta1=0.9,
         adam_beta2=0.999, adam_epsilon=1e-8, optim="adamw_torch", max_grad_norm=1.0,
         bf16=args.precision == "bf16", fp16=False, gradient_checkpointing=False, use_vllm=False, shuffle_dataset=False,
         logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
     )
-    trainer = GRPOTrainer(model=model, reward_funcs=gold_reward, args=config, train_dataset=dataset, processing_class=tokenizer)
+    trainer = (RLOOTrainer if args.algorithm == "rloo" else GRPOTrainer)(model=model, reward_funcs=gold_reward, args=config, train_dataset=dataset, processing_class=tokenizer)
     gen = Timed(trainer._generate_single_turn)
     trainer._generate_single_turn = gen
     rollout = Timed(trainer._generate_and_score_completions)
@@ -308,6 +322,10 @@ def main() -> None:
     p.add_argument("--tokenizer", help="with the tiny Llama: this tokenizer's vocabulary (e.g. SmolLM2's 49k) instead of the task's 443 tokens")
     p.add_argument("--beta", type=float, default=0.0, help="KL coefficient; > 0 adds a reference model on both sides")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast on both sides (fp32 master weights)")
+    p.add_argument("--algorithm", choices=["grpo", "rloo"], default="grpo",
+                   help="rloo: alignkit rl.estimator=rloo (KL in the reward) vs TRL's RLOOTrainer (see RLOO_KL_AND_LOSS)")
+    p.add_argument("--sampling-precision", choices=["model", "bf16"], default="model",
+                   help="alignkit's rl.sampling.precision: bf16 decodes from a bf16 copy of the policy, refreshed after every update")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--sft-steps", type=int, default=60, help="0: random weights (completions never stop early)")
@@ -335,8 +353,10 @@ def main() -> None:
     config = AutoModelForCausalLM.from_pretrained(str(work / "policy")).config
     print(f"model: {args.model or 'tiny llama'}: hidden {config.hidden_size}, {config.num_hidden_layers} layers, vocab {config.vocab_size}, "
           f"{n_params / 1e6:.2f} M parameters{'' if args.model else f', SFT {args.sft_steps} steps'}")
+    print(f"algorithm: {args.algorithm} (TRL: {'RLOOTrainer' if args.algorithm == 'rloo' else 'GRPOTrainer'})")
     print(f"settings: {args.steps} steps x {args.prompts} prompts x {args.group} samples, max {args.max_new_tokens} new tokens, "
-          f"lr {args.lr}, beta {args.beta}, {args.precision}, no gradient checkpointing, no vLLM")
+          f"lr {args.lr}, beta {args.beta}, {args.precision}, no gradient checkpointing, no vLLM; alignkit samples from "
+          f"{'a bf16 copy of the policy' if args.sampling_precision == 'bf16' else 'the policy as trained'}")
 
     from alignkit.models.loading import load_tokenizer
 
@@ -349,7 +369,8 @@ def main() -> None:
           f"{gen['hf'] / gen['alignkit']:.2f}x")
 
     forwarded = ["--work", str(work)]
-    for name in ("steps", "prompts", "group", "max_new_tokens", "lr", "threads", "context_reviews", "micro_batch_tokens", "beta", "precision"):
+    for name in ("steps", "prompts", "group", "max_new_tokens", "lr", "threads", "context_reviews", "micro_batch_tokens", "beta", "precision",
+                 "sampling_precision", "algorithm"):
         forwarded += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if args.no_skip_zero_advantage:
         forwarded.append("--no-skip-zero-advantage")

@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", default="modpo,dpo_scalarised")
     parser.add_argument("--figure", default=None)
+    parser.add_argument("--reuse", default="", help="comma-separated earlier --out folders: a finished <dir>/<method>-w<w>/final there is evaluated instead of retrained")
+    parser.add_argument("--skip-done", action="store_true", help="keep the points already in <out>/results.json (same settings) instead of re-running them")
     args = parser.parse_args(argv)
 
     from alignkit.algorithms import train
@@ -87,8 +89,17 @@ def main(argv: list[str] | None = None) -> dict:
                 overrides = ["task.name=multi_objective", f"task.objective_weights=[{w},{1 - w}]"]
             else:
                 raise SystemExit(f"--methods: unknown method {method!r}; allowed: modpo, dpo_scalarised")
+            if args.skip_done and str(w) in results[method]:
+                print(method, w, "kept from", earlier, flush=True)
+                continue
             run_dir = out / f"{method}-w{w}"
-            final = train(load_recipe(base, [*common, *overrides, f"train.output_dir={run_dir}"]))
+            earlier_finals = [Path(d) / run_dir.name / "final" for d in args.reuse.split(",") if d]
+            found = [f for f in earlier_finals if (f / "model.safetensors").exists()]
+            if found:
+                final = found[0]
+                print(method, w, "reusing the trained policy", final, flush=True)
+            else:
+                final = train(load_recipe(base, [*common, *overrides, f"train.output_dir={run_dir}"]))
             results[method][str(w)] = evaluate(final, task, prompts, args.seed + 1)
             print(method, w, json.dumps(results[method][str(w)]), flush=True)
             earlier.write_text(json.dumps(results, indent=2) + "\n")

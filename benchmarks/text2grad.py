@@ -44,7 +44,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--eval-prompts", type=int, default=96)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip-rm", action="store_true", help="reuse <out>/rm/final")
+    parser.add_argument("--skip-rm", action="store_true", help="reuse a trained span reward model (--rm, default <out>/rm) instead of training one")
+    parser.add_argument("--rm", default=None, help="with --skip-rm: the earlier span reward model run folder (holding final/ and summary.json)")
+    parser.add_argument("--only", default="token,sequence", help="which PPO variants to run: token, sequence or both")
+    parser.add_argument("--policy", action="append", default=[], help="NAME=DIR: evaluate this already trained policy (e.g. a run's checkpoint-N/model) as NAME "
+                        "instead of training it (repeatable; with --skip-rm)")
     args = parser.parse_args(argv)
 
     from alignkit.algorithms import train
@@ -55,22 +59,35 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"settings": vars(args)}
-    rm = out / "rm" / "final"
+    rm_run = Path(args.rm) if args.rm else out / "rm"
+    rm = rm_run / "final"
+    if args.skip_rm and not (rm / "model.safetensors").exists():
+        raise SystemExit(f"--skip-rm: no trained span reward model at {rm}; drop --skip-rm to train one, or pass --rm DIR")
     if not args.skip_rm:
+        rm_run = out / "rm"
         rm = train(load_recipe(RECIPES / "reward.yaml", [f"model.path={args.sft}", f"train.output_dir={out / 'rm'}", f"train.max_steps={args.rm_steps}",
                                                          "train.progress=false", "train.overwrite=true", f"train.eval_every={args.rm_steps}"]))
-    results["reward_model"] = json.loads((out / "rm" / "summary.json").read_text()).get("eval", {})
+    results["reward_model"] = json.loads((rm_run / "summary.json").read_text()).get("eval", {})
     task = get_task("sentiment")
     prompts = task.prompts(args.eval_prompts, "test")
     source = build_reward_source(str(rm))
     results["start"] = evaluate(Path(args.sft), task, prompts, source, args.seed + 1)
     print("start", json.dumps(results["start"]), flush=True)
-    for name, reward in (("token", str(rm)), ("sequence", f"{{type: spans, path: {rm}, token_level: false}}")):
+    given = dict(item.split("=", 1) for item in args.policy)
+    for name, folder in given.items():
+        results[name] = evaluate(Path(folder), task, prompts, source, args.seed + 1)
+        print(name, folder, json.dumps(results[name]), flush=True)
+    variants = {"token": str(rm), "sequence": f"{{type: spans, path: {rm}, token_level: false}}"}
+    for name in [] if given else args.only.split(","):
+        if name not in variants:
+            raise SystemExit(f"--only: unknown variant {name!r}; allowed: token, sequence")
+        reward = variants[name]
         final = train(load_recipe(RECIPES / "ppo.yaml", [f"model.path={args.sft}", f"rl.reward={reward}", f"train.output_dir={out / name}",
                                                          f"train.max_steps={args.steps}", "train.progress=false", "train.overwrite=true", "train.eval_every=null",
                                                          f"train.seed={args.seed}"]))
         results[name] = evaluate(final, task, prompts, source, args.seed + 1)
         print(name, json.dumps(results[name]), flush=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 

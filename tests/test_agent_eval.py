@@ -163,3 +163,30 @@ def test_no_tools_means_calls_are_answered_unknown_tool(tokenizer):
     assert trajectories[0].metrics["invalid_calls"] == 1.0 and trajectories[0].reward == 1.0  # answering from the head still counts
     with pytest.raises(ValueError, match="rl.env.tools: unknown tool 'clac'"):
         Limits(tools=["clac"])
+
+
+def test_cli_eval_env_backend_plays_the_episodes_on_the_named_engine(tiny_dir, tmp_path, monkeypatch):
+    """--backend picks the engine that plays: hf builds model.generate's engine, local alignkit's decoder (and
+    the settings record which); greedy episodes are the same on both, token for token; a bad name is one line."""
+    import alignkit.evaluation.agents as agents
+    from alignkit.models.loading import load_policy_for_inference, load_tokenizer
+
+    built = []
+    real = agents.build_rollout_engine
+    monkeypatch.setattr(agents, "build_rollout_engine", lambda name, *a, **k: built.append(name) or real(name, *a, **k))
+    base = ["eval", str(tiny_dir), "--env", "calculator", "--task", "arithmetic", "--n-prompts", "2", "--samples", "1", "--max-new-tokens", "4",
+            "--max-turns", "2", "--no-describe-tools"]
+    for backend in ("hf", "local"):
+        result = runner.invoke(app, [*base, "--backend", backend, "--out", str(tmp_path / backend)])
+        assert result.exit_code == 0, result.output
+        assert json.loads((tmp_path / backend / "eval-env-calculator.json").read_text())["settings"]["backend"] == {"hf": "hf", "local": "alignkit"}[backend]
+    assert built == ["hf", "alignkit"]
+    bad = runner.invoke(app, [*base, "--backend", "vlm"])
+    assert bad.exit_code != 0 and "unknown generation backend 'vlm'" in bad.output and "allowed:" in bad.output
+    assert "need --env NAME" in runner.invoke(app, ["eval", str(tiny_dir), "--backend", "hf", "--n-prompts", "1"]).output
+    model, tokenizer = load_policy_for_inference(tiny_dir), load_tokenizer(tiny_dir)
+    rows = agent_rows("arithmetic", 3)
+    play = dict(n_samples=1, max_new_tokens=5, greedy=True, limits=Limits(max_turns=2, max_tokens=200, describe_tools=False), keep_samples=3)
+    hf, local = (evaluate_agent(model, tokenizer, "calculator", rows, backend=b, **play) for b in ("hf", "local"))
+    assert [s["conversation"] for s in hf.samples] == [s["conversation"] for s in local.samples]
+    assert (hf.reward, hf.turns, hf.tokens) == (local.reward, local.turns, local.tokens)

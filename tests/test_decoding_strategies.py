@@ -389,12 +389,15 @@ def test_bench_compares_strategies_without_training(saved, tmp_path):
     assert pts["lookahead[default]"]["kl"] is None  # a search has no log-probs of its own
 
 
-def test_an_arm_folder_is_refused_as_a_reward_source(saved, tmp_path):
+def test_an_arm_folder_is_a_reward_source(saved, tmp_path):
+    import shutil
+
+    from alignkit.rewards.arm import ArmRewardSource
     from alignkit.rewards.sources import build_reward_source
 
     arm = tmp_path / "arm"
-    (arm).mkdir()
-    config = json.loads((saved / "small" / "config.json").read_text()) | {"reward_type": "arm", "arm_beta": 0.5}
+    shutil.copytree(saved / "small", arm)
+    config = json.loads((arm / "config.json").read_text()) | {"reward_type": "arm", "arm_beta": 0.5}
     (arm / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="--strategy genarm -O arm="):
-        build_reward_source(str(arm))
+    source = build_reward_source(str(arm))  # tests/test_genarm_scales.py checks its numbers by hand
+    assert isinstance(source, ArmRewardSource) and source.arm_beta == 0.5

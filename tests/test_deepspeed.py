@@ -30,9 +30,7 @@ def test_strategies_are_registered_and_refused_where_untested():
     assert zero_config(2, None)["gradient_clipping"] == 0.0  # DeepSpeed's "no clipping"
     with pytest.raises(ValueError, match="deepspeed_zero2 needs train.nonfinite=stop"):
         load_recipe({"algorithm": "dpo"}, ["train.distributed=deepspeed_zero2", "train.nonfinite=skip"])
-    with pytest.raises(ValueError, match="deepspeed_zero3 does not run PPO's critic"):
-        load_recipe({"algorithm": "rl"}, ["train.distributed=deepspeed_zero3", "rl.estimator=ppo"])
-    for extra in (["model.lora.r=4"], []):  # online RL and LoRA are no longer refused
+    for extra in (["model.lora.r=4"], [], ["rl.estimator=ppo"]):  # online RL, LoRA and PPO's critic are no longer refused
         load_recipe({"algorithm": "rl"}, ["train.distributed=deepspeed_zero3", *extra])
     assert STRATEGIES.get("deepspeed_zero3").replicates and not STRATEGIES.get("deepspeed_zero2").replicates
 

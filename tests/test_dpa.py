@@ -31,6 +31,27 @@ def test_directions_are_unit_vectors_written_into_the_prompt():
     assert direction_prompt("[{direction}] {prompt}", P, [0.6, 0.8], digits=1) == f"[0.6 0.8] {P}"
 
 
+def test_the_words_encoding_writes_the_nearest_angle_buckets_word():
+    words = ["A", "B", "C", "D", "E"]  # bucket centres 0, 22.5, 45, 67.5, 90 degrees over [0, 90]
+    by_angle = {0: "A", 11: "A", 12: "B", 30: "B", 34: "C", 45: "C", 56: "C", 57: "D", 80: "E", 90: "E"}
+    for theta, word in by_angle.items():
+        assert direction_prompt("<v {direction}> {prompt}", P, direction(theta), encoding="words", words=words, angle_range=(0, 90)) == f"<v {word}> {P}"
+    # three buckets over [30, 60]: centres 30, 45, 60; angles outside the range clip to the end buckets
+    three = {"words": ["lo", "mid", "hi"], "angle_range": (30, 60)}
+    assert [direction_prompt("{direction}", "", direction(t), encoding="words", **three) for t in (0, 37, 38, 52, 53, 90)] == ["lo", "lo", "mid", "mid", "hi", "hi"]
+    # the direction's length does not matter, only its angle
+    assert direction_prompt("{direction}", "", [3.0, 3.0], encoding="words", words=words) == "C"
+    # the decimal form stays the default
+    assert direction_prompt("<v {direction}> {prompt}", P, direction(30)) == f"<v 0.87 0.50> {P}"
+
+
+def test_the_words_encoding_reaches_the_training_prompts_and_conditioning(tmp_path):
+    algo = dpa("feedback.dpa.encoding=words", "feedback.dpa.words=[north,mid,east]", f"train.output_dir={tmp_path}")
+    # inference direction = the middle of [0, 90] = 45 degrees -> the middle word
+    assert algo.inference_prompt("{prompt}") == "<v mid> {prompt}"
+    assert algo.inference_prompt(P) == f"<v mid> {P}"
+
+
 def test_selection_maximises_v_dot_r_by_hand():
     # two prompts, three samples, (sentiment, brevity)
     r = torch.tensor([[[1.0, 0.0], [0.3, 1.0], [0.5, 0.5]],
@@ -98,6 +119,8 @@ def test_a_round_trains_each_prompt_on_its_directions_best_sample(tokenizer, tin
     (["feedback.dpa.angle_range=[60,10]"], "low <= high"),
     (["feedback.dpa.inference_direction=[1,0,0]"], "one component per attribute"),
     (["feedback.dpa.template='{prompt} only'"], r"must hold \{direction\}, \{prompt\}"),
+    (["feedback.dpa.encoding=angles"], "unknown DPA direction encoding 'angles'.*allowed: decimal, words"),
+    (["feedback.dpa.encoding=words", "feedback.dpa.words=[A,A]"], "distinct bucket words"),
 ])
 def test_bad_settings_are_refused(overrides, match):
     with pytest.raises(ValueError, match=match):

@@ -192,9 +192,10 @@ def test_profile_reward_by_hand_and_held_out_profiles_never_in_the_rows():
 
 
 def test_profile_evaluation_covers_unseen_profiles(tiny_dir):
-    from alignkit.algorithms.feedback.profiles import evaluate_profiles
+    from alignkit.evaluation.profiles import evaluate_profiles
+    from alignkit.models.loading import load_policy_for_inference, load_tokenizer
     from alignkit.tasks.critics import HELD_OUT_PROFILES, PROFILES
 
-    results = evaluate_profiles(tiny_dir, n_prompts=2, max_new_tokens=6)
+    results = evaluate_profiles(load_policy_for_inference(tiny_dir), load_tokenizer(tiny_dir), list(PROFILES), n_prompts=2, max_new_tokens=6)["profiles"]
     assert [r["profile"] for r in results] == list(PROFILES) and sum(r["unseen"] for r in results) == len(HELD_OUT_PROFILES)
     assert all(r["n"] == 4 and -3.0 <= r["reward"] <= 1.0 for r in results)

@@ -194,13 +194,10 @@ def test_prompt_sharing_gives_the_padded_update(tmp_path, tiny_dir):
     assert [r["loss"] for r in packed_rows] == pytest.approx([r["loss"] for r in padded_rows], abs=1e-5)
 
 
-def test_fsdp2_is_refused_only_for_ppos_critic():
-    """FSDP2 runs critic-free online RL (tests/test_fsdp_rl.py); PPO's critic is refused with the reason."""
-    from alignkit.config import ConfigError
-
+def test_fsdp2_runs_online_rl_with_and_without_a_critic():
+    """FSDP2 runs critic-free online RL and PPO's critic (tests/test_fsdp_rl.py); neither is refused."""
     load_recipe({"algorithm": "rl"}, ["train.distributed=fsdp2"])
-    with pytest.raises(ConfigError, match="train.distributed=fsdp2 does not run PPO's critic"):
-        load_recipe({"algorithm": "rl"}, ["train.distributed=fsdp2", "rl.estimator=ppo"])
+    load_recipe({"algorithm": "rl"}, ["train.distributed=fsdp2", "rl.estimator=ppo"])
 
 
 def test_reward_transforms_shape_the_rollout_rewards(tmp_path, tiny_dir):

@@ -252,3 +252,29 @@ def test_swapping_principles_flips_the_ranking_after_training(tmp_path, tiny_dir
     policy = _train(tiny_dir, tmp_path / "rl", "principles_grpo.yaml", f"rl.reward.path={final}", "train.max_steps=1", "train.batch_size=4",
                     "rl.sampling.max_new_tokens=8", "task.n_eval=0", n_train=16)
     assert (policy / "model.safetensors").exists()
+
+
+def test_the_principles_chosen_in_an_rl_recipe_reach_the_reward_model(tmp_path, tiny_dir):
+    """SALMON at RL time: recipes/pluralistic/salmon_grpo.yaml writes the principle list in rl.reward; the
+    reward source the RL pipeline builds from that spec scores each completion under exactly that list,
+    rendered as '- principle' lines before the prompt (worked out here by hand), and a row field overrides it."""
+    from alignkit.rewards import build_reward_source
+    from alignkit.rewards.models import encode_single
+
+    final = _train(tiny_dir, tmp_path / "salmon", "principles_reward.yaml", "train.max_steps=1", n_train=32, max_length=64)
+    recipe = load_recipe(RECIPES / "salmon_grpo.yaml", [f"rl.reward.path={final}"])
+    source = build_reward_source(recipe.rl.reward)
+    assert source.condition == ["Prefer a negative tone.", "Prefer one short clause."]
+    prompts = ["review of the soup :", "review of the bread :"]
+    ys = [" the soup was awful .", " the bread was great and the staff was lovely ."]
+    by_hand = [f"- Prefer a negative tone.\n- Prefer one short clause.\n{p}" for p in prompts]
+    expected = source._run([encode_single(source.encoder, t, y) for t, y in zip(by_hand, ys)], False, "by hand")[:, 0]
+    scores = source.score(prompts, ys)
+    assert torch.allclose(scores, expected, atol=1e-6)
+    positive = build_reward_source({"type": "model", "path": str(final), "principles": ["Prefer a positive tone."]}).score(prompts, ys)
+    assert not torch.allclose(positive, scores)  # another list is another input: the reward depends on the principles
+    mixed = source.score(prompts, ys, principles=[["Prefer a positive tone."], None])  # a row's own list wins, None keeps the recipe's
+    assert mixed[0] == pytest.approx(float(positive[0]), abs=1e-6) and mixed[1] == pytest.approx(float(scores[1]), abs=1e-6)
+    policy = _train(tiny_dir, tmp_path / "rl", "salmon_grpo.yaml", f"rl.reward.path={final}", "train.max_steps=1", "train.batch_size=4",
+                    "rl.sampling.max_new_tokens=8", "task.n_eval=0", n_train=16)
+    assert (policy / "model.safetensors").exists()

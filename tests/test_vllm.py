@@ -56,6 +56,18 @@ def load(policy_dir):
     return AutoModelForCausalLM.from_pretrained(str(policy_dir), dtype=torch.float32).eval(), load_tokenizer(policy_dir)
 
 
+def prefer_token(model, tokenizer, token: int, steps: int = 3) -> None:
+    """A few optimizer steps that make the model put ``token`` first after every prompt (a visible weight change)."""
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    batch = collate_sequences([i + [token] for i in ids], [[0] * len(i) + [1] for i in ids], tokenizer.pad_token_id)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
+    for _ in range(steps):
+        loss = -TargetLogProbs(model)(batch["input_ids"], batch["attention_mask"], batch["loss_mask"]).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
 def completions(samples):
     return [s.completion_ids for s in samples]
 
@@ -117,14 +129,7 @@ def test_weights_are_synced_after_every_update_and_only_then(policy_dir):
     generate(model, tokenizer, PROMPTS, max_new_tokens=8, greedy=True, engine=engine)
     assert engine.syncs == syncs  # unchanged weights are not copied again
     # one optimizer step that makes the model prefer another token after every prompt
-    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
-    batch = collate_sequences([i + [7] for i in ids], [[0] * len(i) + [1] for i in ids], tokenizer.pad_token_id)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
-    for _ in range(3):
-        loss = -TargetLogProbs(model)(batch["input_ids"], batch["attention_mask"], batch["loss_mask"]).sum()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    prefer_token(model, tokenizer, 7)
     ours = generate(model, tokenizer, PROMPTS, max_new_tokens=8, greedy=True)
     theirs = generate(model, tokenizer, PROMPTS, max_new_tokens=8, greedy=True, engine=engine)
     assert engine.syncs == syncs + 1
@@ -317,14 +322,7 @@ def test_server_rollouts_follow_the_trainers_weights_after_an_update(policy_dir)
         for s, ref in zip(sampled, trainer_logprobs(model, sampled, tokenizer.pad_token_id, 0.7)):
             assert s.logprobs == pytest.approx(ref, abs=1e-4)
         assert engine.syncs == 1  # unchanged weights are not sent again
-        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
-        batch = collate_sequences([i + [7] for i in ids], [[0] * len(i) + [1] for i in ids], tokenizer.pad_token_id)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
-        for _ in range(3):
-            loss = -TargetLogProbs(model)(batch["input_ids"], batch["attention_mask"], batch["loss_mask"]).sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        prefer_token(model, tokenizer, 7)
         after = generate(model, tokenizer, PROMPTS, max_new_tokens=8, greedy=True)
         served = generate(model, tokenizer, PROMPTS, max_new_tokens=8, greedy=True, engine=engine)
         assert engine.syncs == 2 and all(s.completion_ids[0] == 7 for s in after)

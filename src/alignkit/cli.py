@@ -215,8 +215,16 @@ def evaluate(
     max_turns: Optional[int] = typer.Option(None, help="With --env: most assistant turns per episode (default: the run's rl.env.max_turns, else 4)."),
     max_tokens: Optional[int] = typer.Option(None, help="With --env: most tokens per trajectory (default: the run's rl.env.max_tokens, else 256)."),
     temperature: float = typer.Option(1.0, help="With --env: sampling temperature of the episodes."),
+    backend: Optional[str] = typer.Option(
+        None, help="With --env: the engine that plays the episodes: local (alignkit's KV-cache decoder, also 'alignkit'), hf (model.generate), "
+        "vllm, or auto (vllm on a CUDA GPU when installed, else local; the default)."
+    ),
     describe_tools: Optional[bool] = typer.Option(
         None, "--describe-tools/--no-describe-tools", help="With --env: show the tools' JSON schemas to the policy (default: the run's rl.env.describe_tools, else yes)."
+    ),
+    profiles: Optional[str] = typer.Option(
+        None, help="Value-profile evaluation of a system-message-conditioned policy (docs/feedback.md): the profile set held_out, train, all or a "
+        "JSON/JSONL file of {tone, length} profiles; per-profile reward on --n-prompts test prompts x --samples, written to eval-profiles.json."
     ),
 ) -> None:
     """Evaluate a policy on a built-in task (mean gold reward, KL to the reference, win rate, diversity,
@@ -230,13 +238,22 @@ def evaluate(
     from .models.loading import load_policy_for_inference, load_tokenizer
     from .tasks import get_task
 
+    if profiles is not None:
+        from .evaluation.profiles import profile_table, run_profiles_eval
+
+        try:
+            report, written = run_profiles_eval(target, profiles, n_prompts, samples, seed, out)
+        except _user_errors() as e:
+            _fail(str(e))
+        typer.echo(profile_table(report) + f"\nwrote {written}")
+        return
     if env is not None or (env_option is None and strategy is None and data is None and reward is None and _run_env(target) is not None):
         if reward is not None or strategy is not None:
             _fail("--env plays episodes of the environment, which gives the rewards: drop --reward / --strategy")
         return _evaluate_agent(target, env, env_option, task, data, n_prompts, samples, max_new_tokens, max_turns, max_tokens, temperature, seed, out,
-                               describe_tools)
-    if env_option or max_turns is not None or max_tokens is not None or describe_tools is not None:
-        _fail("--env-option, --max-turns, --max-tokens and --describe-tools need --env NAME (or a run trained with rl.env)")
+                               describe_tools, backend or "auto")
+    if env_option or max_turns is not None or max_tokens is not None or describe_tools is not None or backend is not None:
+        _fail("--env-option, --max-turns, --max-tokens, --describe-tools and --backend need --env NAME (or a run trained with rl.env)")
     task = task or "sentiment"
     if data is not None or reward is not None:
         max_new_tokens = 64 if max_new_tokens is None else max_new_tokens
@@ -339,7 +356,7 @@ def _run_env(target: Path):
 
 def _evaluate_agent(target: Path, env: Optional[str], env_option: Optional[list[str]], task: Optional[str], data: Optional[Path], n_prompts: int,
                     samples: int, max_new_tokens: Optional[int], max_turns: Optional[int], max_tokens: Optional[int], temperature: float, seed: int,
-                    out: Optional[Path], describe_tools: Optional[bool] = None) -> None:
+                    out: Optional[Path], describe_tools: Optional[bool] = None, backend: str = "auto") -> None:
     """`alignkit eval MODEL --env NAME`: agent metrics of episodes, a table, eval-env-<name>.json/.html."""
     from .decoding import parse_options
     from .envs import Limits
@@ -370,7 +387,7 @@ def _evaluate_agent(target: Path, env: Optional[str], env_option: Optional[list[
             _fail(f"{model_dir}: not a model folder (no config.json) nor a run folder with final/")
         per_turn = max_new_tokens or (run.get("sampling") or {}).get("max_new_tokens") or 48
         result = evaluate_agent(load_policy_for_inference(model_dir), load_tokenizer(model_dir), name, rows, options, n_samples=samples,
-                                max_new_tokens=per_turn, temperature=temperature, seed=seed, limits=limits)
+                                max_new_tokens=per_turn, temperature=temperature, seed=seed, limits=limits, backend=backend)
     except _user_errors() as e:
         _fail(str(e))
     paths = write_agent_eval(result, out or resolved.run_dir or resolved.model_dir, f"alignkit eval --env {name}: {target}")

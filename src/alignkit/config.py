@@ -186,6 +186,7 @@ class SamplingConfig(Section):
         "auto", description="who samples rollouts: vllm (weights synced after every update), vllm_server (vLLM in a separate process, weights sent after every update), alignkit's KV-cache engine, or model.generate; auto = vllm when installed and the policy is on a CUDA GPU, else alignkit")
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="vLLM engine settings, used when backend resolves to vllm")
     behavior: Literal["policy", "reference"] = Field("policy", description="the behaviour policy that samples: the live policy, or the frozen starting policy ('reference': CoPG's off-policy setting)")
+    precision: Literal["model", "bf16"] = Field("model", description="weights the alignkit decoder samples from: the model's own (model), or a bf16 copy refreshed after every update (bf16: faster decoding; samples from the bf16-rounded policy, docs/conventions.md)")
     eval_samples: int = Field(1, gt=0, description="samples per eval prompt")
 
 
@@ -361,16 +362,18 @@ class RLConfig(Section):
                 raise ValueError(f"rl.off_policy: rl.estimator={est} trains with its own pairwise loss; corrections apply to the policy-gradient estimators and ppo")
             if self.sampling.backend == "hf":
                 raise ValueError("rl.off_policy needs the behaviour policy's log-probs, which rl.sampling.backend=hf does not report (use auto, alignkit or vllm)")
-            if self.env is not None:
-                raise ValueError("rl.off_policy over multi-turn trajectories (rl.env) is not supported yet")
         if self.asynchronous.mode != "off":
             mode = self.asynchronous.mode
             if not correcting:
                 raise ValueError(f"rl.asynchronous.mode={mode} trains on samples of older weights: set rl.off_policy.correction (tis, mis, seq_tis, seq_mis, decoupled)")
-            if self.env is not None or self.sampling.behavior != "policy":
-                raise ValueError(f"rl.asynchronous.mode={mode} samples single completions from the policy: leave rl.env unset and rl.sampling.behavior=policy")
+            if self.sampling.behavior != "policy":
+                raise ValueError(f"rl.asynchronous.mode={mode} samples from the policy's earlier weights: leave rl.sampling.behavior=policy")
+            if self.sampling.precision != "model":
+                raise ValueError(f"rl.sampling.precision=bf16 applies to synchronous sampling; with rl.asynchronous.mode={mode} leave rl.sampling.precision=model")
             if self.asynchronous.partial_tokens is not None and mode != "async":
                 raise ValueError("rl.asynchronous.partial_tokens (partial rollouts) applies to rl.asynchronous.mode=async")
+            if self.asynchronous.partial_tokens is not None and self.env is not None:
+                raise ValueError("rl.asynchronous.partial_tokens (partial rollouts) applies to single completions; with rl.env a whole episode is drawn by one weight version")
         if (self.ppo.macro_len or self.ppo.dense_reward_model) and est != "ppo":
             raise ValueError("rl.ppo.macro_len and rl.ppo.dense_reward_model apply to rl.estimator=ppo")
         if self.env is not None:
@@ -561,6 +564,8 @@ class DPAConfig(Section):
     reward: Any = Field("gold", description="attribute scores: gold (the task's attribute_rewards) or a multi-objective reward model folder / {type: multi_objective, path}")
     template: str = Field("<v {direction}> {prompt}", description="the direction-conditioned prompt; placeholders {direction} (v's components, space-separated), {prompt}")
     digits: int = Field(2, ge=1, le=4, description="decimals v's components are written with")
+    encoding: str = Field("decimal", description="how v is written into {direction}: decimal (components with `digits` decimals, the paper's form) or words (the nearest of len(words) evenly spaced angle buckets over angle_range, as its word)")
+    words: list[str] = Field(default_factory=lambda: ["A", "B", "C", "D", "E"], description="encoding words: one word per angle bucket, from the first angle of angle_range to the last")
     angle_range: tuple[float, float] = Field((0.0, 90.0), description="training directions v = (cos t, sin t), t uniform in this range of degrees (two attributes)")
     samples: int = Field(4, ge=1, description="K completions sampled per prompt and direction from the current policy")
     rounds: int = Field(1, gt=0, description="sample -> select -> fine-tune rounds; new directions and samples at the start of each")
@@ -685,9 +690,6 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _check(self) -> "Recipe":
         t = self.train
-        if t.distributed != "ddp" and self.algorithm == "rl" and self.rl.estimator == "ppo":
-            raise ValueError(f"train.distributed={t.distributed} does not run PPO's critic (rl.estimator=ppo reads its values outside the sharded "
-                             "forward); use ddp for ppo, or a critic-free estimator (grpo, rloo, reinforce_pp, ...) (docs/scale.md)")
         if t.distributed.startswith("deepspeed") and t.nonfinite == "skip":
             raise ValueError(f"train.distributed={t.distributed} needs train.nonfinite=stop (DeepSpeed's step cannot be skipped); docs/scale.md")
         if t.micro_batch_size is not None and t.batch_size % t.micro_batch_size:
@@ -698,6 +700,8 @@ class Recipe(Section):
                                  + (" with an iterate section" if self.iterate is not None else "") + " (docs/scale.md)")
             if self.rl.env is not None or self.rl.sampling.behavior != "policy":
                 raise ValueError("scale.backend=ray samples single completions from the policy: leave rl.env unset and rl.sampling.behavior=policy (docs/scale.md)")
+            if self.rl.sampling.precision != "model":
+                raise ValueError("rl.sampling.precision=bf16 is a setting of the local alignkit decoder; with scale.backend=ray leave rl.sampling.precision=model")
         return self
 
     @property

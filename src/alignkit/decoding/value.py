@@ -7,7 +7,16 @@
   ``G_t = (1 - lam) V(s_t+1) + lam G_t+1`` (``G_T = r``, no discount, the reward at the end) from the current
   value, and several values (one per reward) are composed with weights chosen at run time.
 * **Transfer Q*** (Chakraborty et al. 2024): the value is fitted on rollouts of an *aligned baseline* model
-  (``fit_from=``) instead of the base model, then guides the base model.
+  (``fit_from=``) instead of the base model, then guides the base model. *Direct* transfer (``transfer:
+  direct``) takes the baseline's rollouts as they are: right when the baseline is the optimum
+  ``rho_BL = pi_sft exp(r / beta) / Z`` of the target reward itself. *Indirect* transfer (``transfer: indirect``)
+  is for a baseline aligned to another reward ``r_BL`` (``rho_BL = pi_sft exp(r_BL / beta) / Z_BL``): the
+  target's optimum is ``pi* = rho_BL exp((r - r_BL) / beta) Z_BL / Z``, so a rollout ``y ~ rho_BL`` of prompt
+  ``x`` is weighted by ``pi*(y|x) / rho_BL(y|x) ∝ exp(r(x, y) / beta) pi_sft(y|x) / rho_BL(y|x)`` (``r_BL`` is the
+  baseline's implicit reward ``beta log rho_BL / pi_sft``, never needed itself), self-normalised over the
+  prompt's rollouts (mean 1), and the value regression is weighted by it. Every prefix of a rollout takes the
+  rollout's weight: exact for the prompt's first-token values, an approximation deeper in (a prefix's exact
+  weight would be its suffix's ratio, normalised per prefix state).
 
 Decoding (all three): over the base model's top-``k`` next tokens ``v``,
 ``score(v) = logit(v) + w * sum_i c_i V_i(x, y_<t v)``, ``-inf`` elsewhere; sampled (or greedy) from the
@@ -40,6 +49,7 @@ from .base import STRATEGIES, Context, Decoding
 from .guided import as_list, check_backend, run_guided
 
 HEAD_FILE, META_FILE = "value_head.safetensors", "value.json"
+TRANSFERS = ("direct", "indirect")
 
 
 class ValueModel(nn.Module):
@@ -114,13 +124,48 @@ class Rollouts:
     rewards: list[float]
 
 
+def importance_weights(rewards: Sequence[float], logp_base: Sequence[float], logp_baseline: Sequence[float], group: int,
+                       beta: float) -> list[float]:
+    """Transfer Q*'s indirect-transfer weights of rollouts ``y_i ~ rho_BL`` (consecutive groups of ``group`` per
+    prompt): ``w_i ∝ exp(r_i / beta + log pi_sft(y_i|x) - log rho_BL(y_i|x))``, normalised to mean 1 in each group
+    (self-normalised importance sampling toward ``pi* ∝ pi_sft exp(r / beta)``)."""
+    if beta <= 0:
+        raise ValueError(f"value_guided: transfer_beta must be > 0 (got {beta})")
+    n = len(rewards)
+    if not (len(logp_base) == len(logp_baseline) == n) or group < 1 or n % group:
+        raise ValueError(f"importance weights: {n} rewards, {len(logp_base)} / {len(logp_baseline)} log-probs, groups of {group}")
+    logits = torch.tensor(rewards, dtype=torch.float64) / beta + torch.tensor(logp_base, dtype=torch.float64) - torch.tensor(logp_baseline, dtype=torch.float64)
+    w = torch.softmax(logits.view(-1, group), -1) * group
+    return w.view(-1).tolist()
+
+
+@torch.no_grad()
+def completion_logps(model, rollouts: Rollouts, pad_id: int, batch_size: int = 32) -> list[float]:
+    """``sum_t log model(y_t | x, y_<t)`` over each rollout's completion tokens (temperature 1)."""
+    device = next(model.parameters()).device
+    out: list[float] = []
+    for start in range(0, len(rollouts.seqs), batch_size):
+        seqs, lengths = rollouts.seqs[start : start + batch_size], rollouts.lengths[start : start + batch_size]
+        ids, attention = left_pad(seqs, pad_id)
+        ids, attention = ids.to(device), attention.to(device)
+        position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=attention, position_ids=position_ids).logits.float(), -1)
+        token = logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]  # position j predicts token j + 1
+        width = ids.shape[1]
+        out += [float(token[row, width - n - 1 :].sum()) if n else 0.0 for row, n in enumerate(lengths)]
+    return out
+
+
 def fit_value(value: ValueModel, rollouts: Rollouts, pad_id: int, lam: float = 1.0, epochs: int = 4, lr: float = 1e-3, batch_size: int = 32,
-              seed: int = 0) -> list[float]:
+              seed: int = 0, weights: Sequence[float] | None = None) -> list[float]:
     """Regress ``value`` on the TD(lambda) targets of ``rollouts`` (recomputed from the current value every
     epoch; ``lam = 1`` is CD-FUDGE's Monte Carlo regression) over the prefixes from the prompt's last token to the
-    end of the completion. Returns the mean squared error of every epoch."""
+    end of the completion; ``weights`` (one per rollout, e.g. :func:`importance_weights`) weight each rollout's
+    squared errors. Returns the (weighted) mean squared error of every epoch."""
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"value fit: lam must be in [0, 1] (got {lam})")
+    if weights is not None and len(weights) != len(rollouts.seqs):
+        raise ValueError(f"value fit: {len(rollouts.seqs)} rollouts but {len(weights)} weights")
     device = next(value.parameters()).device
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(value.parameters(), lr=lr)
@@ -141,7 +186,7 @@ def fit_value(value: ValueModel, rollouts: Rollouts, pad_id: int, lam: float = 1
                 for row, i in enumerate(idx):
                     first = width - rollouts.lengths[i] - 1  # the prompt's last token: V(x)
                     target[row, first:] = td_lambda_targets(pred[row, first:].detach(), rollouts.rewards[i], lam)
-                    mask[row, first:] = 1.0
+                    mask[row, first:] = 1.0 if weights is None else float(weights[i])
             loss = ((pred - target) ** 2 * mask).sum() / mask.sum()
             opt.zero_grad()
             loss.backward()
@@ -222,15 +267,18 @@ def new_value_model(body_from, meta: dict[str, Any] | None = None) -> ValueModel
 
 
 def fit_on_rollouts(ctx: Context, reward, lam: float, fit_from=None, fit_prompts: int = 64, fit_samples: int = 4, fit_epochs: int = 12,
-                    value_init=None, task: str = "sentiment", save=None, fit_lr: float = 1e-3) -> tuple[ValueModel, dict[str, Any]]:
+                    value_init=None, task: str = "sentiment", save=None, fit_lr: float = 1e-3, transfer: str = "direct",
+                    transfer_beta: float = 1.0) -> tuple[ValueModel, dict[str, Any]]:
     """Fit a value for ``ctx``'s model: rollouts of the base model (or of ``fit_from``, Transfer Q*) on
-    ``fit_prompts`` train prompts of ``task``, ``fit_samples`` each, scored by ``reward``; TD(``lam``) regression.
+    ``fit_prompts`` train prompts of ``task``, ``fit_samples`` each, scored by ``reward``; TD(``lam``) regression,
+    weighted by :func:`importance_weights` (``transfer_beta``) with ``transfer: indirect``.
     Its cost is reported apart (``stats['fit']``), not as the decoding's."""
     from ..rewards.sources import build_reward_source
     from ..tasks import get_task
 
     began = time.perf_counter()
     sampler = ctx.model
+    source = "base" if fit_from is None else str(fit_from) if isinstance(fit_from, (str, Path)) else type(fit_from).__name__
     if fit_from is not None:
         from ..models.loading import load_policy_for_inference
 
@@ -241,29 +289,43 @@ def fit_on_rollouts(ctx: Context, reward, lam: float, fit_from=None, fit_prompts
         data = base_rollouts(sampler, ctx.tokenizer, prompts, build_reward_source(reward), fit_samples, ctx.sampling.max_new_tokens,
                              seed=(ctx.sampling.seed or 0) + 7777, batch_size=ctx.batch_size)
         value = new_value_model(value_init if value_init is not None else ctx.model,
-                                {"lam": lam, "reward": str(reward), "fit_from": str(fit_from) if fit_from is not None else "base"})
-        losses = fit_value(value, data, ctx.pad_id, lam=lam, epochs=fit_epochs, lr=fit_lr)
+                                {"lam": lam, "reward": str(reward), "fit_from": source, "transfer": transfer})
+        weights = None
+        if transfer == "indirect":
+            weights = importance_weights(data.rewards, completion_logps(ctx.model, data, ctx.pad_id, ctx.batch_size),
+                                         completion_logps(sampler, data, ctx.pad_id, ctx.batch_size), fit_samples, transfer_beta)
+        losses = fit_value(value, data, ctx.pad_id, lam=lam, epochs=fit_epochs, lr=fit_lr, weights=weights)
     ctx.cost.tokens_generated, ctx.cost.forwards, ctx.cost.tokens_processed = before
     if save is not None:
         value.save_pretrained(save)
     ctx.cost.estimate_s += time.perf_counter() - began  # reported apart from the decoding's wall time
     stats = {"rollouts": len(data.seqs), "reward_mean": sum(data.rewards) / len(data.rewards), "mse": losses, "seconds": time.perf_counter() - began,
-             "lam": lam, "fit_from": str(fit_from) if fit_from is not None else "base"}
+             "lam": lam, "fit_from": source, "transfer": transfer}
+    if weights is not None:
+        ess = [sum(weights[i : i + fit_samples]) ** 2 / sum(x * x for x in weights[i : i + fit_samples]) for i in range(0, len(weights), fit_samples)]
+        stats.update(transfer_beta=transfer_beta, ess_per_prompt=sum(ess) / len(ess), weight_max=max(weights))
     return value, stats
 
 
 @STRATEGIES.register("value_guided", family="value-guided decoding", paper="Mudgal et al. 2024 (CD-FUDGE); Han et al. 2024 (VAS); Chakraborty et al. 2024 (Transfer Q*)")
 def value_guided(ctx: Context, value="fit", weights=1.0, k: int = 10, w: float = 1.0, reward="gold", lam: float = 1.0, fit_from=None,
                  fit_prompts: int = 64, fit_samples: int = 4, fit_epochs: int = 12, fit_lr: float = 1e-3, value_init=None, task: str = "sentiment",
-                 save=None) -> Decoding:
+                 save=None, transfer: str = "direct", transfer_beta: float = 1.0) -> Decoding:
     """Top-``k`` tokens scored by ``logit + w * sum_i c_i V_i(prefix + token)``. ``value``: a value folder (or a
     list, with one weight ``c_i`` each in ``weights``), a :class:`ValueModel`, or ``fit``: fit one now on rollouts
     (of the base model, or of ``fit_from`` for Transfer Q*) scored by ``reward`` with TD(``lam``) targets
-    (``lam = 1``: CD-FUDGE; ``lam < 1``: VAS), saved to ``save`` if given."""
+    (``lam = 1``: CD-FUDGE; ``lam < 1``: VAS), saved to ``save`` if given. ``transfer: indirect`` (with
+    ``fit_from``, a baseline aligned to another reward): Transfer Q*'s importance-weighted fit toward
+    ``pi_sft exp(reward / transfer_beta)``."""
     check_backend(ctx, "value_guided")
+    if transfer not in TRANSFERS:
+        raise ValueError(f"value_guided: transfer must be one of {', '.join(TRANSFERS)} (got {transfer!r})")
+    if transfer == "indirect" and (fit_from is None or value != "fit"):
+        raise ValueError("value_guided: transfer=indirect needs value=fit and fit_from=BASELINE (the aligned baseline model whose rollouts are reweighted)")
     stats: dict[str, Any] = {"k": k, "w": w}
     if isinstance(value, str) and value == "fit":
-        model, stats["fit"] = fit_on_rollouts(ctx, reward, lam, fit_from, fit_prompts, fit_samples, fit_epochs, value_init, task, save, fit_lr)
+        model, stats["fit"] = fit_on_rollouts(ctx, reward, lam, fit_from, fit_prompts, fit_samples, fit_epochs, value_init, task, save, fit_lr,
+                                              transfer, transfer_beta)
         models = [model]
     else:
         models = [v if isinstance(v, ValueModel) else ValueModel.from_pretrained(v) for v in as_list(value, "value", "value_guided")]

@@ -14,6 +14,10 @@ ZeRO is about — where gradients, optimizer state and (stage 3) parameters live
   (``deepspeed.utils.safe_get_full_optimizer_state``) into ordinary full state dicts: checkpoints are
   ``save_pretrained`` folders with a torch AdamW ``optimizer.pt``, and resume scatters them back.
 
+PPO's critic is in the engine module, so ZeRO partitions it with the policy; its values are read from the
+critic itself (ZeRO-2) or from its replica (ZeRO-3), and :meth:`DeepSpeedStrategy.load_full` writes a checkpoint's
+critic into the parameters and the fp32 master partitions (``safe_set_full_fp32_param``) on resume.
+
 Online RL and LoRA: ZeRO-2 keeps full parameters on every process (DeepSpeed gathers the updated partitions
 after each step), so sampling and old log-probs run on the model itself; ZeRO-3 partitions them, and the
 trainer samples from a full-weights replica that :meth:`DeepSpeedZero3.sync_replica` refreshes after each
@@ -58,6 +62,27 @@ def zero_config(stage: int, max_grad_norm: float | None) -> dict[str, Any]:
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
+
+
+def set_full_hp(param: nn.Parameter, value: torch.Tensor, key: str | None = None) -> None:
+    """``safe_set_full_fp32_param`` (``key`` None) / ``safe_set_full_optimizer_state``: this process's share of the
+    full tensor ``value`` into ZeRO's fp32 partition of ``param`` (or of its AdamW state ``key``). ZeRO-3 pads a
+    parameter to equal partitions, and DeepSpeed narrows the unpadded value past its end when the parameter is
+    smaller than its padding (a 1-element bias on 2 processes); here the padding is left as it is."""
+    if not hasattr(param, "ds_id"):  # ZeRO-1/2
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+        safe_set_full_fp32_param(param, value) if key is None else safe_set_full_optimizer_state(param, value, key)
+        return
+    zero = param._z3_optimizer
+    if not param.requires_grad:
+        return
+    part, group = zero._get_fp32_opt_state_partition(param, release_swap_buffers=False, optim_state_key=key)
+    start = part.numel() * zero._get_param_partition_rank(param)
+    piece = value.flatten()[start : start + part.numel()]
+    part.data[: piece.numel()].copy_(piece.to(part.device, part.dtype))
+    if zero._swappable_optimizer_subgroup(group):
+        zero._optimizer_states_and_gradient_swap_out(group)
 
 
 class EngineModule(nn.Module):
@@ -165,8 +190,6 @@ class ZeroOptimizer:
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
-        from deepspeed.utils import safe_set_full_optimizer_state
-
         saved_groups = [g for g in saved["param_groups"] if g["params"]]  # groups without parameters stay out of ZeRO
         if len(saved_groups) != len(self.groups):
             raise ValueError(f"optimizer state has {len(saved_groups)} parameter groups with parameters, this run {len(self.groups)}")
@@ -180,7 +203,7 @@ class ZeroOptimizer:
                     continue
                 step = entry["step"]
                 for key in ("exp_avg", "exp_avg_sq"):
-                    safe_set_full_optimizer_state(p, entry[key].to(torch.float32), key)
+                    set_full_hp(p, entry[key].to(torch.float32), key)
         if step is not None:  # the partitions' shared step count
             for state in self.inner.state.values():
                 if "step" in state:
@@ -218,8 +241,20 @@ class DeepSpeedStrategy(Strategy):
     def clip_grad_norm(self, params, max_norm):
         return None  # DeepSpeed clips inside step() (gradient_clipping)
 
-    def _gathered(self, model):
+    def _gathered(self, model, modifier: bool = False):
         return contextlib.nullcontext()
+
+    def load_full(self, module, state):
+        params = dict(module.named_parameters())
+        if set(state) != set(module.state_dict()):
+            raise ValueError(f"state does not match the module: {sorted(set(state) ^ set(module.state_dict()))[:3]}")
+        with self._gathered(module, modifier=True), torch.no_grad():  # stage 3: process 0's writes are partitioned on exit
+            for name, tensor in {**params, **dict(module.named_buffers())}.items():
+                if name in state:
+                    tensor.data.copy_(state[name].to(tensor.device, tensor.dtype).view(tensor.data.shape))
+        for name, p in params.items():  # the optimizer's fp32 master copy, which the next step starts from
+            if p.requires_grad:
+                set_full_hp(p, state[name].to(self.device, torch.float32))
 
     def full_states(self, model, policy, optimizer):
         with self._gathered(model):
@@ -240,8 +275,8 @@ class DeepSpeedZero3(DeepSpeedStrategy):
 
     replicates = True  # partitioned parameters: sampling and old log-probs run on a full-weights replica
 
-    def _gathered(self, model):
-        return _deepspeed().zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+    def _gathered(self, model, modifier: bool = False):
+        return _deepspeed().zero.GatheredParameters(list(model.parameters()), modifier_rank=0 if modifier else None)
 
     def sync_replica(self, model, replica):
         trained = self._trained(model)

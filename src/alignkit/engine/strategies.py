@@ -19,7 +19,9 @@ wrapping, which the trainer hands to the algorithm as ``ctx.model``; after every
 ZeRO-3: ``deepspeed.zero.GatheredParameters``) — a collective every process makes at the same point.
 Frozen parameters (a LoRA base) are copied once and never gathered again. The cost is one full copy of the
 weights per process (no gradients, no optimizer state); the rollout engine (alignkit's sampler or vLLM)
-reads the replica as it reads the single-process model.
+reads the replica as it reads the single-process model. PPO's critic follows the same pattern: it is wrapped
+with the policy in the engine module, its values run on a replica of its own (``rl/ppo.py``), and
+:meth:`Strategy.load_full` writes a checkpoint's full critic back into the sharded weights on resume.
 """
 
 from __future__ import annotations
@@ -136,6 +138,12 @@ class Strategy:
             for name, p in self._trained(model):
                 mirror[name].copy_(self._full(p))
 
+    def load_full(self, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Write full tensors ``state`` (``module``'s state dict as one process holds it, e.g. a checkpoint's PPO
+        critic) into ``module`` wherever its weights live after wrapping: here the module itself; FSDP2: its
+        shards; ZeRO: the parameters and the optimizer's fp32 master partitions (a collective there)."""
+        module.load_state_dict(state)
+
     def _trained(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
@@ -178,9 +186,27 @@ class FSDP2Strategy(Strategy):
         mesh = init_device_mesh(self.device.type, (self.world,))
         core = unwrap_model(model)
         decoder = core.get_decoder() if hasattr(core, "get_decoder") else getattr(core, "model", None)
-        for layer in getattr(decoder, "layers", []):
+        kinds = tuple({type(layer) for layer in getattr(decoder, "layers", [])})
+        # every decoder layer in the engine module is its own shard group: the policy's, and those of a copy of
+        # its decoder the module trains beside it (PPO's critic)
+        for layer in [m for m in module.modules() if kinds and isinstance(m, kinds)]:
             fully_shard(layer, mesh=mesh)
         return fully_shard(module, mesh=mesh)
+
+    def load_full(self, module, state):
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        targets = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+        if set(state) != set(module.state_dict()):
+            missing, extra = sorted(set(module.state_dict()) - set(state)), sorted(set(state) - set(module.state_dict()))
+            raise ValueError(f"state does not match the module: missing {missing[:3]}, unexpected {extra[:3]}")
+        with torch.no_grad():
+            for name, value in state.items():
+                target = targets[name]
+                value = value.to(device=target.device, dtype=target.dtype)
+                if isinstance(target, DTensor):  # this process's shard of the full tensor
+                    value = distribute_tensor(value, target.device_mesh, target.placements)
+                target.copy_(value)
 
     def full_states(self, model, policy, optimizer):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict

@@ -39,6 +39,7 @@ from ..models.loading import is_peft, load_tokenizer, save_policy
 from ..models.reference import Reference, starting_reference
 from ..models.sanity import warn_settings
 from ..models.weights import mark_updated
+from .batch_plan import announce_batch_plan
 from .checkpoint import (
     RunError,
     atomic_folder,
@@ -102,6 +103,7 @@ class Trainer:
         self.algorithm = algorithm
         self.cfg = recipe.train
         self.strategy = strategy or build_strategy(self.cfg.distributed)
+        self.batch_plan = announce_batch_plan(recipe, self.strategy)  # the batch vocabulary: checked, printed once (main process)
         self.device = self.strategy.device
         self.run_dir = recipe.output_dir
         self.autocast_dtype = torch.bfloat16 if self.cfg.precision == "bf16" else None

@@ -90,7 +90,7 @@ class Trajectory:
     truncated: bool = False
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
-    logprobs: list[float] | None = None
+    logprobs: list[float] | None = None  # per completion token: the sampler's log-prob on policy tokens, 0.0 on environment tokens
 
     @property
     def finished(self) -> bool:
@@ -153,14 +153,19 @@ class _Episode:
     def __init__(self, index: int, env: Environment | None, trajectory: Trajectory):
         self.index, self.env, self.t = index, env, trajectory
         self.done = env is None
+        if trajectory.logprobs is None and not trajectory.completion_ids:
+            trajectory.logprobs = []  # filled turn by turn (see append)
 
     @property
     def length(self) -> int:
         return len(self.t.prompt_ids) + len(self.t.completion_ids)
 
-    def append(self, ids: list[int], policy: bool) -> None:
+    def append(self, ids: list[int], policy: bool, logprobs: list[float] | None = None) -> None:
         self.t.completion_ids.extend(ids)
         self.t.completion_mask.extend([1 if policy else 0] * len(ids))
+        # the sampler's log-probs of the policy's tokens, 0.0 on environment tokens; None once a turn had none (hf)
+        if self.t.logprobs is not None:
+            self.t.logprobs = None if policy and logprobs is None else self.t.logprobs + (list(logprobs) if policy else [0.0] * len(ids))
 
     def fail(self, error: BaseException) -> None:
         self.t.error = f"{type(error).__name__}: {error}"
@@ -201,7 +206,7 @@ def run_episodes(
         samples = engine.generate(prompt_ids=[e.t.prompt_ids + e.t.completion_ids for e in active], n=1,
                                   job_ids=[job_ids[e.index] for e in active], sampling=call, batch_size=batch_size)
         for e, s in zip(active, samples):
-            _take_turn(e, s.completion_ids, s.finished, budgets[e.index], limits, tokenizer)
+            _take_turn(e, s.completion_ids, s.finished, budgets[e.index], limits, tokenizer, s.logprobs)
         turn += 1
     out = []
     for e in episodes:
@@ -243,13 +248,13 @@ def _check_messages(messages: list, where: str) -> None:
             raise TypeError(f"{where} must give messages as {{'role': str, 'content': str}} dicts, got {m!r}")
 
 
-def _take_turn(e: _Episode, ids: list[int], finished: bool, budget: int, limits: Limits, tokenizer) -> None:
+def _take_turn(e: _Episode, ids: list[int], finished: bool, budget: int, limits: Limits, tokenizer, logprobs: list[float] | None = None) -> None:
     cut = len(ids) > budget or not finished
     ids = list(ids[:budget])
     if not ids:  # an empty turn (cannot happen with the local engine: a stop token is a token)
         e.t.truncated, e.done = True, True
         return
-    e.append(ids, policy=True)
+    e.append(ids, policy=True, logprobs=None if logprobs is None else logprobs[: len(ids)])
     e.t.turn_ends.append(len(e.t.completion_ids) - 1)
     text = tokenizer.decode(ids, skip_special_tokens=True)
     history = e.t.messages + [{"role": "assistant", "content": text}]

@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..envs import Limits, Trajectory, check_options, environment_class, parse_tool_calls, run_episodes
-from ..rollout import Sampling, build_rollout_engine
+from ..rollout import Sampling, build_rollout_engine, resolve_backend
 from .metrics import mean_and_se
 
+# `alignkit eval --env --backend local` is alignkit's own KV-cache decoder (the registered engine `alignkit`)
+BACKEND_ALIASES = {"local": "alignkit"}
 # what each reported number means (the report's "meaning" column)
 MEANINGS = {
     "env": "the environment (registered name or module:Class)",
@@ -151,11 +153,13 @@ def evaluate_agent(
     backend: str = "alignkit",
     engine=None,
     keep_samples: int = 4,
+    greedy: bool = False,
 ) -> AgentEval:
     """``n_samples`` episodes of ``env`` (a registered name or ``module:Class``, built with ``options``) per
     row of ``rows`` (dicts with ``prompt`` and any fields the environment reads), played by ``model`` through
-    ``engine`` (default: a ``backend`` engine built here and closed after), ``max_new_tokens`` per turn,
-    within ``limits`` (default :class:`~alignkit.envs.Limits`); their :func:`agent_metrics`."""
+    ``engine`` (default: a ``backend`` engine built here and closed after: ``alignkit`` or its alias ``local``,
+    the KV-cache decoder; ``hf``, ``model.generate``; ``vllm``; ``auto``), ``max_new_tokens`` per turn (argmax
+    tokens with ``greedy``), within ``limits`` (default :class:`~alignkit.envs.Limits`); their :func:`agent_metrics`."""
     options = dict(options or {})
     cls = environment_class(env)
     check_options(cls, options, "--env-option")
@@ -165,9 +169,11 @@ def evaluate_agent(
     limits = limits or Limits()
     episodes = [dict(row) for row in rows for _ in range(n_samples)]
     own_engine = engine is None
-    engine = engine or build_rollout_engine(backend, model, tokenizer)
+    if own_engine:
+        backend = resolve_backend(BACKEND_ALIASES.get(backend, backend), model)  # what the settings record: the engine that played
+        engine = build_rollout_engine(backend, model, tokenizer)
     try:
-        sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, greedy=greedy)
         trajectories = run_episodes(engine, lambda: cls(**options), episodes, list(range(len(episodes))), sampling, limits,
                                     batch_size=max(1, len(episodes)))
     finally:
@@ -175,7 +181,7 @@ def evaluate_agent(
             engine.close()
     settings = {"options": options, "samples_per_row": n_samples, "rows": len(rows), "max_new_tokens": max_new_tokens, "temperature": temperature,
                 "seed": seed, "max_turns": limits.max_turns, "max_tokens": limits.max_tokens, "reward_mode": limits.reward,
-                "tools": None if limits.tools is None else list(limits.tools), "describe_tools": limits.describe_tools, "backend": backend}
+                "tools": None if limits.tools is None else list(limits.tools), "describe_tools": limits.describe_tools, "backend": backend if own_engine else type(engine).__name__, "greedy": greedy}
     return agent_metrics(trajectories, env, settings, keep_samples)
 
 

@@ -519,8 +519,10 @@ def _model_source(path: str | Path, spec: dict[str, Any]) -> RewardSource:
     kind = "scalar"
     if config.exists():
         kind = json.loads(config.read_text()).get("reward_type", "scalar")
-    if kind == "arm":
-        raise ValueError(f"{path} is an autoregressive reward model (GenARM); use it as a decoding guide: --strategy genarm -O arm={path}")
+    if kind == "arm":  # GenARM: beta_r * sum_t log pi_r(y_t|x, y<t) (rewards/arm.py)
+        from .arm import ArmRewardSource
+
+        return ArmRewardSource(path, arm_beta=spec.get("arm_beta"), **options)
     if spec.get("type") == "preference" or kind == "preference":
         return PreferenceModelSource(path, reference=spec.get("reference"), **options)
     if kind == "multi_objective":

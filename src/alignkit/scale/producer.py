@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -48,6 +48,7 @@ class Job:
     batch_size: int
     min_version: int = -1  # wait for weights at least this new before starting (a regeneration after a drop)
     weights: tuple[int, list] | None = None  # pinned: exactly these (version, named tensors), whatever is published later
+    run: Callable[[RolloutEngine, Sampling], list] | None = None  # instead of generate: e.g. multi-turn episodes (rl.env)
     future: Future = field(default_factory=Future)
 
 
@@ -93,16 +94,18 @@ class RolloutProducer:
             return self._published[0] if self._published is not None else -1
 
     def submit(self, key, prompts: Sequence[Any], n: int, job_ids: Sequence[int], sampling: Sampling, batch_size: int, min_version: int = -1,
-               pin: bool = False) -> Job:
+               pin: bool = False, run: Callable[[RolloutEngine, Sampling], list] | None = None) -> Job:
         """Queue a job (run after the jobs already queued); ``key`` names it for :meth:`take`. ``min_version``: start
-        with weights at least this new; ``pin``: with exactly the weights published now (one-step-off)."""
+        with weights at least this new; ``pin``: with exactly the weights published now (one-step-off). ``run``: how
+        the job samples, ``run(engine, sampling) -> samples`` (e.g. :func:`~alignkit.envs.run_episodes` for whole
+        trajectories, each recording the version like a sample; no partial rollouts), instead of ``engine.generate``."""
         if self.closed:
             raise RuntimeError("the rollout producer is closed")
         with self._lock:
             weights = self._published if pin else None
         if pin and weights is None:
             raise ValueError("submit(pin=True) before any weights were published")
-        job = Job(key, list(prompts), n, [int(j) for j in job_ids], sampling, batch_size, min_version, weights)
+        job = Job(key, list(prompts), n, [int(j) for j in job_ids], sampling, batch_size, min_version, weights, run)
         self.jobs[key] = job
         self._pool.submit(self._run, job)
         return job
@@ -161,6 +164,11 @@ class RolloutProducer:
         began = time.perf_counter()
         self._load_newest(job.min_version, job.weights)
         version = self.loaded_version
+        if job.run is not None:  # e.g. episodes: every turn by the weights loaded now
+            samples = job.run(self.engine, job.sampling)
+            for s in samples:
+                s.version = version
+            return Produced(samples, version, 0, time.perf_counter() - began)
         first = job.sampling if self.partial_tokens is None else job.sampling.with_(max_new_tokens=min(self.partial_tokens, job.sampling.max_new_tokens))
         samples = self.engine.generate(job.prompts, n=job.n, job_ids=job.job_ids, sampling=first, batch_size=job.batch_size)
         for i, s in enumerate(samples):

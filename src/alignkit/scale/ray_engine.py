@@ -114,6 +114,12 @@ class RayRolloutEngine(RolloutEngine):
                                        name=None).remote(i, model_ref, tokenizer_ref, backend, vllm_options, scale.worker_cpus)
                         for i in range(scale.rollout_workers)]
         self.where = call(ray, [w.where.remote() for w in self.workers], "starting the rollout workers")
+        from ..core.progress import say
+
+        driver = ray.get_runtime_context().get_node_id()
+        say("rollout workers (scale.placement=" + scale.placement + "): " + "; ".join(
+            f"{w['rank']} on node {w['node'][:12]}{' (driver node)' if w['node'] == driver else ''} {w['host']} pid {w['pid']} {w['engine']} {w['device']}"
+            for w in self.where))
         self._synced = (id(model), weights_version(model))
         self.version = 0
 

@@ -37,7 +37,11 @@ class RolloutWorker:
         self.version = 0
 
     def where(self) -> dict[str, Any]:
-        return {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(), "device": str(_worker_device()), "engine": self.engine.name}
+        """Where this worker runs: its rank, pid, host, Ray node id (one per raylet), device and engine."""
+        import ray  # inside a Ray actor, so Ray is there
+
+        return {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(), "node": ray.get_runtime_context().get_node_id(),
+                "device": str(_worker_device()), "engine": self.engine.name}
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], job_ids: Sequence[int], sampling, batch_size: int) -> list:
         return self.engine.generate(prompt_ids=prompt_ids, n=1, job_ids=job_ids, sampling=sampling, batch_size=batch_size)

@@ -17,6 +17,13 @@ the user picks ``v``: :func:`direction_prompt` writes it; ``<run>/conditioning.j
 ``inference_direction`` (default the middle of ``angle_range``). Each round's statistics go to
 ``<run>/dpa_rounds.jsonl``: mean ``vᵀr`` of the samples and of the selected targets, and each attribute's mean
 over the targets.
+
+How ``v`` is written is ``feedback.dpa.encoding`` (registry :data:`DIRECTION_ENCODINGS`): ``decimal`` (the
+paper's form, the default) writes its components with ``digits`` decimals (``"<v 0.87 0.50>"``); ``words``
+quantises the angle ``θ = atan2(v₂, v₁)`` to the nearest of ``len(words)`` evenly spaced bucket centres over
+``angle_range`` (``lo + i (hi − lo)/(n − 1)``) and writes that bucket's word (``"<v B>"`` for 30° with the
+default five words A–E at 0°, 22.5°, 45°, 67.5°, 90°): one token per direction, which a small model reads far
+more easily than two decimals.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import random
 import torch
 
 from ...core.progress import say
+from ...core.registry import Registry
 from ...data.encode import Encoder
 from .base import FEEDBACK_METHODS, SelfSampledRounds
 
@@ -38,10 +46,42 @@ def direction(theta_degrees: float) -> list[float]:
     return [math.cos(t), math.sin(t)]
 
 
-def direction_prompt(template: str, prompt: str, v, digits: int = 2) -> str:
-    """``template`` with ``{direction}`` as v's components (``digits`` decimals, space-separated) and ``{prompt}``."""
-    written = " ".join(f"{float(x):.{digits}f}" for x in v)
+DIRECTION_ENCODINGS: Registry = Registry("DPA direction encoding")
+
+
+@DIRECTION_ENCODINGS.register("decimal")
+def write_decimal(v, digits: int = 2, **_) -> str:
+    """v's components with ``digits`` decimals, space-separated (the paper's form)."""
+    return " ".join(f"{float(x):.{digits}f}" for x in v)
+
+
+def angle_bucket(v, angle_range, buckets: int) -> int:
+    """Index of the nearest of ``buckets`` evenly spaced angles over ``angle_range`` to v's angle (clipped)."""
+    lo, hi = angle_range
+    if buckets < 1:
+        raise ValueError(f"feedback.dpa.words: give at least one bucket word, got {buckets}")
+    if buckets == 1 or hi == lo:
+        return 0
+    theta = math.degrees(math.atan2(float(v[1]), float(v[0])))
+    return min(buckets - 1, max(0, round((theta - lo) / (hi - lo) * (buckets - 1))))
+
+
+@DIRECTION_ENCODINGS.register("words")
+def write_words(v, words=("A", "B", "C", "D", "E"), angle_range=(0.0, 90.0), **_) -> str:
+    """The word of v's angle bucket (see :func:`angle_bucket`)."""
+    return str(words[angle_bucket(v, angle_range, len(words))])
+
+
+def direction_prompt(template: str, prompt: str, v, digits: int = 2, encoding: str = "decimal", **encoding_options) -> str:
+    """``template`` with ``{direction}`` as v written by ``encoding`` (``decimal``: components with ``digits``
+    decimals; ``words``: the angle bucket's word, options ``words`` and ``angle_range``) and ``{prompt}``."""
+    written = DIRECTION_ENCODINGS.get(encoding)(v, digits=digits, **encoding_options)
     return template.replace("{direction}", written).replace("{prompt}", prompt)
+
+
+def options_prompt(options, prompt: str, v) -> str:
+    """:func:`direction_prompt` with a ``feedback.dpa`` section's template and encoding."""
+    return direction_prompt(options.template, prompt, v, options.digits, options.encoding, words=options.words, angle_range=options.angle_range)
 
 
 def select_best(scores: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -66,6 +106,10 @@ class DPA(SelfSampledRounds):
         lo, hi = o.angle_range
         if not lo <= hi:
             raise ValueError(f"feedback.dpa.angle_range: expected low <= high degrees, got {list(o.angle_range)}")
+        if o.encoding not in DIRECTION_ENCODINGS:
+            raise ValueError(f"feedback.dpa.encoding: {DIRECTION_ENCODINGS.unknown(o.encoding)}")
+        if o.encoding == "words" and (not o.words or len(set(o.words)) != len(o.words)):
+            raise ValueError(f"feedback.dpa.words: give distinct bucket words, got {o.words}")
         if o.inference_direction is not None and len(o.inference_direction) != len(o.attributes):
             raise ValueError(f"feedback.dpa.inference_direction: one component per attribute ({', '.join(o.attributes)}), got {o.inference_direction}")
         self.scorer = None
@@ -85,7 +129,7 @@ class DPA(SelfSampledRounds):
         return list(o.inference_direction) if o.inference_direction is not None else direction(sum(o.angle_range) / 2)
 
     def inference_prompt(self, prompt: str) -> str:
-        return direction_prompt(self.options.template, prompt, self.inference_direction(), self.options.digits)
+        return options_prompt(self.options, prompt, self.inference_direction())
 
     def draw_direction(self, example: dict, split: str) -> list[float]:
         lo, hi = self.options.angle_range
@@ -104,7 +148,7 @@ class DPA(SelfSampledRounds):
                 e["dpa_original"] = self.tokenizer.decode(self.completion_ids(e), skip_special_tokens=True)
         prompts = [e["dpa_prompt"] for e in examples]
         vs = [self.draw_direction(e, split) for e in examples]
-        asked = [direction_prompt(o.template, p, v, o.digits) for p, v in zip(prompts, vs, strict=True)]
+        asked = [options_prompt(o, p, v) for p, v in zip(prompts, vs, strict=True)]
         k = o.samples
         drawn = generate(ctx.model, ctx.tokenizer, asked, n=k, max_new_tokens=o.max_new_tokens, temperature=o.temperature,
                          seed=self.recipe.train.seed + 7919 * (self.round + 1) + (split != "train"))

@@ -16,6 +16,12 @@ fit's data order (:class:`~alignkit.engine.loop.DataOrder`, a pure function of t
 whose prompts turn out not to be the step's (another fit, a resumed run) is discarded (``async/discarded``) and
 the step samples synchronously. The samples' log-probs are the producer's (the behaviour policy μ); the trainer
 recomputes π_old at the current weights, and ``rl.off_policy`` corrects by π_old/μ.
+
+Several trainer processes: each rank holds its own producer for its share of each step's prompts (the data
+order's ``share(step, rank)``); the job ids are the examples' global indices and the streams are keyed by
+(seed, job id, step), so the ranks together draw the 1-process samples. With ``rl.env`` a job is a batch of
+whole episodes (:func:`episode_runner`), every turn by the job's weights; μ's log-probs are 0.0 on the
+environment's tokens, which ``completion_mask`` keeps out of the correction.
 """
 
 from __future__ import annotations
@@ -57,8 +63,6 @@ class AsyncSampling:
 
     # ---- one step ----------------------------------------------------------------------------------------
     def sample(self, ctx, examples, seed: int) -> list:
-        if ctx.strategy.world > 1:
-            raise ValueError("rl.asynchronous with several trainer processes is not supported yet; run it in one process (docs/scale.md)")
         if self.producer is None:
             self.producer = self.build_producer(ctx)
         producer, version = self.producer, ctx.step
@@ -87,8 +91,12 @@ class AsyncSampling:
         from .pipeline import _job_ids
 
         sampling = Sampling(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, seed=step_seed(ctx.seed, step))
-        return self.producer.submit(_key(step, examples), [e["prompt"] for e in examples], g, _job_ids(examples, g), sampling,
-                                    s.batch_size or len(examples) * g, min_version=min_version, pin=pin)
+        job_ids, batch_size = _job_ids(examples, g), s.batch_size or len(examples) * g
+        run = None
+        if self.algo.env_class is not None:  # rl.env: each sample is a whole episode, every turn by the job's weights
+            run = episode_runner(self.algo, [e for e in examples for _ in range(g)], job_ids, batch_size)
+        return self.producer.submit(_key(step, examples), [e["prompt"] for e in examples], g, job_ids, sampling, batch_size,
+                                    min_version=min_version, pin=pin, run=run)
 
     def _queue_next(self, ctx, examples) -> None:
         """Queue the next steps' prompts (one_step_off: the next step, pinned to the current version)."""
@@ -117,6 +125,18 @@ class AsyncSampling:
         if self.producer is not None:
             self.producer.close()
             self.producer = None
+
+
+def episode_runner(algo, rows: list, job_ids: list[int], batch_size: int):
+    """``run(engine, sampling)`` for the producer: :func:`~alignkit.envs.run_episodes` of ``rows`` with the recipe's
+    environment and limits (what the synchronous ``OnlineRL.episodes`` runs, on the producer's engine)."""
+    from ...envs import Limits, run_episodes
+
+    env, env_class = algo.cfg.env, algo.env_class
+    limits = Limits(max_turns=env.max_turns, max_tokens=env.max_tokens, reward=env.reward, tools=env.tools, describe_tools=env.describe_tools,
+                    truncated_reward=env.truncated_reward)
+    options = dict(env.options)
+    return lambda engine, sampling: run_episodes(engine, lambda: env_class(**options), rows, job_ids, sampling, limits, batch_size=batch_size)
 
 
 def _key(step: int, examples) -> tuple:

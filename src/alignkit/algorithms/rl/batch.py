@@ -119,7 +119,8 @@ class RolloutBatch:
             else:
                 completion_mask[r, p : lengths[r]] = 1
         behaviour_logp = None
-        if behaviour and samples and not trajectories and all(getattr(s, "logprobs", None) is not None for s in samples):
+        # trajectories: 0.0 on environment tokens, which completion_mask keeps out of the correction
+        if behaviour and samples and all(getattr(s, "logprobs", None) is not None for s in samples):
             behaviour_logp = torch.zeros((n, width), dtype=torch.float32)
             for r, s in enumerate(samples):
                 behaviour_logp[r, len(s.prompt_ids) : lengths[r]] = torch.tensor(s.logprobs, dtype=torch.float32)

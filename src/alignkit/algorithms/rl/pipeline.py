@@ -124,8 +124,13 @@ class OnlineRL(Algorithm):
         return f"loss {loss:.4f} reward {stats.get('reward', float('nan')):.3f} | s: {times}"
 
     def extra_modules(self) -> dict[str, nn.Module]:
-        critic = self.estimator.value_model
+        # PPO's critic as full weights under any strategy (ppo.CriticCheckpoint: a replica, shards, ZeRO partitions)
+        critic = self.estimator.checkpoint_module() if hasattr(self.estimator, "checkpoint_module") else self.estimator.value_model
         return {"critic": critic} if critic is not None else {}
+
+    def after_step(self, ctx, step: int) -> None:
+        if hasattr(self.estimator, "after_step"):  # PPO: the critic's replica takes the step's updates
+            self.estimator.after_step(self, ctx, step)
 
     def setup(self, ctx) -> None:
         from ...models.logprobs import supports_packing
@@ -268,8 +273,19 @@ class OnlineRL(Algorithm):
 
                 self.engines[id(model)] = ray_rollout_engine(model, tokenizer, self.recipe.scale, backend=s.backend, vllm_options=s.vllm)
             else:
-                self.engines[id(model)] = build_rollout_engine(s.backend, model, tokenizer, vllm_options=s.vllm)
+                self.engines[id(model)] = build_rollout_engine(s.backend, model, tokenizer, vllm_options=s.vllm, **self.engine_options(model))
         return self.engines[id(model)]
+
+    def engine_options(self, model) -> dict:
+        """``rl.sampling.precision=bf16``: the alignkit decoder samples from a bf16 copy of ``model``."""
+        if self.cfg.sampling.precision == "model":
+            return {}
+        from ...rollout.engine import resolve_backend
+
+        if (backend := resolve_backend(self.cfg.sampling.backend, model)) != "alignkit":
+            raise ValueError(f"rl.sampling.precision=bf16 is a setting of the alignkit decoder; rl.sampling.backend resolves to {backend!r}: "
+                             "set rl.sampling.backend=alignkit or rl.sampling.precision=model")
+        return {"dtype": torch.bfloat16}
 
     def generate(self, model, tokenizer, prompts, n: int, **kwargs):
         """Samples with the recipe's sampling settings from the held engine of ``model``."""
@@ -305,10 +321,10 @@ class OnlineRL(Algorithm):
     def sample(self, ctx, examples, seed: int) -> list:
         """Stage 1: ``group_size`` completions per prompt, consecutive (with ``rl.env``: whole trajectories)."""
         g = self.cfg.sampling.group_size
+        if self.async_sampling is not None:  # drawn by earlier weights in the background (rl.asynchronous; episodes too)
+            return self.async_sampling.sample(ctx, examples, seed)
         if self.env_class is not None:
             return self.episodes(ctx.model, ctx.tokenizer, [e for e in examples for _ in range(g)], seed, _job_ids(examples, g))
-        if self.async_sampling is not None:  # drawn by earlier weights in the background (rl.asynchronous)
-            return self.async_sampling.sample(ctx, examples, seed)
         sampler, context = ctx.model, contextlib.nullcontext
         if self.cfg.sampling.behavior == "reference":  # off-policy rollouts from the frozen starting policy
             sampler, context = self.reference.model, self.reference.context

@@ -1,7 +1,16 @@
 """PPO for LMs: a critic (the policy's decoder with a scalar head) trained with the policy, advantages by
 GAE over per-token rewards (the sequence reward on the last token, the KL to the reference on every
 token with ``rl.kl.in_reward``, RTO's dense reward with ``rl.ppo.dense_reward_model``), MA-RLHF's
-macro actions with ``rl.ppo.macro_len``, whitened over the rollout's tokens with ``rl.ppo.whiten``."""
+macro actions with ``rl.ppo.macro_len``, whitened over the rollout's tokens with ``rl.ppo.whiten``.
+
+**Under a sharding strategy** (``fsdp2``, ``deepspeed_zero2``, ``deepspeed_zero3``) the critic is part of the
+engine module, so the strategy shards it as it shards the policy (FSDP2: each of its decoder layers is a
+shard group, like the policy's) and its value loss steps in the same optimizer. The values GAE reads are
+forward-only work outside the wrapped forward, so, like the policy's old log-probs, they run on a
+full-weights *critic replica* when the strategy keeps replicas (:meth:`Strategy.replica`), refreshed after
+every training step by :meth:`Strategy.sync_replica` (a collective); ZeRO-2 keeps full parameters and reads
+the critic itself. Checkpoints store the critic's full weights (:class:`CriticCheckpoint`) and a resume writes
+them back through :meth:`Strategy.load_full` (FSDP2 shards, ZeRO's fp32 master partitions)."""
 
 from __future__ import annotations
 
@@ -48,6 +57,30 @@ class ActorCritic(nn.Module):
         return self.actor(input_ids, attention_mask, loss_mask), self.critic(input_ids, attention_mask, loss_mask)
 
 
+class CriticCheckpoint:
+    """What checkpoints save and load as ``critic.safetensors``: the critic's full weights, whatever the strategy.
+
+    ``state_dict`` (main process only) reads the replica when there is one (full and in step after every
+    training step), else the critic itself; ``load_state_dict`` (every process) writes the full tensors into the
+    wrapped critic through the strategy, and into the replica."""
+
+    def __init__(self, estimator: "PPO"):
+        self.estimator = estimator
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        est = self.estimator
+        return (est.critic_replica if est.critic_replica is not None else est.value_model).state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        est = self.estimator
+        if est.strategy is None:
+            est.value_model.load_state_dict(state)
+        else:
+            est.strategy.load_full(est.value_model, state)
+        if est.critic_replica is not None:
+            est.critic_replica.load_state_dict(state)
+
+
 @ESTIMATORS.register("ppo", needs=("critic",))
 class PPO(Estimator):
     name = "ppo"
@@ -57,14 +90,26 @@ class PPO(Estimator):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.value_model: TargetValues | None = None
+        self.critic_replica: TargetValues | None = None  # sharded strategies: the full-weights critic values run on
+        self.strategy = None
         self.dense_reward: TargetLogProbs | None = None
 
     def module(self, model):
         combined = ActorCritic(model, self.cfg.sampling.temperature)
         self.value_model = combined.critic
+        if self.strategy is not None:  # before wrapping, while the critic's weights are whole
+            self.critic_replica = self.strategy.replica(combined.critic)
         return combined
 
+    def checkpoint_module(self) -> CriticCheckpoint | None:
+        return CriticCheckpoint(self) if self.value_model is not None else None
+
+    def after_step(self, algo, ctx, step):
+        if self.critic_replica is not None:  # a collective: every process took the same updates
+            ctx.strategy.sync_replica(self.value_model, self.critic_replica)
+
     def setup(self, algo, ctx):
+        self.strategy = ctx.strategy
         if self.cfg.ppo.dense_reward_model:
             from ...models.loading import load_policy_for_inference
 
@@ -86,7 +131,8 @@ class PPO(Estimator):
         return out + (["dense_logp"] if self.dense_reward is not None else [])
 
     def annotators(self) -> dict[str, nn.Module]:
-        return {"values": self.value_model, **({"dense_logp": self.dense_reward} if self.dense_reward is not None else {})}
+        critic = self.critic_replica if self.critic_replica is not None else self.value_model
+        return {"values": critic, **({"dense_logp": self.dense_reward} if self.dense_reward is not None else {})}
 
     def token_advantages(self, algo, ctx, rollout, batch):
         cfg = self.cfg
