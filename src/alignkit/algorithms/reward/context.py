@@ -26,7 +26,7 @@ Logged: ``accuracy``, ``margin``, and ``accuracy/group/<g>`` when the rows carry
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -56,6 +56,17 @@ def group_contexts(task: Any, wordings: str = "train") -> dict[str, tuple[str, .
         raise ValueError(f"reward.type=context generates its rows from a task with user groups (pluralistic), not {getattr(task, 'name', task)!r}; "
                          "give data.train pairs with a context field instead")
     return {g: CONTEXT_WORDINGS[1 if sign > 0 else -1][wordings] for g, _, sign in groups}
+
+
+def prompt_pairs(task: Any, n: int, split: str, tag: str) -> Iterator[tuple[str, random.Random, str, str]]:
+    """For prompt ``i`` of the split: ``(prompt, rng, a, b)``, two different base samples drawn with the row's
+    own stream ``(task seed, split, tag, i)`` (the same stream then labels the row)."""
+    for i, prompt in enumerate(task.prompts(n, split)):
+        rng = random.Random(f"{task.seed}-{split}-{tag}-{i}")
+        pair = distinct_pair(task, prompt, rng)
+        if pair is None:
+            raise RuntimeError(f"task {task.name}: no two different completions for prompt {prompt!r}")
+        yield prompt, rng, *pair
 
 
 def distinct_pair(task: Any, prompt: str, rng: random.Random, tries: int = 16) -> tuple[str, str] | None:
@@ -132,12 +143,7 @@ class ContextRewardModelling(ConditionedRewardModelling):
         contexts = group_contexts(task, "train" if split == "train" else "unseen")
         judge = task.pair_judge(self.recipe.task.label_temperature)
         rows = []
-        for i, prompt in enumerate(task.prompts(n, split)):
-            rng = random.Random(f"{task.seed}-{split}-context-{i}")
-            pair = distinct_pair(task, prompt, rng)
-            if pair is None:
-                raise RuntimeError(f"task {task.name}: no two different completions for prompt {prompt!r}")
-            a, b = pair
+        for prompt, rng, a, b in prompt_pairs(task, n, split, "context"):
             p_a, extra = judge(prompt, a, b, rng)
             chosen, rejected = (a, b) if rng.random() < p_a else (b, a)
             rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, **extra, self.key: rng.choice(contexts[extra["group"]])})

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from ...tasks._labels import bt_probability
 from ...tasks.sentiment import ADJECTIVES, SentimentTask
 from .base import REWARD_TYPES
-from .context import ConditionedRewardModelling, distinct_pair
+from .context import ConditionedRewardModelling, prompt_pairs
 
 Scorer = Callable[[Any, str, str], float]
 
@@ -93,12 +93,7 @@ class PrinciplesRewardModelling(ConditionedRewardModelling):
                              f"not {task.name!r}; give data.train pairs with a principles field instead")
         temperature = self.recipe.task.label_temperature
         rows = []
-        for i, prompt in enumerate(task.prompts(n, split)):
-            rng = random.Random(f"{task.seed}-{split}-principles-{i}")
-            pair = distinct_pair(task, prompt, rng)
-            if pair is None:
-                raise RuntimeError(f"task {task.name}: no two different completions for prompt {prompt!r}")
-            a, b = pair
+        for prompt, rng, a, b in prompt_pairs(task, n, split, "principles"):
             names = sample_principles(rng)
             p_a = bt_probability(principle_score(task, names, prompt, a), principle_score(task, names, prompt, b), temperature)
             chosen, rejected = (a, b) if rng.random() < p_a else (b, a)
