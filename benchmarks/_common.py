@@ -7,10 +7,11 @@ import time
 
 
 def matmul_flops(size: int = 1024, seconds: float = 2.0, dtype: str = "fp32") -> float:
-    """The machine's matmul rate (FLOP/s) in ``dtype`` (fp32 | bf16): a size^3 product repeated for ``seconds``."""
+    """The machine's matmul rate (FLOP/s) in ``dtype`` (fp32 | bf16 | bf16_params, the last two both bf16
+    matmuls): a size^3 product repeated for ``seconds``."""
     import torch
 
-    kind = torch.bfloat16 if dtype == "bf16" else torch.float32
+    kind = torch.bfloat16 if dtype.startswith("bf16") else torch.float32
     x, y = torch.randn(size, size, dtype=kind), torch.randn(size, size, dtype=kind)
     for _ in range(3):
         x @ y

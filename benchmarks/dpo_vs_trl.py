@@ -147,7 +147,7 @@ def run_trl(work: Path, args, precompute: bool = False) -> dict:
         output_dir=str(work / "trl-run"), seed=0, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=1, learning_rate=args.lr, lr_scheduler_type="linear", warmup_steps=0,
         weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, optim="adamw_torch", max_grad_norm=1.0,
-        beta=args.beta, loss_type=["sigmoid"], bf16=args.precision == "bf16", fp16=False, gradient_checkpointing=False,
+        beta=args.beta, loss_type=["sigmoid"], bf16=args.precision.startswith("bf16"), fp16=False, gradient_checkpointing=False,
         precompute_ref_log_probs=precompute, max_length=None, train_sampling_strategy="sequential",
         logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
     )
@@ -226,7 +226,9 @@ def main() -> None:
     p.add_argument("--context-reviews", type=int, default=4, help="complete reviews before the prompt (prompt length)")
     p.add_argument("--completion-sentences", type=int, default=1, help="task completions joined into one reply (completion length)")
     p.add_argument("--chat", action="store_true", help="conversational rows rendered by the model's chat template")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast on both sides (fp32 master weights)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "bf16_params"], default="fp32",
+                   help="bf16: autocast on both sides (fp32 weights); bf16_params: alignkit keeps the weights in bf16 with fp32 master "
+                        "weights in its optimizer (train.precision=bf16_params), TRL runs its bf16 autocast (bf16=True, its mixed precision)")
     p.add_argument("--lora", action="store_true", help="LoRA r=16 on all linear layers, both sides (reference = adapter off)")
     p.add_argument("--trl-sides", default="trl,trl-precompute", help="TRL configurations to run; the fastest is the comparison")
     p.add_argument("--repeats", type=int, default=3, help="runs per side, alternating; the fastest counts")

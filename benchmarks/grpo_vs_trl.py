@@ -203,7 +203,7 @@ def run_trl(work: Path, args) -> dict:
         beta=args.beta, num_iterations=1, epsilon=0.2, mask_truncated_completions=False, **specific,
         learning_rate=args.lr, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, adam_beta1=0.9,
         adam_beta2=0.999, adam_epsilon=1e-8, optim="adamw_torch", max_grad_norm=1.0,
-        bf16=args.precision == "bf16", fp16=False, gradient_checkpointing=False, use_vllm=False, shuffle_dataset=False,
+        bf16=args.precision.startswith("bf16"), fp16=False, gradient_checkpointing=False, use_vllm=False, shuffle_dataset=False,
         logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
     )
     trainer = (RLOOTrainer if args.algorithm == "rloo" else GRPOTrainer)(model=model, reward_funcs=gold_reward, args=config, train_dataset=dataset, processing_class=tokenizer)
@@ -321,7 +321,9 @@ def main() -> None:
     p.add_argument("--model", help="a checkpoint folder to train as it is (default: a tiny Llama built and SFT-ed here)")
     p.add_argument("--tokenizer", help="with the tiny Llama: this tokenizer's vocabulary (e.g. SmolLM2's 49k) instead of the task's 443 tokens")
     p.add_argument("--beta", type=float, default=0.0, help="KL coefficient; > 0 adds a reference model on both sides")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast on both sides (fp32 master weights)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "bf16_params"], default="fp32",
+                   help="bf16: autocast on both sides (fp32 weights); bf16_params: alignkit keeps the weights in bf16 with fp32 master "
+                        "weights in its optimizer (train.precision=bf16_params), TRL runs its bf16 autocast (bf16=True, its mixed precision)")
     p.add_argument("--algorithm", choices=["grpo", "rloo"], default="grpo",
                    help="rloo: alignkit rl.estimator=rloo (KL in the reward) vs TRL's RLOOTrainer (see RLOO_KL_AND_LOSS)")
     p.add_argument("--sampling-precision", choices=["model", "bf16"], default="model",

@@ -117,7 +117,10 @@ def test_bf16_weights_lose_small_updates_by_hand():
     model = torch.nn.Module()
     model.w = torch.nn.Parameter(torch.tensor(start, dtype=torch.bfloat16))
     (warning,) = check_settings(recipe, model)
-    assert "(75.0% of the trainable weights here)" in warning and "use model.dtype=float32 with train.precision=bf16" in warning
+    assert "(75.0% of the trainable weights here)" in warning and "use train.precision=bf16_params" in warning
+    assert "or model.dtype=float32 with train.precision=bf16" in warning
+    masters = load_recipe({"algorithm": "sft", "model": {"path": "m", "dtype": "bfloat16"}, "train": {"lr": 1e-3, "precision": "bf16_params"}})
+    assert check_settings(masters, model) == []  # fp32 master weights keep the small updates
 
 
 def test_bf16_master_weights_through_the_trainer(tiny_dir, tmp_path, capsys):
@@ -145,3 +148,8 @@ def test_bf16_master_weights_through_the_trainer(tiny_dir, tmp_path, capsys):
     master = changed(["train.precision=bf16"], "master")
     assert "warning" not in capsys.readouterr().out
     assert bf16 < 0.05 and master > 0.9
+    # bf16 weights with fp32 masters (loaded in bf16 or in fp32): no warning, the saved masters moved
+    for dtype in ("bfloat16", "float32"):
+        masters = changed([f"model.dtype={dtype}", "train.precision=bf16_params"], f"masters-{dtype}")
+        assert "warning" not in capsys.readouterr().out
+        assert masters > 0.9, dtype

@@ -119,7 +119,10 @@ class TrainConfig(Section):
     warmup_steps: int | None = Field(None, ge=0, description="optimizer updates of linear learning-rate warmup; overrides warmup_ratio")
     warmup_ratio: float = Field(0.0, ge=0, le=1, description="warmup as a share of all optimizer updates (used when warmup_steps is null)")
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip the global gradient norm to this before each update; null: no clipping")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: forward passes and losses under bfloat16 autocast; fp32: no autocast")
+    precision: Literal["fp32", "bf16", "bf16_params"] = Field(
+        "fp32", description="fp32: no autocast; bf16: forward passes and losses under bfloat16 autocast (fp32 weights); bf16_params: the weights "
+        "themselves in bfloat16 (no autocast casts, faster on CPU) with fp32 master weights in the optimizer, fp32 gradient accumulation and "
+        "fp32 checkpoints (one process or DDP)")
     distributed: Literal["ddp", "fsdp2", "deepspeed_zero2", "deepspeed_zero3"] = Field(
         "ddp", description="with several processes: DDP (replicated), FSDP2 (sharded parameters, gradients, optimizer state), or DeepSpeed ZeRO-2 "
         "(sharded gradients and optimizer state) / ZeRO-3 (also parameters; needs alignkit[deepspeed], docs/scale.md)")
@@ -148,6 +151,9 @@ class TrainConfig(Section):
             raise ValueError(f"train.output_dir: unknown placeholder {{{unknown[0]}}} in {self.output_dir!r}; allowed: {{algorithm}}")
         if not all(0.0 <= b < 1.0 for b in self.adam_betas):
             raise ValueError(f"train.adam_betas: each beta must be in [0, 1) (got {list(self.adam_betas)})")
+        if self.precision == "bf16_params" and self.distributed != "ddp":
+            raise ValueError(f"train.precision=bf16_params runs on one process or DDP, not train.distributed={self.distributed} "
+                             "(sharded parameters keep their own precision there); use train.precision=bf16 with it")
         return self
 
 

@@ -36,6 +36,7 @@ from ..data.kinds import RECORD_KINDS
 from ..data.records import load_records
 from ..data.sources import read_options
 from ..models.loading import is_peft, load_tokenizer, save_policy
+from ..models.precision import cast_parameters
 from ..models.reference import Reference, starting_reference
 from ..models.sanity import warn_settings
 from ..models.weights import mark_updated
@@ -52,6 +53,7 @@ from .checkpoint import (
 )
 from .contract import Algorithm, Context
 from .loop import DataOrder, check_layout, lr_lambda, split_micro_batches
+from .master_weights import MasterWeights
 from .model_card import CardFacts, write_model_card
 from .run_folder import RunFolder, StopSignals
 from .strategies import Strategy, build_strategy
@@ -107,6 +109,8 @@ class Trainer:
         self.device = self.strategy.device
         self.run_dir = recipe.output_dir
         self.autocast_dtype = torch.bfloat16 if self.cfg.precision == "bf16" else None
+        # bf16_params: bf16 parameters (no autocast), fp32 master weights in the optimizer (engine/master_weights.py)
+        self.master = MasterWeights() if self.cfg.precision == "bf16_params" else None  # one process or DDP (checked by TrainConfig)
         self.step = 0  # training steps taken by this trainer (over every fit)
         self.schedule_steps = schedule_steps
         self.nonfinite_skipped = 0  # updates skipped for a non-finite loss or gradient (train.nonfinite=skip)
@@ -190,8 +194,10 @@ class Trainer:
         return model.to(self.device)
 
     def _load_start(self) -> torch.nn.Module:
-        """The starting weights again (a reference on resume), without LoRA."""
-        return self.algorithm.load_model(self._base_model_path(), self.recipe.model.model_copy(update={"lora": None})).to(self.device)
+        """The starting weights again (a reference on resume), without LoRA; under bf16_params in bf16, as
+        the reference of an uninterrupted run is."""
+        model = self.algorithm.load_model(self._base_model_path(), self.recipe.model.model_copy(update={"lora": None})).to(self.device)
+        return cast_parameters(model, self.master.dtype) if self.master is not None else model
 
     def reference(self, keep: bool = True, temperature: float = 1.0) -> Reference:
         """The starting policy as a :class:`Reference` (see :func:`starting_reference`)."""
@@ -226,11 +232,9 @@ class Trainer:
             e["index"] = i
         return examples
 
-    def _optimizer(self, module: torch.nn.Module):
+    def _optimizer(self, params: list[torch.nn.Parameter]):
         decay, no_decay = [], []
-        for _, p in module.named_parameters():
-            if not p.requires_grad:
-                continue
+        for p in params:
             (no_decay if p.ndim < 2 else decay).append(p)
         groups = self.strategy.optimizer_groups([{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}])
         # torch's fused AdamW kernel (CPU and CUDA): the same update in one pass over the parameters instead of
@@ -316,18 +320,23 @@ class Trainer:
         loss_total = torch.zeros((), device=self.device)
         sums: dict[str, list[float]] = {}
         for i, batch in enumerate(batches):
-            sync = (not train) or i == len(batches) - 1 or not hasattr(policy, "no_sync")
+            # bf16_params: DDP never reduces (the fp32 master gradients are reduced below)
+            sync = (not train) or (i == len(batches) - 1 and self.master is None) or not hasattr(policy, "no_sync")
             ctx_sync = contextlib.nullcontext() if sync else policy.no_sync()
             with ctx_sync, (contextlib.nullcontext() if train else torch.no_grad()):
                 with self.autocast():
                     loss_sum, metrics = self.algorithm.loss(policy, batch)
                 if train:
                     (loss_sum * (self.strategy.world / total_weight)).backward()
+                    if self.master is not None:
+                        self.master.collect()
             loss_total += loss_sum.detach().float()
             for name, (value, count) in metrics.items():
                 acc = sums.setdefault(name, [0.0, 0.0])
                 acc[0] += float(value)
                 acc[1] += float(count)
+        if train and self.master is not None:
+            self.master.reduce(self.strategy)
         names = sorted(sums)
         packed = torch.tensor([loss_total.item()] + [v for n in names for v in sums[n]], device=self.device, dtype=torch.float64)
         packed = self.strategy.sum(packed).tolist()
@@ -359,6 +368,8 @@ class Trainer:
             grad_norm = norm
             lr = self.scheduler.get_last_lr()[0]
             self.optimizer.step()
+            if self.master is not None:
+                self.master.publish()
             mark_updated(self.model)  # fused optimizers do not bump parameter versions; samplers mirroring the weights look here
             if self.replica is not None:  # a collective: every process takes the same updates
                 self.strategy.sync_replica(self.model, self.replica)
@@ -404,8 +415,16 @@ class Trainer:
         self.policy.train()
         return {"eval/loss": loss.item(), **{f"eval/{k}": v for k, v in metrics.items()}}
 
+    def full_precision(self):
+        """While saving: the trained parameters in full precision (bf16_params: the fp32 masters)."""
+        return self.master.full_precision() if self.master is not None else contextlib.nullcontext()
+
     def save_checkpoint(self, state: dict[str, Any]) -> Path:
         """A resumable checkpoint at the current step (a collective: every process calls it)."""
+        with self.full_precision():
+            return self._save_checkpoint(state)
+
+    def _save_checkpoint(self, state: dict[str, Any]) -> Path:
         full_states = self.strategy.full_states(self.model, self.policy, self.optimizer)
         error = None
         if self.strategy.is_main:
@@ -431,6 +450,10 @@ class Trainer:
     def save(self, out_dir: Path) -> Path:
         """The live policy as a ``save_pretrained`` folder (LoRA: the adapter, plus ``<out_dir>-merged``),
         written atomically; non-finite weights are refused."""
+        with self.full_precision():
+            return self._save(out_dir)
+
+    def _save(self, out_dir: Path) -> Path:
         out_dir = Path(out_dir)
         full_states = self.strategy.full_states(self.model, self.policy, self.optimizer) if self.policy is not None else None
         error = None
@@ -458,14 +481,17 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------
     def _first_fit(self, total: int, start: int) -> None:
         """Wrap the engine module, build the optimizer and scheduler, restore a checkpoint's state."""
-        self.policy = self.strategy.wrap(self.model, self.algorithm.module(self.model))
-        self.optimizer = self._optimizer(self.policy)
+        engine = self.algorithm.module(self.model)
+        if self.master is not None:
+            self.master.adopt(engine)  # an engine's own parameters (a value head); the model's were adopted in prepare
+        self.policy = self.strategy.wrap(self.model, engine)
+        self.optimizer = self._optimizer(self.master.masters if self.master is not None else [p for p in self.policy.parameters() if p.requires_grad])
         updates = self.algorithm.updates_per_step()
         warmup = self.cfg.warmup_steps if self.cfg.warmup_steps is not None else int(self.cfg.warmup_ratio * (self.schedule_steps or total) * updates)
         span = (self.schedule_steps or total) * updates
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.cfg.scheduler, warmup, span))
         self.policy, self.optimizer = self.strategy.prepare(self.policy, self.optimizer, self.cfg)  # DeepSpeed takes the update over
-        self._params = [p for p in self.policy.parameters() if p.requires_grad]
+        self._params = self.master.masters if self.master is not None else [p for p in self.policy.parameters() if p.requires_grad]
         if self.resumed_from is not None:
             sharded = self.policy if self.strategy.sharded else None
             state = load_training_state(self.resumed_from, self.optimizer, self.scheduler, self.algorithm.extra_modules(), sharded)
@@ -518,6 +544,8 @@ class Trainer:
         if first and self.strategy.is_main:
             for line in batch_banner(self.batch_layout(order, total)):
                 say(line)
+        if first and self.master is not None:
+            self.master.adopt(self.model)  # before the replica, the reference and the samplers copy it
         if first and (hasattr(self.algorithm, "rollout") or is_peft(self.model)):
             self.replica = self.strategy.replica(self.model)  # before wrapping, while the weights are whole
         ctx = self.context(order, start, total)

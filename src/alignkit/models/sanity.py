@@ -22,7 +22,8 @@ model (:class:`ModelFacts`) and returns a one-line warning or ``None``. The thre
   about ``lr``, so roughly every weight with ``|w| ≥ 256 · lr`` (exactly: those where ``lr < 2^(e-8)``, counted by
   :func:`bf16_unmovable`) is left unchanged: with lr 1e-6, about every weight above 2.6e-4 in magnitude, i.e.
   nearly all of them. The fix: ``model.dtype=float32`` with
-  ``train.precision=bf16`` (bf16 autocast for the forward passes, fp32 master weights for the update).
+  ``train.precision=bf16`` (bf16 autocast for the forward passes, fp32 weights for the update) or
+  ``train.precision=bf16_params`` (bf16 weights, fp32 master copies in the optimizer).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def _dpo_beta(recipe, facts: ModelFacts) -> str | None:
 
 @SETTING_CHECKS.register("bf16_weights")
 def _bf16_weights(recipe, facts: ModelFacts) -> str | None:
-    if not facts.bf16_trainable:
+    if not facts.bf16_trainable or recipe.train.precision == "bf16_params":  # there the fp32 masters keep the small updates
         return None
     frozen = ""
     if facts.bf16_frozen_by_lr is not None:
@@ -128,7 +129,7 @@ def _bf16_weights(recipe, facts: ModelFacts) -> str | None:
         frozen = f" ({share:.1f}% of the trainable weights here)"
     return (f"the trainable weights are stored in bfloat16 (model.dtype=bfloat16): an update smaller than half a bf16 step rounds away, "
             f"and an Adam step of about lr={recipe.train.lr:g} leaves the weights with |w| above about 256 * lr = {BF16_RESOLUTION_FACTOR * recipe.train.lr:.3g} unchanged{frozen}; "
-            f"use model.dtype=float32 with train.precision=bf16 (bf16 autocast, fp32 master weights)")
+            f"use train.precision=bf16_params (bf16 weights for compute, fp32 master weights in the optimizer) or model.dtype=float32 with train.precision=bf16 (bf16 autocast)")
 
 
 def check_settings(recipe, model: torch.nn.Module, tokenizer=None) -> list[str]:

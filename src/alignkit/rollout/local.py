@@ -37,6 +37,7 @@ from typing import Any, NamedTuple, Sequence
 
 import torch
 
+from ..models.precision import cast_parameters
 from .engine import ENGINES, Job, ModelEngine, Sample, Sampling, left_pad
 
 # --------------------------------------------------------------------------------------------------
@@ -475,10 +476,8 @@ class LocalEngine(ModelEngine):
         off-policy corrections take as the behaviour policy; the update's ``old_logp`` is still the trainer's."""
         cast = dtype is not None and any(p.dtype != dtype for p in model.parameters() if p.is_floating_point())
         super().__init__(model, tokenizer, copy=copy or cast)
-        if cast:  # parameters only: buffers such as RoPE's inv_freq stay fp32, as a checkpoint loaded in bf16 keeps them
-            for p in self.model.parameters():
-                if p.is_floating_point():
-                    p.data = p.data.to(dtype)
+        if cast:  # parameters only: buffers such as RoPE's inv_freq stay fp32
+            cast_parameters(self.model, dtype)
         self.dtype = dtype
 
     def _generate_batch(self, jobs: list[Job], job_ids: list[int], n: int, sampling: Sampling, guide: Guide | None = None) -> list[Sample]:
