@@ -29,7 +29,7 @@ def test_bad_value_names_allowed_values(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("algorithm: dpo\n")
     result = runner.invoke(app, ["train", str(recipe), "train.precision=fp16"])
-    assert result.exit_code == 2 and "train.precision" in result.output and "'fp32' or 'bf16'" in result.output
+    assert result.exit_code == 2 and "train.precision" in result.output and "'fp32', 'bf16' or 'bf16_params'" in result.output
     args = ["train", str(recipe), "dpo.loss=nope", f"train.output_dir={tmp_path / 'o'}", "model.tiny.hidden_size=16", "model.tiny.num_heads=2"]
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "dpo.loss: unknown loss 'nope'" in result.output

@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from .core.memory import retain_freed_memory
+
 app = typer.Typer(
     help="alignkit: align causal language models from feedback (SFT, DPO and the preference family, ...).",
     no_args_is_help=True,
@@ -610,6 +612,7 @@ def convert_gguf_file(
 def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    retain_freed_memory()  # large CPU tensors reuse mapped pages instead of faulting every step (core/memory.py)
     try:
         app()
     except SystemExit as done:

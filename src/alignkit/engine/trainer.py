@@ -30,6 +30,7 @@ from typing import Any, Iterator
 import torch
 
 from ..config import Recipe
+from ..core.memory import retain_freed_memory
 from ..core.progress import make_progress, say
 from ..data.encode import Encoder, encode_records
 from ..data.kinds import RECORD_KINDS
@@ -101,6 +102,7 @@ class Trainer:
     def __init__(self, recipe: Recipe, algorithm: Algorithm, strategy: Strategy | None = None, schedule_steps: int | None = None):
         """``schedule_steps``: training steps the learning-rate schedule spans (an iterative method that
         calls :meth:`fit` once per round passes rounds x steps); default: the first fit's steps."""
+        retain_freed_memory()  # the Python API too: large CPU tensors reuse mapped pages (core/memory.py)
         self.recipe = recipe
         self.algorithm = algorithm
         self.cfg = recipe.train

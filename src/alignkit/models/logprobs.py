@@ -24,6 +24,8 @@ does not ask for the logits.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 
@@ -102,9 +104,52 @@ def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
+class _Scratch(threading.local):
+    """Flat buffers for the chunked head's temporaries, one set per thread, kept between calls on CPU.
+
+    On CPU a fresh [chunk x vocabulary] tensor (tens of MiB) is a fresh mapping that page-faults on every
+    allocation; writing into these buffers instead made the head's log-softmax about 3x faster at
+    SmolLM2's 49k vocabulary (benchmarks/README.md, "Host allocator"). Accelerators have caching allocators:
+    there every request is a plain ``torch.empty``."""
+
+    def __init__(self):
+        self.buffers: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
+
+    def view(self, name: str, shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        numel = shape[0] * shape[1]
+        if device.type != "cpu":
+            return torch.empty(shape, dtype=dtype, device=device)
+        key = (name, dtype, device)
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = self.buffers[key] = torch.empty(numel, dtype=dtype, device=device)
+        return buf[:numel].view(shape)
+
+
+_SCRATCH = _Scratch()
+
+
+def _logits_into(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    """(hidden W^T + b) / temperature in the weight's dtype, in a scratch buffer; the temperature is folded
+    into the hidden states (a [rows x hidden] product) so a bf16 result is rounded once."""
+    h = hidden.to(weight.dtype)
+    if temperature != 1.0:
+        h, bias = h / temperature, None if bias is None else bias / temperature
+    out = _SCRATCH.view("logits", (h.shape[0], weight.shape[0]), weight.dtype, h.device)
+    if bias is None:
+        return torch.mm(h, weight.t(), out=out)
+    return torch.addmm(bias, h, weight.t(), out=out)
+
+
 class _ChunkedTargetLogProbs(torch.autograd.Function):
-    """log softmax(h W^T + b)[target] / temperature per row, chunk by chunk; the backward recomputes each
-    chunk's logits: d/dlogits = (onehot(target) - softmax) * grad / temperature."""
+    """log softmax(h W^T + b)[target] / temperature per row. The forward goes chunk of rows by chunk of rows
+    (each row's log-sum-exp needs the whole vocabulary); the backward goes slice of the vocabulary by slice,
+    every row at once, recomputing the slice's logits: d/dlogits = (onehot(target) - softmax) * grad /
+    temperature, with the softmax from the forward's log-sum-exp. Slicing the vocabulary writes each row
+    of the weight's gradient once, in one matmul over all rows (no [vocab x hidden] partial sums to add up
+    and cast, which cost more than the matmuls at 49k-token vocabularies on CPU); the hidden states'
+    gradient, [rows x hidden], is the small sum, kept in fp32. Both directions hold one
+    ``chunk x vocab``-sized temporary of each kind at a time (:class:`_Scratch`)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, temperature, chunk, dtype):
@@ -115,9 +160,14 @@ class _ChunkedTargetLogProbs(torch.autograd.Function):
             lse = torch.empty_like(out)
             for start in range(0, hidden.shape[0], chunk):
                 end = start + chunk
-                logits = _chunk_logits(hidden[start:end], w, b, temperature)
-                lse[start:end] = torch.logsumexp(logits, dim=-1)
-                out[start:end] = logits.gather(-1, targets[start:end, None]).squeeze(-1) - lse[start:end]
+                logits = _logits_into(hidden[start:end], w, b, temperature)
+                picked = targets[start:end, None]
+                lse[start:end] = logits.gather(-1, picked).squeeze(-1).float()
+                logps = logits if dtype == torch.float32 else _SCRATCH.view("fp32", logits.shape, torch.float32, logits.device).copy_(logits)
+                # the row-wise fused kernel, in place: log_softmax of a row stays in cache (logsumexp would
+                # make full-size temporaries)
+                out[start:end] = torch.log_softmax(logps, dim=-1, out=logps).gather(-1, picked).squeeze(-1)
+                lse[start:end] -= out[start:end]  # logit(target) - log p(target)
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.temperature, ctx.chunk, ctx.dtype = temperature, chunk, dtype
         return out
@@ -126,41 +176,40 @@ class _ChunkedTargetLogProbs(torch.autograd.Function):
     def backward(ctx, grad):
         hidden, weight, bias, targets, lse = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        temperature, chunk, dtype = ctx.temperature, ctx.chunk, ctx.dtype
-        grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        temperature, dtype = ctx.temperature, ctx.dtype
+        rows, vocab = hidden.shape[0], weight.shape[0]
+        width = max(1, ctx.chunk * vocab // max(rows, 1))  # vocabulary columns per slice: the forward chunk's size
+        grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if need_h else None
+        grad_w = torch.empty_like(weight) if need_w else None
+        grad_b = torch.empty(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
         with torch.autocast(hidden.device.type, enabled=False):
-            w = weight.to(dtype)
-            b = None if bias is None else bias.to(dtype)
-            for start in range(0, hidden.shape[0], chunk):
-                end = start + chunk
-                h = hidden[start:end].to(dtype)
-                g = grad[start:end].float()
-                probs = (_chunk_logits(h, w, b, temperature) - lse[start:end, None]).exp_()
-                grad_logits = probs.mul_(-g[:, None])
-                grad_logits.scatter_add_(-1, targets[start:end, None], g[:, None])
+            h = hidden.to(dtype)
+            g = grad.float()
+            for start in range(0, vocab, width):
+                end = min(start + width, vocab)
+                w = weight[start:end].to(dtype)
+                b = None if bias is None else bias[start:end].to(dtype)
+                logits = _logits_into(h, w, b, temperature)
+                probs = _SCRATCH.view("fp32", logits.shape, torch.float32, logits.device)
+                grad_logits = probs.copy_(logits).sub_(lse[:, None]).exp_().mul_(-g[:, None])  # -softmax * grad (sub with out= and a dtype change is 4x slower)
+                hit = ((targets >= start) & (targets < end)).nonzero().squeeze(-1)
+                grad_logits.index_put_((hit, targets[hit] - start), g[hit], accumulate=True)  # + onehot(target) * grad
                 if temperature != 1.0:
                     grad_logits.div_(temperature)
                 if need_b:
-                    grad_b += grad_logits.sum(0)
-                grad_logits = grad_logits.to(dtype)
-                if need_h:
-                    grad_h[start:end] = (grad_logits @ w).to(hidden.dtype)
-                if need_w and dtype == torch.float32:
-                    grad_w.addmm_(grad_logits.t(), h)
+                    grad_b[start:end] = grad_logits.sum(0)
+                if dtype != torch.float32:
+                    grad_logits = logits.copy_(grad_logits)  # the logits' buffer is free again
+                if need_h and dtype == torch.float32:
+                    grad_h.addmm_(grad_logits, w)
+                elif need_h:
+                    grad_h += grad_logits @ w
+                if need_w and grad_w.dtype == dtype:
+                    torch.mm(grad_logits.t(), h, out=grad_w[start:end])
                 elif need_w:
-                    grad_w += (grad_logits.t() @ h).float()
-        return (grad_h, None if grad_w is None else grad_w.to(weight.dtype), None if grad_b is None else grad_b.to(bias.dtype),
+                    grad_w[start:end] = grad_logits.t() @ h
+        return (None if grad_h is None else grad_h.to(hidden.dtype), grad_w, None if grad_b is None else grad_b.to(bias.dtype),
                 None, None, None, None)
-
-
-def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float) -> torch.Tensor:
-    logits = hidden.to(weight.dtype) @ weight.t()
-    if bias is not None:
-        logits = logits + bias
-    logits = logits.float()
-    return logits / temperature if temperature != 1.0 else logits
 
 
 def chunked_target_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None = None,
