@@ -29,18 +29,25 @@ def test_two_token_vocabulary_by_hand():
 
 @pytest.mark.parametrize("chunk", [1, 7, 64])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_equals_full_log_softmax_with_gradients(chunk, temperature):
+@pytest.mark.parametrize("vocab_slice,values", [(8192, 2**24), (10, 2**24), (10, 70)])
+def test_equals_full_log_softmax_with_gradients(chunk, temperature, vocab_slice, values, monkeypatch):
+    """The forward in chunks of rows; the backward in vocabulary slices (one of 53 columns; five of 10 and one
+    of 3) and, with 70 values per block, 7 rows at a time within each slice."""
+    monkeypatch.setattr(logprobs, "VOCAB_SLICE", vocab_slice)
+    monkeypatch.setattr(logprobs, "CHUNK_VALUES", values)
     torch.manual_seed(0)
     n, hidden, vocab = 37, 12, 53
     h = torch.randn(n, hidden, requires_grad=True)
     w = torch.randn(vocab, hidden, requires_grad=True)
+    b = torch.randn(vocab, requires_grad=True)
     targets = torch.randint(0, vocab, (n,))
+    targets[:3] = torch.tensor([0, vocab - 1, 10])  # the first and last columns, and a slice's first
     upstream = torch.randn(n)
-    chunked = chunked_target_logps(h, w, targets, temperature=temperature, chunk=chunk)
-    full = torch.log_softmax((h @ w.T) / temperature, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+    chunked = chunked_target_logps(h, w, targets, b, temperature=temperature, chunk=chunk)
+    full = torch.log_softmax((h @ w.T + b) / temperature, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
     assert torch.allclose(chunked, full, atol=1e-5)
-    got = torch.autograd.grad((chunked * upstream).sum(), (h, w))
-    want = torch.autograd.grad((full * upstream).sum(), (h, w))
+    got = torch.autograd.grad((chunked * upstream).sum(), (h, w, b))
+    want = torch.autograd.grad((full * upstream).sum(), (h, w, b))
     for a, b in zip(got, want):
         assert torch.allclose(a, b, atol=1e-5)
 

@@ -129,27 +129,45 @@ class _Scratch(threading.local):
 _SCRATCH = _Scratch()
 
 
-def _logits_into(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float) -> torch.Tensor:
-    """(hidden W^T + b) / temperature in the weight's dtype, in a scratch buffer; the temperature is folded
-    into the hidden states (a [rows x hidden] product) so a bf16 result is rounded once."""
+def _logits_into(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """hidden W^T + b in the weight's dtype, in a scratch buffer."""
     h = hidden.to(weight.dtype)
-    if temperature != 1.0:
-        h, bias = h / temperature, None if bias is None else bias / temperature
     out = _SCRATCH.view("logits", (h.shape[0], weight.shape[0]), weight.dtype, h.device)
     if bias is None:
         return torch.mm(h, weight.t(), out=out)
     return torch.addmm(bias, h, weight.t(), out=out)
 
 
+def _fp32_tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The logits in fp32, divided by the temperature afterwards (the sampler's order of roundings), in place
+    when they are fp32 already, else in the fp32 scratch buffer (``sub`` with ``out=`` and a dtype change is
+    4x slower than ``copy_`` then in-place ops)."""
+    x = logits if logits.dtype == torch.float32 else _SCRATCH.view("fp32", logits.shape, torch.float32, logits.device).copy_(logits)
+    return x.div_(temperature) if temperature != 1.0 else x
+
+
+def _add_product(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc (fp32) += a @ b, fused when a and b are fp32."""
+    if a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+    else:
+        acc += a @ b
+
+
+# vocabulary columns per slice in the chunked head's backward: fixed, so a row's gradient is summed over the
+# same slices in the same order whatever else is in the batch (micro-batch = full-batch invariance)
+VOCAB_SLICE = 8192
+
+
 class _ChunkedTargetLogProbs(torch.autograd.Function):
-    """log softmax(h W^T + b)[target] / temperature per row. The forward goes chunk of rows by chunk of rows
-    (each row's log-sum-exp needs the whole vocabulary); the backward goes slice of the vocabulary by slice,
-    every row at once, recomputing the slice's logits: d/dlogits = (onehot(target) - softmax) * grad /
-    temperature, with the softmax from the forward's log-sum-exp. Slicing the vocabulary writes each row
-    of the weight's gradient once, in one matmul over all rows (no [vocab x hidden] partial sums to add up
-    and cast, which cost more than the matmuls at 49k-token vocabularies on CPU); the hidden states'
-    gradient, [rows x hidden], is the small sum, kept in fp32. Both directions hold one
-    ``chunk x vocab``-sized temporary of each kind at a time (:class:`_Scratch`)."""
+    """log softmax((h W^T + b) / temperature)[target] per row. The forward goes chunk of rows by chunk of
+    rows (each row's log-sum-exp needs the whole vocabulary); the backward goes slice of the vocabulary by
+    slice (:data:`VOCAB_SLICE` columns), recomputing the slice's logits: d/dlogits = (onehot(target) -
+    softmax) * grad / temperature, with the softmax from the forward's log-sum-exp. Slicing the vocabulary
+    writes each row of the weight's gradient once, in one matmul over the rows (no [vocab x hidden] partial
+    sums to add up and cast, which cost more than the matmuls at 49k-token vocabularies on CPU); the hidden
+    states' gradient, [rows x hidden], is the small sum, kept in fp32. Both directions hold one
+    ``CHUNK_VALUES``-sized temporary of each kind at a time (:class:`_Scratch`)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, temperature, chunk, dtype):
@@ -160,16 +178,12 @@ class _ChunkedTargetLogProbs(torch.autograd.Function):
             lse = torch.empty_like(out)
             for start in range(0, hidden.shape[0], chunk):
                 end = start + chunk
-                logits = _logits_into(hidden[start:end], w, b, temperature)
-                picked = targets[start:end, None]
-                lse[start:end] = logits.gather(-1, picked).squeeze(-1).float()
-                logps = logits if dtype == torch.float32 else _SCRATCH.view("fp32", logits.shape, torch.float32, logits.device).copy_(logits)
-                # the row-wise fused kernel, in place: log_softmax of a row stays in cache (logsumexp would
-                # make full-size temporaries)
-                out[start:end] = torch.log_softmax(logps, dim=-1, out=logps).gather(-1, picked).squeeze(-1)
-                lse[start:end] -= out[start:end]  # logit(target) - log p(target)
+                x = _fp32_tempered(_logits_into(hidden[start:end], w, b), temperature)
+                target_logit = x.gather(-1, targets[start:end, None]).squeeze(-1)
+                lse[start:end] = torch.logsumexp(x, dim=-1)
+                out[start:end] = target_logit - lse[start:end]
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
-        ctx.temperature, ctx.chunk, ctx.dtype = temperature, chunk, dtype
+        ctx.temperature, ctx.dtype = temperature, dtype
         return out
 
     @staticmethod
@@ -178,10 +192,11 @@ class _ChunkedTargetLogProbs(torch.autograd.Function):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         temperature, dtype = ctx.temperature, ctx.dtype
         rows, vocab = hidden.shape[0], weight.shape[0]
-        width = max(1, ctx.chunk * vocab // max(rows, 1))  # vocabulary columns per slice: the forward chunk's size
+        width = min(vocab, VOCAB_SLICE)
+        step = max(1, CHUNK_VALUES // width)  # rows per block within a slice
         grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if need_h else None
         grad_w = torch.empty_like(weight) if need_w else None
-        grad_b = torch.empty(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
         with torch.autocast(hidden.device.type, enabled=False):
             h = hidden.to(dtype)
             g = grad.float()
@@ -189,25 +204,29 @@ class _ChunkedTargetLogProbs(torch.autograd.Function):
                 end = min(start + width, vocab)
                 w = weight[start:end].to(dtype)
                 b = None if bias is None else bias[start:end].to(dtype)
-                logits = _logits_into(h, w, b, temperature)
-                probs = _SCRATCH.view("fp32", logits.shape, torch.float32, logits.device)
-                grad_logits = probs.copy_(logits).sub_(lse[:, None]).exp_().mul_(-g[:, None])  # -softmax * grad (sub with out= and a dtype change is 4x slower)
-                hit = ((targets >= start) & (targets < end)).nonzero().squeeze(-1)
-                grad_logits.index_put_((hit, targets[hit] - start), g[hit], accumulate=True)  # + onehot(target) * grad
-                if temperature != 1.0:
-                    grad_logits.div_(temperature)
-                if need_b:
-                    grad_b[start:end] = grad_logits.sum(0)
-                if dtype != torch.float32:
-                    grad_logits = logits.copy_(grad_logits)  # the logits' buffer is free again
-                if need_h and dtype == torch.float32:
-                    grad_h.addmm_(grad_logits, w)
-                elif need_h:
-                    grad_h += grad_logits @ w
-                if need_w and grad_w.dtype == dtype:
-                    torch.mm(grad_logits.t(), h, out=grad_w[start:end])
-                elif need_w:
-                    grad_w[start:end] = grad_logits.t() @ h
+                whole = rows <= step and grad_w is not None and grad_w.dtype == dtype  # the slice's weight gradient in one matmul
+                acc = None if whole or not need_w else _SCRATCH.view("grad_w", (end - start, h.shape[1]), torch.float32, h.device).zero_()
+                for r0 in range(0, rows, step):
+                    r1 = min(r0 + step, rows)
+                    logits = _logits_into(h[r0:r1], w, b)
+                    gr, t = g[r0:r1], targets[r0:r1]
+                    grad_logits = _fp32_tempered(logits, temperature).sub_(lse[r0:r1, None]).exp_().mul_(-gr[:, None])  # -softmax * grad
+                    hit = ((t >= start) & (t < end)).nonzero().squeeze(-1)
+                    grad_logits.index_put_((hit, t[hit] - start), gr[hit], accumulate=True)  # + onehot(target) * grad
+                    if temperature != 1.0:
+                        grad_logits.div_(temperature)
+                    if need_b:
+                        grad_b[start:end] += grad_logits.sum(0)
+                    if dtype != torch.float32:
+                        grad_logits = logits.copy_(grad_logits)  # the logits' buffer is free again
+                    if need_h:
+                        _add_product(grad_h[r0:r1], grad_logits, w)
+                    if whole:
+                        torch.mm(grad_logits.t(), h, out=grad_w[start:end])
+                    elif need_w:
+                        _add_product(acc, grad_logits.t(), h[r0:r1])
+                if acc is not None:
+                    grad_w[start:end] = acc
         return (None if grad_h is None else grad_h.to(hidden.dtype), grad_w, None if grad_b is None else grad_b.to(bias.dtype),
                 None, None, None, None)
 
