@@ -82,7 +82,9 @@ def test_dpo_caches_reference_logps_only_for_the_examples_it_reads(tmp_path, tin
         e.pop("ref_rejected", None)
     reference = trainer.reference(keep=False)
     compute = lambda batch: torch.stack(trainer.algorithm._reference_logps(reference, batch), -1)  # noqa: E731
+    trainer.train_examples = full  # the fit's training examples again, uncached: batched as training reads them
     trainer.cache(full, compute, ("ref_chosen", "ref_rejected"))
+    assert all("ref_chosen" in e for e in full)
     for i in cached:
         assert full[i]["ref_chosen"] == examples[i]["ref_chosen"] and full[i]["ref_rejected"] == examples[i]["ref_rejected"]
 

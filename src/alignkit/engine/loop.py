@@ -85,6 +85,12 @@ def split_micro_batches(
     algorithm: Algorithm, examples: list[dict[str, Any]], indices: list[int], collate: Callable[[list[dict]], Any],
     micro_batch_size: int | None, micro_batch_tokens: int | None,
 ) -> list[Any]:
+    """The collated micro-batches of :func:`micro_batch_groups`."""
+    return [collate([examples[i] for i in g]) for g in micro_batch_groups(algorithm, examples, indices, micro_batch_size, micro_batch_tokens)]
+
+
+def micro_batch_groups(algorithm: Algorithm, examples: list[dict[str, Any]], indices: list[int],
+                       micro_batch_size: int | None, micro_batch_tokens: int | None) -> list[list[int]]:
     """``indices`` of ``examples`` split by ``micro_batch_size`` (in order) or, with
     ``micro_batch_tokens``, into length buckets: units sorted by length and grouped so that a
     micro-batch's padded size (rows x longest) stays within the budget. Units (consecutive examples with
@@ -122,7 +128,7 @@ def split_micro_batches(
             longest = max(longest, max(rows))
         if current:
             groups.append(current)
-    return [collate([examples[i] for i in g]) for g in groups]
+    return groups
 
 
 def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:

@@ -53,7 +53,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .contract import Algorithm, Context
-from .loop import DataOrder, check_layout, lr_lambda, split_micro_batches
+from .loop import DataOrder, check_layout, lr_lambda, micro_batch_groups, split_micro_batches
 from .master_weights import MasterWeights
 from .model_card import CardFacts, write_model_card
 from .run_folder import RunFolder, StopSignals
@@ -141,6 +141,7 @@ class Trainer:
         self.scheduler = None
         self.log: MetricsLog | None = None
         self.train_examples: list[dict] | None = None
+        self.order: DataOrder | None = None  # the current fit's data order
         self.eval_examples: list[dict] | None = None
 
     # ----------------------------------------------------------------------------------------------
@@ -264,26 +265,25 @@ class Trainer:
         the values on the examples under ``keys``; split over processes and summed back.
 
         ``only``: the indices that need values (e.g. those the remaining steps read). Examples are batched
-        in the same fixed chunks either way (each process's strided share, ``micro_batch_size`` at a time)
-        and a chunk is computed when it holds a needed index, so a value never depends on which others
-        were needed: a resumed or shortened run caches exactly the numbers of the full one."""
+        in the same fixed chunks either way (:meth:`_cache_chunks`) and a chunk is computed when it holds a
+        needed index, so a value never depends on which others were needed: a resumed or shortened run
+        caches exactly the numbers of the full one."""
         strategy = self.strategy
         values = torch.zeros(len(examples), len(keys), dtype=torch.float64)
-        mine = list(range(strategy.rank, len(examples), strategy.world))
-        size = self.cfg.micro_batch_size or max(1, self.cfg.batch_size // strategy.world)
-        chunks = [mine[s : s + size] for s in range(0, len(mine), size)]
+        chunks = self._cache_chunks(examples)
         if only is not None:
             needed = set(only)
-            chunks = [c for c in chunks if needed.intersection(c)]
+            chunks = [(group, owned) for group, owned in chunks if needed.intersection(owned)]
         with make_progress(self.cfg.progress and strategy.is_main) as progress:
-            bar = progress.add_task(label, total=sum(map(len, chunks)), info="")
-            for idx in chunks:
-                batch = self.collate([examples[i] for i in idx])
+            bar = progress.add_task(label, total=sum(len(owned) for _, owned in chunks), info="")
+            for group, owned in chunks:
+                batch = self.collate([examples[i] for i in group])
                 with torch.no_grad(), self.autocast():
-                    values[idx] = compute(batch).double().cpu()
-                progress.update(bar, advance=len(idx))
+                    out = compute(batch).double().cpu()
+                values[owned] = out[[group.index(i) for i in owned]]
+                progress.update(bar, advance=len(owned))
         values = strategy.sum(values.to(self.device)).cpu()
-        computed = sorted({i for c in chunks for i in c}) if only is not None else range(len(examples))
+        computed = sorted({i for _, owned in chunks for i in owned}) if only is not None else range(len(examples))
         if only is not None:  # other processes' chunks count too
             flags = torch.zeros(len(examples), dtype=torch.float64)
             flags[list(computed)] = 1.0
@@ -291,6 +291,30 @@ class Trainer:
         rows = values.tolist()
         for i in computed:
             examples[i].update(zip(keys, rows[i]))
+
+    def _cache_chunks(self, examples: list[dict[str, Any]]) -> list[tuple[list[int], list[int]]]:
+        """This process's (batch, indices it supplies) for :meth:`cache`. The training examples go in the
+        first epoch's micro-batches, the rows training reads first batched as training batches them: in
+        bf16 a forward's roundings depend on the batch's shape, and so a cached reference equals the
+        policy's first forward exactly (DPO's first loss is log 2). Each index is supplied by its first
+        occurrence (an epoch's last batch may repeat examples to give every process an equal share). Other
+        examples (evaluation): each process's strided share, ``micro_batch_size`` at a time."""
+        strategy, cfg = self.strategy, self.cfg
+        order = self.order if examples is self.train_examples else None
+        if order is None:
+            mine = list(range(strategy.rank, len(examples), strategy.world))
+            size = cfg.micro_batch_size or max(1, cfg.batch_size // strategy.world)
+            return [(mine[s : s + size],) * 2 for s in range(0, len(mine), size)]
+        seen: set[int] = set()
+        chunks = []
+        for step in range(order.per_epoch):
+            for rank in range(strategy.world):
+                for group in micro_batch_groups(self.algorithm, examples, order.share(step, rank), cfg.micro_batch_size, cfg.micro_batch_tokens):
+                    owned = list(dict.fromkeys(i for i in group if i not in seen))
+                    seen.update(group)
+                    if rank == strategy.rank and owned:
+                        chunks.append((group, owned))
+        return chunks
 
     @property
     def forward_model(self) -> torch.nn.Module:
@@ -538,6 +562,7 @@ class Trainer:
                     f"the batch is capped to the data (each step trains on all {order.size(0)})", self.strategy.is_main)
         elif steps is None:
             raise ValueError("fit over a stream of batches needs steps")
+        self.order = order
         total = steps or self.cfg.max_steps or max(1, math.ceil(self.cfg.epochs * order.per_epoch))
         first = self.policy is None
         start = 0
