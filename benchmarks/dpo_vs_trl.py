@@ -87,7 +87,7 @@ def run_alignkit(work: Path, args) -> dict:
     from alignkit.config import load_recipe
     from alignkit.engine.tracking import read_metrics
 
-    model = {"path": str(work / "model"), "dtype": "float32"}
+    model = {"path": str(work / "model"), "dtype": "float32", "attn_implementation": args.attn}
     if args.lora:
         model["lora"] = {"r": 16, "alpha": 32, "target_modules": "all-linear"}
     recipe = load_recipe(
@@ -135,7 +135,7 @@ def run_trl(work: Path, args, precompute: bool = False) -> dict:
     perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0)).tolist()
     dataset = Dataset.from_list([rows[i] for i in perm])
     tokenizer = AutoTokenizer.from_pretrained(str(work / "model"))
-    model = AutoModelForCausalLM.from_pretrained(str(work / "model"), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(work / "model"), dtype=torch.float32, attn_implementation=args.attn)
     peft_config = None
     if args.lora:  # TRL's reference is then the policy with the adapter switched off
         from peft import LoraConfig
@@ -229,6 +229,7 @@ def main() -> None:
     p.add_argument("--precision", choices=["fp32", "bf16", "bf16_params"], default="fp32",
                    help="bf16: autocast on both sides (fp32 weights); bf16_params: alignkit keeps the weights in bf16 with fp32 master "
                         "weights in its optimizer (train.precision=bf16_params), TRL runs its bf16 autocast (bf16=True, its mixed precision)")
+    p.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa", help="attention kernel on both sides (from_pretrained's attn_implementation)")
     p.add_argument("--lora", action="store_true", help="LoRA r=16 on all linear layers, both sides (reference = adapter off)")
     p.add_argument("--trl-sides", default="trl,trl-precompute", help="TRL configurations to run; the fastest is the comparison")
     p.add_argument("--repeats", type=int, default=3, help="runs per side, alternating; the fastest counts")
@@ -267,13 +268,13 @@ def main() -> None:
     print(f"{args.precision} matmul 1024x1024: {peak_flops / 1e9:.1f} GFLOP/s")
     print(f"model: {args.model or 'tiny llama'}: hidden {hidden}, {layers} layers, vocab {vocab}, {n_params / 1e6:.2f} M parameters{', LoRA r=16' if args.lora else ''}")
     print(f"data: {len(rows)} {'chat ' if args.chat else ''}pairs; mean tokens prompt {n_p / len(rows):.1f}, chosen {n_c / len(rows):.1f}, rejected {n_r / len(rows):.1f}")
-    print(f"settings: {args.steps} steps x batch {args.batch_size}, lr {args.lr}, beta {args.beta}, {args.precision}, no gradient checkpointing")
+    print(f"settings: {args.steps} steps x batch {args.batch_size}, lr {args.lr}, beta {args.beta}, {args.precision}, {args.attn} attention, no gradient checkpointing")
 
     sides = [*trl_sides, "alignkit"]
     results: dict[str, dict] = {}
     runs: dict[str, list[float]] = {side: [] for side in sides}
     cpu_runs: dict[str, list[float]] = {side: [] for side in sides}
-    passthrough = ["--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--beta", str(args.beta), "--precision", args.precision]
+    passthrough = ["--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--beta", str(args.beta), "--precision", args.precision, "--attn", args.attn]
     passthrough += ["--lora"] if args.lora else []
     for _ in range(args.repeats):
         for side in sides:

@@ -118,7 +118,7 @@ def run_alignkit(work: Path, args) -> dict:
     recipe = load_recipe(
         {
             "algorithm": "rl",
-            "model": {"path": str(work / "policy"), "dtype": "float32"},
+            "model": {"path": str(work / "policy"), "dtype": "float32", "attn_implementation": args.attn},
             "task": {"name": "sentiment", "n_train": args.steps * args.prompts, "n_eval": 0},
             "data": {"train": str(prompts_file(work, args)), "kind": "prompt"} if args.context_reviews else {},
             "rl": {
@@ -194,7 +194,7 @@ def run_trl(work: Path, args) -> dict:
         return task.gold_rewards(prompts, completions)
 
     tokenizer = AutoTokenizer.from_pretrained(str(work / "policy"))
-    model = AutoModelForCausalLM.from_pretrained(str(work / "policy"), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(work / "policy"), dtype=torch.float32, attn_implementation=args.attn)
     specific = (dict(normalize_advantages=False) if args.algorithm == "rloo" else dict(scale_rewards="group", loss_type="dapo"))
     config = (RLOOConfig if args.algorithm == "rloo" else GRPOConfig)(
         output_dir=str(work / "trl-run"), seed=0, max_steps=args.steps,
@@ -326,6 +326,7 @@ def main() -> None:
                         "weights in its optimizer (train.precision=bf16_params), TRL runs its bf16 autocast (bf16=True, its mixed precision)")
     p.add_argument("--algorithm", choices=["grpo", "rloo"], default="grpo",
                    help="rloo: alignkit rl.estimator=rloo (KL in the reward) vs TRL's RLOOTrainer (see RLOO_KL_AND_LOSS)")
+    p.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa", help="attention kernel on both sides (from_pretrained's attn_implementation)")
     p.add_argument("--sampling-precision", choices=["model", "bf16"], default="model",
                    help="alignkit's rl.sampling.precision: bf16 decodes from a bf16 copy of the policy, refreshed after every update")
     p.add_argument("--hidden", type=int, default=256)
@@ -357,7 +358,7 @@ def main() -> None:
           f"{n_params / 1e6:.2f} M parameters{'' if args.model else f', SFT {args.sft_steps} steps'}")
     print(f"algorithm: {args.algorithm} (TRL: {'RLOOTrainer' if args.algorithm == 'rloo' else 'GRPOTrainer'})")
     print(f"settings: {args.steps} steps x {args.prompts} prompts x {args.group} samples, max {args.max_new_tokens} new tokens, "
-          f"lr {args.lr}, beta {args.beta}, {args.precision}, no gradient checkpointing, no vLLM; alignkit samples from "
+          f"lr {args.lr}, beta {args.beta}, {args.precision}, {args.attn} attention, no gradient checkpointing, no vLLM; alignkit samples from "
           f"{'a bf16 copy of the policy' if args.sampling_precision == 'bf16' else 'the policy as trained'}")
 
     from alignkit.models.loading import load_tokenizer
@@ -372,7 +373,7 @@ def main() -> None:
 
     forwarded = ["--work", str(work)]
     for name in ("steps", "prompts", "group", "max_new_tokens", "lr", "threads", "context_reviews", "micro_batch_tokens", "beta", "precision",
-                 "sampling_precision", "algorithm"):
+                 "sampling_precision", "algorithm", "attn"):
         forwarded += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if args.no_skip_zero_advantage:
         forwarded.append("--no-skip-zero-advantage")

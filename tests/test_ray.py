@@ -60,8 +60,11 @@ def test_a_trainer_group_of_two_ray_actors_gives_the_single_process_update(tmp_p
     extra = [*SHORT, "scale.backend=ray", "scale.trainer_processes=2", "scale.trainer_cpus=1", "scale.worker_cpus=0", "scale.reward_worker=false"]
     two = train(rl_recipe(tmp_path / "two", arithmetic_sft, "grpo", extra))
     a, b = load_file(str(single / "model.safetensors")), load_file(str(two / "model.safetensors"))
+    # the same tolerance as the other 1-vs-2-process GRPO tests (test_engine, test_fsdp_rl): two processes sum the
+    # gradient in another order, and Adam amplifies it where a gradient is near zero (6.9e-6 on one weight of
+    # 16384 on an AMD EPYC; within 2e-6 on the Intel machine before)
     for name in a:
-        torch.testing.assert_close(a[name], b[name], atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-5)
     logged = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert {r["processes"] for r in logged} == {2}
 
