@@ -108,7 +108,7 @@ class _Scratch(threading.local):
     """Flat buffers for the chunked head's temporaries, one set per thread, kept between calls on CPU.
 
     On CPU a fresh [chunk x vocabulary] tensor (tens of MiB) is a fresh mapping that page-faults on every
-    allocation; writing into these buffers instead made the head's log-softmax about 3x faster at
+    allocation; writing into these buffers instead made the head about 3x faster at
     SmolLM2's 49k vocabulary (benchmarks/README.md, "Host allocator"). Accelerators have caching allocators:
     there every request is a plain ``torch.empty``."""
 
